@@ -1,0 +1,23 @@
+"""Generation backends: transformers (in-process, default), tgi, openai."""
+
+from parrot.backends.base import (
+    Backend,
+    GenerationRequest,
+    GenerationResult,
+    StreamEvent,
+    backend_config_class,
+    backend_names,
+    create_backend,
+    register_backend,
+)
+
+__all__ = [
+    "Backend",
+    "GenerationRequest",
+    "GenerationResult",
+    "StreamEvent",
+    "backend_config_class",
+    "backend_names",
+    "create_backend",
+    "register_backend",
+]

@@ -1,0 +1,122 @@
+"""The one narrow interface every generation backend implements.
+
+A backend turns chat messages into text. It is chosen by name from a small registry
+(``parrot.backends.create_backend``); services never know which backend they hold.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, ClassVar, Sequence
+
+from parrot.conversation import GenerationParams, Message
+from parrot.errors import InvalidArgument, Unsupported
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: Sequence[Message]
+    params: GenerationParams
+    # Text the assistant reply is forced to start with. The model continues it; the
+    # prefill itself is not part of the returned text. Backends whose API cannot
+    # prefill raise Unsupported.
+    prefill: str = ""
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One piece of a streamed generation. The last event has ``result`` set."""
+
+    delta: str
+    result: GenerationResult | None = None
+
+
+class Backend(abc.ABC):
+    """Load, ready, generate a batch, stream, score."""
+
+    name: ClassVar[str]
+    # Whether ``score`` works (token log-probabilities of given continuations).
+    supports_scoring: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.ready = False
+
+    @property
+    @abc.abstractmethod
+    def model_name(self) -> str:
+        """The served model's name, reported in responses and metrics labels."""
+
+    @abc.abstractmethod
+    async def load(self) -> None:
+        """Loads the model (or checks the remote endpoint); sets ``ready``."""
+
+    @abc.abstractmethod
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Generates one result per request. Concurrent calls may be batched together."""
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """Streams one generation. Default: generate, then yield it whole."""
+        (result,) = await self.generate([request])
+        yield StreamEvent(delta=result.text, result=result)
+
+    async def score(self, messages: Sequence[Message], prefill: str, continuations: Sequence[str]) -> list[float]:
+        """Log-probability of each continuation after the chat prompt plus ``prefill``."""
+        raise Unsupported(f"backend {self.name} cannot score continuations")
+
+    async def close(self) -> None:
+        """Releases resources (HTTP clients, worker threads)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Backend-specific counters (for tests and debugging)."""
+        return {}
+
+
+BackendFactory = Callable[..., Backend]
+_REGISTRY: dict[str, tuple[type[Backend], type]] = {}
+
+
+def register_backend(name: str, config_cls: type) -> Callable[[type[Backend]], type[Backend]]:
+    """Class decorator: makes a backend available by name with its config dataclass."""
+
+    def wrap(cls: type[Backend]) -> type[Backend]:
+        cls.name = name
+        _REGISTRY[name] = (cls, config_cls)
+        return cls
+
+    return wrap
+
+
+def backend_names() -> list[str]:
+    _import_builtin_backends()
+    return sorted(_REGISTRY)
+
+
+def backend_config_class(name: str) -> type:
+    _import_builtin_backends()
+    if name not in _REGISTRY:
+        raise InvalidArgument("backend", f"unknown backend {name!r}; allowed: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name][1]
+
+
+def create_backend(name: str, config: Any = None, **overrides: Any) -> Backend:
+    """Builds a backend by name. ``config`` is its config dataclass (or None for defaults)."""
+    cfg_cls = backend_config_class(name)
+    cfg = config if config is not None else cfg_cls()
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    return _REGISTRY[name][0](cfg)
+
+
+def _import_builtin_backends() -> None:
+    # Imported lazily so that `parrot --help` does not import torch.
+    from parrot.backends import openai_backend, tgi_backend, transformers_backend  # noqa: F401

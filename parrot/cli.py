@@ -1,0 +1,271 @@
+"""The one `parrot` command line. Heavy imports (torch, grpc, kserve) happen inside commands."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from enum import Enum
+from typing import Any, Optional
+
+import typer
+
+from parrot.logs import setup_logging
+
+app = typer.Typer(help="Parrot: multi-turn instruction following for LLMs, as a platform.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+model_app = typer.Typer(help="Model files: prepare the bundled model.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+class ServiceName(str, Enum):
+    asker = "asker"
+    responder = "responder"
+    judge = "judge"
+    all = "all"
+
+
+TARGET = typer.Option("127.0.0.1:50051", "--target", "-t", envvar="PARROT_TARGET", help="gRPC address of the service.")
+TOKEN_ENV = typer.Option("PARROT_AUTH_TOKEN", help="Env var holding the bearer token to send (if set).")
+TIMEOUT = typer.Option(300.0, help="Deadline for the call in seconds.")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@model_app.command("prepare")
+def model_prepare(force: bool = typer.Option(False, help="Convert again even if the cache is complete.")) -> None:
+    """Convert the bundled SmolLM2-135M-Instruct GGUF once into a bf16 safetensors folder (cached)."""
+    setup_logging()
+    from parrot.errors import ConfigError
+    from parrot.modelstore import prepare_bundled_model
+
+    try:
+        path = prepare_bundled_model(force=force)
+    except ConfigError as e:
+        _fail(str(e))
+    typer.echo(str(path))
+
+
+@app.command("serve")
+def serve_cmd(
+    service: ServiceName = typer.Argument(..., help="asker, responder, judge, or all (three services, one shared model)."),
+    host: str = typer.Option("0.0.0.0", envvar="PARROT_HOST", help="Interface to bind."),
+    grpc_port: int = typer.Option(50051, envvar="PARROT_GRPC_PORT", help="parrot.v1 gRPC port."),
+    http_port: int = typer.Option(8080, envvar="PARROT_HTTP_PORT", help="KServe REST port (v1/v2, readiness, /metrics, OpenAI)."),
+    backend: str = typer.Option("transformers", envvar="PARROT_BACKEND", help="transformers, tgi or openai."),
+    model: str = typer.Option("smollm2", envvar="PARROT_MODEL",
+                              help="transformers: 'smollm2' or a model folder; openai: model name; tgi: label."),
+    dtype: str = typer.Option("bfloat16", envvar="PARROT_DTYPE", help="transformers: bfloat16, float16 or float32."),
+    device: str = typer.Option("auto", envvar="PARROT_DEVICE", help="transformers: cpu, cuda or auto."),
+    max_batch_size: int = typer.Option(32, envvar="PARROT_MAX_BATCH_SIZE", help="transformers: rows decoded together."),
+    base_url: str = typer.Option("", envvar="PARROT_BASE_URL", help="openai: API base URL (…/v1); tgi: server URL."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", envvar="PARROT_API_KEY_ENV", help="openai: env var with the API key."),
+    api_key_file: str = typer.Option("", envvar="PARROT_API_KEY_FILE", help="openai: file with the API key (a mounted Secret)."),
+    auth_token_file: Optional[str] = typer.Option(None, envvar="PARROT_AUTH_TOKEN_FILE",
+                                                  help="Require this bearer token (file; else env PARROT_AUTH_TOKEN if set)."),
+    max_new_tokens: int = typer.Option(2048, envvar="PARROT_MAX_NEW_TOKENS", help="Upper bound for max_tokens in requests."),
+    max_input_chars: int = typer.Option(200_000, envvar="PARROT_MAX_INPUT_CHARS", help="Upper bound on conversation size."),
+    grace_s: float = typer.Option(10.0, envvar="PARROT_GRACE_S", help="Seconds to finish calls in flight on SIGTERM."),
+) -> None:
+    """Serve a model service: parrot.v1 gRPC + KServe REST (+ OpenAI /v1/chat/completions on the responder)."""
+    setup_logging()
+    from parrot.backends import backend_config_class
+    from parrot.conversation import InputLimits
+    from parrot.errors import ConfigError, InvalidArgument
+    from parrot.server.runner import ServeConfig, serve
+
+    try:
+        cfg_cls = backend_config_class(backend)
+    except InvalidArgument as e:
+        _fail(f"--backend: {e.problem}")
+    options: dict[str, Any] = {}
+    if backend == "transformers":
+        options = {"model": model, "dtype": dtype, "device": device, "max_batch_size": max_batch_size}
+    elif backend == "openai":
+        if not base_url:
+            _fail("--base-url / PARROT_BASE_URL is required for the openai backend")
+        options = {"base_url": base_url.rstrip("/"), "model": model, "api_key_env": api_key_env, "api_key_file": api_key_file}
+    elif backend == "tgi":
+        if not base_url:
+            _fail("--base-url / PARROT_BASE_URL is required for the tgi backend (the TGI server URL)")
+        options = {"url": base_url.rstrip("/"), "model_name": "" if model == "smollm2" else model}
+    services = ("asker", "responder", "judge") if service is ServiceName.all else (service.value,)
+    try:
+        config = ServeConfig(
+            services=services, host=host, grpc_port=grpc_port, http_port=http_port, backend=backend,
+            backend_config=cfg_cls(**options), auth_token_file=auth_token_file, grace_s=grace_s,
+            limits=InputLimits(max_new_tokens=max_new_tokens, max_input_chars=max_input_chars),
+        )
+        rc = serve(config)
+    except ConfigError as e:
+        _fail(str(e))
+    raise typer.Exit(rc)
+
+
+def _conversation(file: Optional[str], messages: list[tuple[str, str]]) -> Any:
+    from parrot.client import ConversationFileError, load_conversation
+    from parrot.conversation import Message, Role
+    from parrot.protoconv import messages_to_pb
+
+    try:
+        msgs = load_conversation(file) if file else []
+    except ConversationFileError as e:
+        _fail(str(e))
+    msgs += [Message(Role(r), t) for r, t in messages]
+    return messages_to_pb(msgs)
+
+
+def _params(max_tokens: int, temperature: Optional[float], seed: Optional[int]) -> Any:
+    from parrot.v1 import conversation_pb2
+
+    p = conversation_pb2.GenerationParams(max_tokens=max_tokens)
+    if temperature is not None:
+        p.temperature = temperature
+    if seed is not None:
+        p.seed = seed
+    return p
+
+
+async def _call(target: str, token_env: str, timeout: float, fn: Any) -> Any:
+    import grpc
+
+    from parrot.client import auth_metadata, channel
+
+    async with channel(target) as ch:
+        try:
+            return await fn(ch, auth_metadata(token_env), timeout)
+        except grpc.aio.AioRpcError as e:
+            _fail(f"{e.code().name}: {e.details()}")
+
+
+@app.command("chat")
+def chat_cmd(
+    message: Optional[str] = typer.Argument(None, help="The user message. Omit to chat interactively."),
+    file: Optional[str] = typer.Option(None, "--file", "-f", help="Conversation so far (JSON; '-' = stdin)."),
+    system: Optional[str] = typer.Option(None, help="A system message to start with."),
+    max_tokens: int = typer.Option(256, help="Most new tokens."),
+    temperature: Optional[float] = typer.Option(None, help="0 = greedy (default)."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed."),
+    stream: bool = typer.Option(True, help="Print tokens as they arrive."),
+    target: str = TARGET, token_env: str = TOKEN_ENV, timeout: float = TIMEOUT,
+) -> None:
+    """Talk to the responder (parrot.v1.Responder)."""
+    from parrot.v1 import responder_pb2, responder_pb2_grpc
+
+    history: list[tuple[str, str]] = [("system", system)] if system else []
+    interactive = message is None and sys.stdin.isatty()
+    if message is None and not interactive:
+        _fail("give a MESSAGE (or run in a terminal to chat interactively)")
+
+    async def turn(text: str) -> str:
+        history.append(("user", text))
+        request = responder_pb2.RespondRequest(conversation=_conversation(file, history),
+                                               params=_params(max_tokens, temperature, seed))
+
+        async def fn(ch: Any, md: Any, t: float) -> str:
+            stub = responder_pb2_grpc.ResponderStub(ch)
+            if not stream:
+                r = await stub.Respond(request, metadata=md, timeout=t)
+                typer.echo(r.text)
+                return r.text
+            parts = []
+            async for chunk in stub.RespondStream(request, metadata=md, timeout=t):
+                parts.append(chunk.delta)
+                typer.echo(chunk.delta, nl=False)
+            typer.echo()
+            return "".join(parts)
+
+        answer = await _call(target, token_env, timeout, fn)
+        history.append(("assistant", answer))
+        return answer
+
+    async def run() -> None:
+        if not interactive:
+            await turn(message)  # type: ignore[arg-type]
+            return
+        typer.echo("(empty line or Ctrl-D to quit)")
+        while True:
+            try:
+                text = input("you> ").strip()
+            except EOFError:
+                return
+            if not text:
+                return
+            await turn(text)
+
+    asyncio.run(run())
+
+
+@app.command("ask")
+def ask_cmd(
+    file: Optional[str] = typer.Option(None, "--file", "-f", help="Conversation so far (JSON; '-' = stdin); must end with an answer."),
+    query: Optional[str] = typer.Option(None, "--query", "-q", help="First user query (with --answer, instead of --file)."),
+    answer: Optional[str] = typer.Option(None, "--answer", "-a", help="The assistant's answer to --query."),
+    persona: str = typer.Option("", help="Who is asking (hint)."),
+    topic: str = typer.Option("", help="Where the conversation should go (hint)."),
+    candidates: int = typer.Option(1, "--candidates", "-n", help="How many follow-up questions."),
+    max_tokens: int = typer.Option(64, help="Most new tokens per question."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (asker default if unset)."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed."),
+    target: str = TARGET, token_env: str = TOKEN_ENV, timeout: float = TIMEOUT,
+) -> None:
+    """Ask the asker for the user's next turn (parrot.v1.Asker)."""
+    from parrot.v1 import asker_pb2, asker_pb2_grpc
+
+    pairs: list[tuple[str, str]] = []
+    if query is not None or answer is not None:
+        if query is None or answer is None:
+            _fail("--query and --answer go together")
+        pairs = [("user", query), ("assistant", answer)]  # type: ignore[list-item]
+    if not file and not pairs:
+        _fail("give --file, or --query with --answer")
+    request = asker_pb2.AskRequest(conversation=_conversation(file, pairs), params=_params(max_tokens, temperature, seed),
+                                   persona=persona, topic=topic, num_candidates=candidates)
+
+    async def fn(ch: Any, md: Any, t: float) -> None:
+        r = await asker_pb2_grpc.AskerStub(ch).Ask(request, metadata=md, timeout=t)
+        for c in r.candidates:
+            typer.echo(c.text)
+
+    asyncio.run(_call(target, token_env, timeout, fn))
+
+
+@app.command("judge")
+def judge_cmd(
+    file: str = typer.Argument(..., help="Conversation with the answer to grade (JSON; '-' = stdin)."),
+    versus: Optional[str] = typer.Option(None, help="A second conversation (same user turns): compare pairwise."),
+    turn: int = typer.Option(0, help="1-based user turn whose answer is judged; 0 = last."),
+    reference: str = typer.Option("", help="Reference answer for the judged turn."),
+    prompt: str = typer.Option("", help="Judge prompt name (default by mode and reference)."),
+    max_tokens: int = typer.Option(256, help="Most tokens for the judge's explanation."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full response as JSON."),
+    target: str = TARGET, token_env: str = TOKEN_ENV, timeout: float = TIMEOUT,
+) -> None:
+    """Grade an answer 1-10, or compare two answers (parrot.v1.Judge)."""
+    from google.protobuf import json_format
+
+    from parrot.v1 import judge_pb2, judge_pb2_grpc
+
+    params = _params(max_tokens, None, None)
+
+    async def fn(ch: Any, md: Any, t: float) -> None:
+        stub = judge_pb2_grpc.JudgeStub(ch)
+        if versus:
+            r = await stub.ComparePair(judge_pb2.ComparePairRequest(
+                conversation_a=_conversation(file, []), conversation_b=_conversation(versus, []), turn=turn,
+                reference_answer=reference, prompt_name=prompt, params=params), metadata=md, timeout=t)
+            summary = f"winner: {judge_pb2.PairWinner.Name(r.winner).removeprefix('PAIR_WINNER_')}"
+        else:
+            r = await stub.GradeSingle(judge_pb2.GradeSingleRequest(
+                conversation=_conversation(file, []), turn=turn, reference_answer=reference, prompt_name=prompt,
+                params=params), metadata=md, timeout=t)
+            summary = f"score: {r.score:.2f}  (turn {r.turn}, {judge_pb2.ScoreMethod.Name(r.method)})\n{r.explanation}"
+        typer.echo(json_format.MessageToJson(r, preserving_proto_field_name=True) if as_json else summary)
+
+    asyncio.run(_call(target, token_env, timeout, fn))
+
+
+def main() -> None:
+    app()

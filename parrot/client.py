@@ -1,0 +1,61 @@
+"""Client helpers for the CLI and tests: channels with auth, and conversation files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from parrot.conversation import Message, Role
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+class ConversationFileError(ValueError):
+    """A conversation file is unreadable or malformed; the message names file and field."""
+
+
+def channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+
+
+def auth_metadata(token_env: str = "PARROT_AUTH_TOKEN") -> list[tuple[str, str]]:
+    token = os.environ.get(token_env)
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
+def load_conversation(path: str) -> list[Message]:
+    """Reads a conversation: a JSON list of {role, content}, or {"messages": [...]}, or
+    ShareGPT-style {"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}. '-' is stdin."""
+    import sys
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as e:
+        raise ConversationFileError(f"{path}: cannot read: {e.strerror}") from e
+    try:
+        data: Any = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConversationFileError(f"{path}: line {e.lineno}: not valid JSON: {e.msg}") from e
+    sharegpt = {"human": Role.USER, "user": Role.USER, "gpt": Role.ASSISTANT, "assistant": Role.ASSISTANT,
+                "system": Role.SYSTEM}
+    if isinstance(data, dict) and "conversations" in data:
+        items, role_key, text_key = data["conversations"], "from", "value"
+    else:
+        items = data.get("messages") if isinstance(data, dict) else data
+        role_key, text_key = "role", "content"
+    if not isinstance(items, list):
+        raise ConversationFileError(f"{path}: expected a list of messages (or an object with 'messages')")
+    out = []
+    for i, m in enumerate(items):
+        if not isinstance(m, dict) or not isinstance(m.get(text_key), str):
+            raise ConversationFileError(f"{path}: messages[{i}]: expected an object with a string '{text_key}'")
+        role = sharegpt.get(str(m.get(role_key, "")).lower())
+        if role is None:
+            raise ConversationFileError(
+                f"{path}: messages[{i}].{role_key}: unknown role {m.get(role_key)!r}; allowed: system, user, assistant")
+        out.append(Message(role, m[text_key]))
+    return out

@@ -1,0 +1,65 @@
+"""Typed domain errors. Each names the gRPC status code it maps to; RPC bodies just raise.
+
+The server interceptor (parrot.server.interceptors) turns these into statuses; any other
+exception becomes INTERNAL with no detail leaked to the caller.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ParrotError(Exception):
+    """Base class: an error whose message is safe to show to the caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    http_status: int = 500
+
+
+class InvalidArgument(ParrotError):
+    """The request is malformed. The message names the field, what was wrong and what is allowed."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
+
+    def __init__(self, field: str, problem: str):
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class NotReady(ParrotError):
+    """The model is still loading (or failed to load); retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
+
+
+class Unavailable(ParrotError):
+    """An upstream (HTTP backend, remote model server) could not be reached or kept failing."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
+
+
+class DeadlineExceeded(ParrotError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
+
+
+class ResourceExhausted(ParrotError):
+    """A configured limit (queue size, message size, ...) was exceeded."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+
+
+class Unsupported(ParrotError):
+    """The backend cannot do what was asked (for example token scoring over a chat API)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 501
+
+
+class ConfigError(Exception):
+    """Bad configuration at start-up: the message names the setting (flag / env var)."""

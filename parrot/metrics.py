@@ -1,0 +1,57 @@
+"""Prometheus metrics shared by every service (served at the KServe HTTP port's /metrics).
+
+Histograms are labelled by model and stage, in the style of kserve/metrics.py.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RPC_REQUESTS = Counter(
+    "parrot_rpc_requests_total",
+    "parrot.v1 RPCs handled, by service, method and final status code.",
+    ["service", "method", "code"],
+)
+RPC_LATENCY = Histogram(
+    "parrot_rpc_latency_seconds",
+    "parrot.v1 RPC latency, by service and method.",
+    ["service", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+STAGE_LATENCY = Histogram(
+    "parrot_stage_latency_seconds",
+    "Latency of a processing stage (load, prefill, decode, queue, judge_generate, judge_score, ...).",
+    ["model", "stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+GENERATED_TOKENS = Counter(
+    "parrot_generated_tokens_total",
+    "Tokens generated, by model and backend.",
+    ["model", "backend"],
+)
+PROMPT_TOKENS = Counter(
+    "parrot_prompt_tokens_total",
+    "Prompt tokens processed, by model and backend.",
+    ["model", "backend"],
+)
+BATCH_SIZE = Histogram(
+    "parrot_batch_size",
+    "Requests per batch formed by the dynamic batcher.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
+)
+QUEUE_DEPTH = Gauge(
+    "parrot_queue_depth",
+    "Requests waiting for the dynamic batcher.",
+    ["model"],
+)
+MODEL_READY = Gauge(
+    "parrot_model_ready",
+    "1 when the model is loaded and serving, 0 while loading.",
+    ["model", "service"],
+)
+BACKEND_RETRIES = Counter(
+    "parrot_backend_retries_total",
+    "HTTP backend retries after 429/5xx/transport errors, by backend.",
+    ["backend", "reason"],
+)

@@ -1,0 +1,1 @@
+"""The shared server bootstrap every model service (and later the coordinator) runs on."""

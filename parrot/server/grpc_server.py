@@ -1,0 +1,90 @@
+"""Builds the grpc.aio server every Parrot service runs on: health, reflection, limits, interceptors."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from parrot.server.interceptors import AuthInterceptor, ErrorMappingInterceptor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GrpcService:
+    """One parrot.v1 service to mount: its servicer and the generated add_*_to_server function."""
+
+    full_name: str  # e.g. "parrot.v1.Responder"
+    servicer: Any
+    add_to_server: Callable[[Any, Any], None]
+
+
+class GrpcServer:
+    """A grpc.aio server with the standard health service and reflection.
+
+    Health: the overall status ("") is SERVING as soon as the server runs (liveness); each
+    service's own name is NOT_SERVING until ``set_serving`` is called (readiness).
+    """
+
+    def __init__(
+        self,
+        services: Sequence[GrpcService],
+        *,
+        host: str,
+        port: int,
+        auth_token: str | None,
+        max_message_bytes: int,
+    ) -> None:
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if auth_token:
+            interceptors.append(AuthInterceptor(auth_token))
+        interceptors.append(ErrorMappingInterceptor())
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        for s in services:
+            s.add_to_server(s.servicer, self.server)
+            names.append(s.full_name)
+        reflection.enable_server_reflection(names, self.server)
+        self.services = list(services)
+        self.address = f"{host}:{port}"
+        self.port = self.server.add_insecure_port(self.address)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC port {self.address}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self._set("", health_pb2.HealthCheckResponse.SERVING)
+        for s in self.services:
+            await self._set(s.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.info("grpc server listening", extra={"address": self.address, "port": self.port,
+                                                  "services": [s.full_name for s in self.services]})
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for s in self.services:
+            await self._set(s.full_name, status)
+
+    async def stop(self, grace_s: float) -> None:
+        """Marks everything NOT_SERVING, then stops accepting and waits up to grace_s for calls in flight."""
+        await self._set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.set_serving(False)
+        await self.server.stop(grace_s)
+
+    async def _set(self, name: str, status: Any) -> None:
+        result = self.health.set(name, status)
+        if hasattr(result, "__await__"):
+            await result

@@ -1,0 +1,153 @@
+"""gRPC server interceptors: bearer-token auth, and one mapping of domain errors to status codes.
+
+Domain errors (parrot.errors.ParrotError) become their own status code with their message;
+anything else becomes INTERNAL with a generic message (details go to the log only).
+Both interceptors also record Prometheus metrics and a structured log line per call.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+from parrot.errors import ParrotError
+from parrot.metrics import RPC_LATENCY, RPC_REQUESTS
+
+log = logging.getLogger(__name__)
+
+# Always open: probes and service discovery must work without a token.
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
+                 "/grpc.reflection.v1.ServerReflection/")
+
+
+def _split(method: str) -> tuple[str, str]:
+    _, service, name = method.split("/", 2) if method.count("/") >= 2 else ("", method, "")
+    return service, name
+
+
+def _wrap_handler(handler: grpc.RpcMethodHandler, wrap_unary: Callable, wrap_stream: Callable) -> grpc.RpcMethodHandler:
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+    return handler  # client/bidi streaming: none in parrot.v1 today
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every RPC except health and reflection."""
+
+    def __init__(self, token: str):
+        self._token = token.encode()
+
+    async def intercept_service(self, continuation: Callable[..., Awaitable[Any]], details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_SERVICES):
+            return handler
+        supplied = b""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                v = value.decode() if isinstance(value, bytes) else value
+                if v.startswith("Bearer "):
+                    supplied = v[len("Bearer "):].encode()
+        if hmac.compare_digest(supplied, self._token):
+            return handler
+        service, name = _split(details.method)
+
+        async def deny_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            RPC_REQUESTS.labels(service, name, "UNAUTHENTICATED").inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (metadata 'authorization: Bearer <token>')")
+
+        async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await deny_unary(request, context)
+            yield  # pragma: no cover - makes this an async generator
+
+        return _wrap_handler(handler, lambda _: deny_unary, lambda _: deny_stream)
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Maps ParrotError subclasses to their status code; everything else to a bare INTERNAL."""
+
+    async def intercept_service(self, continuation: Callable[..., Awaitable[Any]], details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_SERVICES):
+            return handler
+        service, name = _split(details.method)
+
+        def wrap_unary(behavior: Callable) -> Callable:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                t0 = time.monotonic()
+                status: list[str] = ["OK"]
+                try:
+                    with _map_errors(context, service, name, status) as abort:
+                        return await behavior(request, context)
+                    await abort()
+                finally:
+                    _observe(service, name, status[0], t0)
+            return call
+
+        def wrap_stream(behavior: Callable) -> Callable:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                t0 = time.monotonic()
+                status: list[str] = ["OK"]
+                try:
+                    with _map_errors(context, service, name, status) as abort:
+                        async for item in behavior(request, context):
+                            yield item
+                    await abort()
+                finally:
+                    _observe(service, name, status[0], t0)
+            return call
+
+        return _wrap_handler(handler, wrap_unary, wrap_stream)
+
+
+def _observe(service: str, name: str, code: str, t0: float) -> None:
+    elapsed = time.monotonic() - t0
+    RPC_REQUESTS.labels(service, name, code).inc()
+    RPC_LATENCY.labels(service, name).observe(elapsed)
+    log.info("rpc", extra={"service": service, "method": name, "code": code, "ms": round(elapsed * 1000, 1)})
+
+
+class _ErrorMapper:
+    """Context manager: swallows the servicer's exception and remembers which status to abort with."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, service: str, name: str, status: list[str]):
+        self._context, self._service, self._name, self._status = context, service, name, status
+        self._abort: tuple[grpc.StatusCode, str] | None = None
+
+    def __enter__(self) -> Callable[[], Awaitable[None]]:
+        return self._do_abort
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, grpc.aio.AbortError):  # the servicer aborted itself
+            code = self._context.code()
+            self._status[0] = code.name if code is not None else "UNKNOWN"
+            return False
+        if isinstance(exc, (GeneratorExit, KeyboardInterrupt, SystemExit)):
+            return False
+        if isinstance(exc, BaseException) and not isinstance(exc, Exception):  # CancelledError
+            self._status[0] = "CANCELLED"
+            return False
+        if isinstance(exc, ParrotError):
+            self._abort = (exc.code, str(exc))
+        else:
+            log.error("unhandled error in %s/%s", self._service, self._name, exc_info=exc)
+            self._abort = (grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        self._status[0] = self._abort[0].name
+        return True
+
+    async def _do_abort(self) -> None:
+        if self._abort is not None:
+            await self._context.abort(*self._abort)
+
+
+def _map_errors(context: grpc.aio.ServicerContext, service: str, name: str, status: list[str]) -> _ErrorMapper:
+    return _ErrorMapper(context, service, name, status)

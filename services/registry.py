@@ -1,0 +1,55 @@
+"""The model services by name. Each entry builds a servicer around a shared backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from parrot.backends.base import Backend
+from parrot.conversation import InputLimits
+
+
+@dataclass
+class ServiceSpec:
+    name: str           # CLI and KServe model name: asker | responder | judge
+    service_name: str   # proto service name within parrot.v1
+    default_method: str  # the RPC KServe REST calls when the body names none
+    build: Callable[[Backend, InputLimits], Any]
+    pb2: Callable[[], tuple[Any, Any]]  # (pb2 module, pb2_grpc module), imported lazily
+
+
+def _asker(backend: Backend, limits: InputLimits) -> Any:
+    from services.asker.service import AskerConfig, AskerService
+
+    model_dir = getattr(getattr(backend, "config", None), "model", None)
+    return AskerService(backend, AskerConfig(limits=limits, model_dir=model_dir))
+
+
+def _responder(backend: Backend, limits: InputLimits) -> Any:
+    from services.responder.service import ResponderConfig, ResponderService
+
+    return ResponderService(backend, ResponderConfig(limits=limits))
+
+
+def _judge(backend: Backend, limits: InputLimits) -> Any:
+    import os
+
+    from services.judge.service import JudgeConfig, JudgeService
+
+    return JudgeService(backend, JudgeConfig(limits=limits, prompts_file=os.environ.get("PARROT_JUDGE_PROMPTS") or None))
+
+
+def _pb2(name: str) -> Callable[[], tuple[Any, Any]]:
+    def load() -> tuple[Any, Any]:
+        import importlib
+
+        return importlib.import_module(f"parrot.v1.{name}_pb2"), importlib.import_module(f"parrot.v1.{name}_pb2_grpc")
+
+    return load
+
+
+SERVICES: dict[str, ServiceSpec] = {
+    "asker": ServiceSpec("asker", "Asker", "Ask", _asker, _pb2("asker")),
+    "responder": ServiceSpec("responder", "Responder", "Respond", _responder, _pb2("responder")),
+    "judge": ServiceSpec("judge", "Judge", "GradeSingle", _judge, _pb2("judge")),
+}
