@@ -136,8 +136,7 @@ async def run_clients(target: str, convs: list[list[dict[str, str]]], clients: i
 
 
 def start_responder(dtype: str, max_batch_size: int) -> tuple[subprocess.Popen, str]:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-    import grpc
+    from parrot.client import wait_until_serving
 
     gport, hport = free_port(), free_port()
     env = dict(os.environ, PARROT_LOG_LEVEL="WARNING")
@@ -146,20 +145,13 @@ def start_responder(dtype: str, max_batch_size: int) -> tuple[subprocess.Popen, 
                              "--http-port", str(hport), "--dtype", dtype, "--max-batch-size", str(max_batch_size)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = f"127.0.0.1:{gport}"
-    deadline = time.monotonic() + 300
-    with grpc.insecure_channel(target) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"responder exited with {proc.returncode}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(service="parrot.v1.Responder"), timeout=2).status == 1:
-                    return proc, target
-            except grpc.RpcError:
-                pass
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("responder did not become ready in 300 s")
+    try:
+        wait_until_serving(target, "parrot.v1.Responder", 300,
+                           lambda: None if proc.poll() is None else f"responder exited with {proc.returncode}")
+    except (TimeoutError, RuntimeError) as e:
+        proc.kill()
+        raise SystemExit(str(e)) from e
+    return proc, target
 
 
 def main() -> None:

@@ -59,3 +59,30 @@ def load_conversation(path: str) -> list[Message]:
                 f"{path}: messages[{i}].{role_key}: unknown role {m.get(role_key)!r}; allowed: system, user, assistant")
         out.append(Message(role, m[text_key]))
     return out
+
+
+def wait_until_serving(target: str, service: str, timeout: float = 240, alive: Any = None) -> None:
+    """Polls the standard gRPC health service until ``service`` reports SERVING.
+
+    ``alive`` is an optional callable returning an error string when the server process died.
+    Raises TimeoutError (or RuntimeError from ``alive``) instead of waiting forever.
+    """
+    import time
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            problem = alive() if alive else None
+            if problem:
+                raise RuntimeError(problem)
+            try:
+                r = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.25)
+    raise TimeoutError(f"{service or 'server'} at {target} not SERVING after {timeout:.0f}s")

@@ -19,9 +19,12 @@ class ServiceSpec:
 
 
 def _asker(backend: Backend, limits: InputLimits) -> Any:
+    from parrot.modelstore import BUNDLED_NAME
     from services.asker.service import AskerConfig, AskerService
 
-    model_dir = getattr(getattr(backend, "config", None), "model", None)
+    # A trained asker checkpoint is a folder (its parrot_model.json says so); the bundled model is not.
+    model = getattr(getattr(backend, "config", None), "model", None)
+    model_dir = None if model in (None, "", BUNDLED_NAME) else model
     return AskerService(backend, AskerConfig(limits=limits, model_dir=model_dir))
 
 

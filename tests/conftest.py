@@ -7,11 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,23 +62,15 @@ class ServiceProcess:
 
 
 def wait_serving(target: str, service: str, proc: subprocess.Popen, log_path: Path, timeout: float = 240) -> None:
-    """Polls the standard gRPC health service until ``service`` is SERVING."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from parrot.client import wait_until_serving
 
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"service exited with {proc.returncode}\n{log_path.read_text()[-4000:]}")
-            try:
-                r = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.25)
-    raise AssertionError(f"{service} not SERVING after {timeout}s\n{log_path.read_text()[-4000:]}")
+    def alive() -> str | None:
+        return None if proc.poll() is None else f"service exited with {proc.returncode}\n{log_path.read_text()[-4000:]}"
+
+    try:
+        wait_until_serving(target, service, timeout, alive)
+    except (TimeoutError, RuntimeError) as e:
+        raise AssertionError(f"{e}\n{log_path.read_text()[-4000:]}") from e
 
 
 def start_service(tmp_dir: Path, args: list[str], env_extra: dict[str, str] | None = None,

@@ -262,7 +262,7 @@ def test_auth_rejects_missing_and_wrong_token(stack, channel):
     assert scrape(stack, "parrot_rpc_requests_total", code="UNAUTHENTICATED") >= 4
 
 
-def test_cli_clients(stack):
+def test_cli_clients(stack, tmp_path):
     import subprocess
 
     from tests.conftest import PARROT
@@ -274,6 +274,17 @@ def test_cli_clients(stack):
     out = subprocess.run([PARROT, "ask", "-q", "How do I sort a list in Python?", "-a", "Use sorted().", "-t", stack.grpc_target,
                           "--seed", "3"], capture_output=True, text=True, env=env, timeout=180)
     assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    conv_file = tmp_path / "conv.json"
+    conv_file.write_text(json.dumps([{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]))
+    out = subprocess.run([PARROT, "judge", str(conv_file), "-t", stack.grpc_target, "--max-tokens", "24", "--json"],
+                         capture_output=True, text=True, env=env, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert 1 <= json.loads(out.stdout)["score"] <= 10
+    bad_file = tmp_path / "bad.json"
+    bad_file.write_text('[{"role": "wizard", "content": "x"}]')
+    out = subprocess.run([PARROT, "judge", str(bad_file), "-t", stack.grpc_target], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.returncode == 2 and "messages[0].role" in out.stderr and str(bad_file) in out.stderr
     out = subprocess.run([PARROT, "chat", "hi", "-t", stack.grpc_target], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin"}, timeout=60)
     assert out.returncode == 2 and "UNAUTHENTICATED" in out.stderr

@@ -81,7 +81,6 @@ class Backend(abc.ABC):
         return {}
 
 
-BackendFactory = Callable[..., Backend]
 _REGISTRY: dict[str, tuple[type[Backend], type]] = {}
 
 

@@ -52,7 +52,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         for s in services:
@@ -85,6 +85,4 @@ class GrpcServer:
         await self.server.stop(grace_s)
 
     async def _set(self, name: str, status: Any) -> None:
-        result = self.health.set(name, status)
-        if hasattr(result, "__await__"):
-            await result
+        await self.health.set(name, status)
