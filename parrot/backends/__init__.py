@@ -1,4 +1,4 @@
-"""Generation backends: transformers (in-process, default), tgi, openai."""
+"""Generation backends: transformers (in-process, default), tgi, openai, echo (instant, for load tests)."""
 
 from parrot.backends.base import (
     Backend,

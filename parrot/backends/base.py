@@ -118,4 +118,4 @@ def create_backend(name: str, config: Any = None, **overrides: Any) -> Backend:
 
 def _import_builtin_backends() -> None:
     # Imported lazily so that `parrot --help` does not import torch.
-    from parrot.backends import openai_backend, tgi_backend, transformers_backend  # noqa: F401
+    from parrot.backends import echo_backend, openai_backend, tgi_backend, transformers_backend  # noqa: F401

@@ -29,7 +29,7 @@ class ServeConfig:
     host: str = field(default="0.0.0.0", metadata={"help": "Interface both servers bind (127.0.0.1 for local only)."})
     grpc_port: int = field(default=50051, metadata={"help": "parrot.v1 gRPC port (PARROT_GRPC_PORT)."})
     http_port: int = field(default=8080, metadata={"help": "KServe REST port: v1/v2, readiness, /metrics (PARROT_HTTP_PORT)."})
-    backend: str = field(default="transformers", metadata={"help": "transformers, tgi or openai (PARROT_BACKEND)."})
+    backend: str = field(default="transformers", metadata={"help": "transformers, tgi, openai or echo (PARROT_BACKEND)."})
     backend_config: Any = field(default=None, metadata={"help": "The backend's config dataclass (None = defaults)."})
     auth_token_file: str | None = field(default=None, metadata={"help": "File holding the bearer token (a mounted Secret)."})
     auth_token_env: str = field(default="PARROT_AUTH_TOKEN", metadata={"help": "Env var holding the bearer token, if no file."})

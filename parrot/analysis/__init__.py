@@ -1,0 +1,50 @@
+"""Pure analysis helpers: context-dependence detection, follow-up filters, dataset stats, bootstrap CIs."""
+
+from parrot.analysis.bootstrap import bootstrap_ci, score_summary
+from parrot.analysis.context import (
+    ANAPHORA,
+    ELLIPSIS,
+    EXPLICIT_REFERENCE,
+    KINDS,
+    ContextVerdict,
+    is_context_dependent,
+)
+from parrot.analysis.filters import (
+    REASONS,
+    FilterCounts,
+    FollowUpFilter,
+    near_duplicate,
+    normalize,
+)
+from parrot.analysis.stats import (
+    ConversationStats,
+    context_dependent_turns,
+    conversation_stats,
+    dataset_stats,
+    distinct_n,
+    user_turns,
+    whitespace_token_count,
+)
+
+__all__ = [
+    "ANAPHORA",
+    "ELLIPSIS",
+    "EXPLICIT_REFERENCE",
+    "KINDS",
+    "REASONS",
+    "ContextVerdict",
+    "ConversationStats",
+    "FilterCounts",
+    "FollowUpFilter",
+    "bootstrap_ci",
+    "context_dependent_turns",
+    "conversation_stats",
+    "dataset_stats",
+    "distinct_n",
+    "is_context_dependent",
+    "near_duplicate",
+    "normalize",
+    "score_summary",
+    "user_turns",
+    "whitespace_token_count",
+]

@@ -1,0 +1,330 @@
+"""CLI commands that talk to the coordinator: eval, collect, runs list|show|watch|cancel|results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+runs_app = typer.Typer(help="Inspect and control runs on the coordinator.", no_args_is_help=True)
+
+COORDINATOR = typer.Option("127.0.0.1:50060", "--coordinator", "-c", envvar="PARROT_COORDINATOR",
+                           help="gRPC address of the coordinator.")
+TOKEN_ENV = typer.Option("PARROT_AUTH_TOKEN", help="Env var holding the bearer token to send (if set).")
+URL_SCHEMES = ("s3://", "file://", "runs/")
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def input_file(value: str, flag: str) -> dict[str, Any]:
+    """A local path is sent inline (so a remote coordinator can read it); a URL is passed on."""
+    import base64
+
+    if value.startswith(URL_SCHEMES):
+        return {"url": value, "name": value.rsplit("/", 1)[-1]}
+    p = Path(value).expanduser()
+    if not p.is_file():
+        fail(f"{flag}: {value} is not a file")
+    return {"name": p.name, "content": base64.b64encode(p.read_bytes()).decode()}
+
+
+def build_spec(spec_file: Optional[str], kind: str, section: dict[str, Any], common: dict[str, Any]) -> Any:
+    """YAML spec file (RunSpec fields; input files as paths or URLs) < flags."""
+    import yaml
+    from google.protobuf import json_format
+
+    from parrot.v1 import coordinator_pb2 as cpb
+
+    base: dict[str, Any] = {}
+    if spec_file:
+        try:
+            base = yaml.safe_load(Path(spec_file).read_text()) or {}
+        except OSError as e:
+            fail(f"--spec: cannot read {spec_file}: {e.strerror}")
+        except yaml.YAMLError as e:
+            fail(f"--spec: {spec_file} is not valid YAML: {e}")
+        if not isinstance(base, dict):
+            fail(f"--spec: {spec_file} must hold a mapping of RunSpec fields")
+        other = "evaluation" if kind == "collection" else "collection"
+        if other in base:
+            fail(f"--spec: {spec_file} describes a {other} run; use `parrot {'eval' if other == 'evaluation' else 'collect'}`")
+        for fld in ("seeds", "questions", "reference_answers"):
+            if isinstance(base.get(kind, {}).get(fld), str):
+                base[kind][fld] = input_file(base[kind][fld], f"--spec {kind}.{fld}")
+    merged = dict(base)
+    merged.setdefault(kind, {})
+    merged[kind].update({k: v for k, v in section.items() if v not in (None, "", 0, False)})
+    for k, v in common.items():
+        if v in (None, "", 0):
+            continue
+        if isinstance(v, dict):
+            merged.setdefault(k, {}).update({kk: vv for kk, vv in v.items() if vv not in (None, "", 0)})
+        else:
+            merged[k] = v
+    try:
+        return json_format.ParseDict(merged, cpb.RunSpec())
+    except json_format.ParseError as e:
+        fail(f"run spec: {e}")
+
+
+async def _rpc(target: str, token_env: str, fn: Any) -> Any:
+    import grpc
+
+    from parrot.client import auth_metadata, channel
+
+    async with channel(target) as ch:
+        from parrot.v1 import coordinator_pb2_grpc
+
+        try:
+            return await fn(coordinator_pb2_grpc.CoordinatorStub(ch), auth_metadata(token_env))
+        except grpc.aio.AioRpcError as e:
+            fail(f"{e.code().name}: {e.details()}")
+
+
+def state_name(state: int) -> str:
+    from parrot.v1 import coordinator_pb2 as cpb
+
+    return cpb.RunState.Name(state).removeprefix("RUN_STATE_").lower()
+
+
+async def watch_with_progress(stub: Any, md: Any, run_id: str, quiet: bool = False) -> Any:
+    """Follows WatchRun with a live progress bar (plain lines when not a terminal); returns the last event."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from parrot.v1 import coordinator_pb2 as cpb
+
+    last = None
+    interactive = sys.stderr.isatty() and not quiet
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("failed {task.fields[failed]} · turns {task.fields[turns]} · tokens {task.fields[tokens]}"
+                                   " · eta {task.fields[eta]}"), TimeElapsedColumn(), disable=not interactive,
+                        transient=False)
+    printed = -1
+    with progress:
+        task = progress.add_task(run_id, total=None, failed=0, turns=0, tokens=0, eta="?")
+        async for ev in stub.WatchRun(cpb.WatchRunRequest(run_id=run_id), metadata=md):
+            last = ev
+            p = ev.progress
+            done = p.finished + p.failed
+            eta = f"{p.eta_s:.0f}s" if p.eta_s else "?"
+            progress.update(task, total=p.total or None, completed=done, failed=p.failed, turns=p.turns, tokens=p.tokens,
+                            eta=eta)
+            if not interactive and not quiet and (done != printed or ev.type == cpb.RUN_EVENT_TYPE_STATE_CHANGED):
+                printed = done
+                typer.echo(f"[{run_id}] {state_name(ev.state)}: {done}/{p.total} conversations "
+                           f"({p.failed} failed), {p.turns} turns, {p.tokens} tokens, eta {eta}", err=True)
+    return last
+
+
+def print_run(run: Any) -> None:
+    p = run.progress
+    typer.echo(f"run {run.id}: {state_name(run.state)} ({run.message})" if run.message else
+               f"run {run.id}: {state_name(run.state)}")
+    typer.echo(f"  kind: {run.spec.WhichOneof('kind')}  name: {run.spec.name or '-'}  output: {run.output_url}")
+    typer.echo(f"  conversations: {p.finished} finished, {p.failed} failed, {p.in_flight} in flight, of {p.total}")
+    typer.echo(f"  turns: {p.turns}  tokens: {p.tokens}  elapsed: {p.elapsed_s:.1f}s")
+    if p.dropped:
+        typer.echo("  dropped follow-ups: " + ", ".join(f"{k}={v}" for k, v in sorted(p.dropped.items())))
+    if run.spec.WhichOneof("kind") == "evaluation":
+        typer.echo(f"  judge failures: {p.judge_failures}")
+
+
+def print_summary(summary_json: str) -> None:
+    if not summary_json:
+        return
+    s = json.loads(summary_json)
+    scores = s.get("scores") or {}
+    per_turn = scores.get("per_turn") or {}
+    if per_turn:
+        typer.echo("\n  turn  mean   95% CI           n")
+        for turn, row in sorted(per_turn.items(), key=lambda kv: int(kv[0])):
+            typer.echo(f"  {int(turn):>4}  {_f(row.get('mean'))}  [{_f(row.get('low'))}, {_f(row.get('high'))}]  {row.get('n', '')}")
+        o = scores.get("overall") or {}
+        typer.echo(f"  all   {_f(o.get('mean'))}  [{_f(o.get('low'))}, {_f(o.get('high'))}]  {o.get('n', '')}")
+        cats = scores.get("per_category") or {}
+        if cats:
+            typer.echo("\n  category      mean")
+            for cat, row in sorted(cats.items()):
+                typer.echo(f"  {cat:<12}  {_f(row.get('mean'))}")
+    stats = s.get("stats")
+    if stats:
+        typer.echo("\n  " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()
+                                     if not isinstance(v, (dict, list))))
+
+
+def _f(x: Any) -> str:
+    return f"{x:5.2f}" if isinstance(x, (int, float)) else "  -  "
+
+
+async def save_results(stub: Any, md: Any, run_id: str, out: Optional[str]) -> Any:
+    from parrot.v1 import coordinator_pb2 as cpb
+
+    res = await stub.GetRunResults(cpb.GetRunResultsRequest(run_id=run_id, include_content=bool(out)), metadata=md)
+    if out:
+        d = Path(out)
+        d.mkdir(parents=True, exist_ok=True)
+        for a in res.artifacts:
+            (d / a.name).write_bytes(a.content)
+        typer.echo(f"  wrote {len(res.artifacts)} files to {d}/")
+    else:
+        for a in res.artifacts:
+            typer.echo(f"  {a.name}: {a.url} ({a.size_bytes} bytes)")
+    return res
+
+
+def start_and_follow(coordinator: str, token_env: str, spec: Any, detach: bool, out: Optional[str]) -> None:
+    from parrot.v1 import coordinator_pb2 as cpb
+
+    async def go() -> int:
+        async def fn(stub: Any, md: Any) -> int:
+            run = await stub.StartRun(cpb.StartRunRequest(spec=spec), metadata=md)
+            typer.echo(f"started {run.id} ({run.progress.total} conversations); output: {run.output_url}")
+            if detach:
+                return 0
+            await watch_with_progress(stub, md, run.id)
+            run = await stub.GetRun(cpb.GetRunRequest(run_id=run.id), metadata=md)
+            print_run(run)
+            res = await save_results(stub, md, run.id, out)
+            print_summary(res.summary_json)
+            return 0 if run.state == cpb.RUN_STATE_SUCCEEDED else 1
+
+        return await _rpc(coordinator, token_env, fn)
+
+    raise typer.Exit(asyncio.run(go()))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(runs_app, name="runs")
+
+    @app.command("eval")
+    def eval_cmd(
+        questions: Optional[str] = typer.Option(None, "--questions", "-q",
+                                                help="MT-Bench format file (any number of turns); path or URL."),
+        references: Optional[str] = typer.Option(None, help="FastChat reference answer file (optional)."),
+        limit: int = typer.Option(0, help="Only the first N questions (0 = all)."),
+        model_id: str = typer.Option("", help="Name of the model under test in the output files."),
+        judge_prompt: str = typer.Option("", help="Judge prompt name (default: the judge's)."),
+        judge_max_tokens: int = typer.Option(0, help="Most tokens of each judge explanation (0 = judge default)."),
+        pairwise: bool = typer.Option(False, help="Also compare against --baseline, both orders."),
+        baseline: str = typer.Option("", help="gRPC address of the baseline responder (pairwise)."),
+        baseline_model_id: str = typer.Option("", help="Name of the baseline in the output files."),
+        responder: str = typer.Option("", help="Responder address (default: the coordinator's)."),
+        judge: str = typer.Option("", help="Judge address (default: the coordinator's)."),
+        concurrency: int = typer.Option(0, help="Sessions in flight at once (0 = 16)."),
+        max_tokens: int = typer.Option(0, help="Most new tokens per answer (0 = responder default)."),
+        seed: int = typer.Option(0, help="Seed for generation."),
+        name: str = typer.Option("", help="A name for the run."),
+        spec: Optional[str] = typer.Option(None, "--spec", help="YAML run spec; flags override it."),
+        detach: bool = typer.Option(False, help="Start and return without following progress."),
+        out: Optional[str] = typer.Option(None, help="Download the run's output files into this folder."),
+        coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV,
+    ) -> None:
+        """Evaluate a model on N-turn sessions (MT-Bench / MT-Bench++ format): answers + per-turn judgments."""
+        if not questions and not spec:
+            fail("give --questions FILE (or --spec FILE)")
+        section = {"questions": input_file(questions, "--questions") if questions else None,
+                   "reference_answers": input_file(references, "--references") if references else None,
+                   "model_id": model_id, "judge_prompt": judge_prompt, "pairwise": pairwise,
+                   "baseline_model_id": baseline_model_id, "judge_max_tokens": judge_max_tokens}
+        common = {"name": name, "limit": limit, "concurrency": concurrency, "seed": str(seed) if seed else None,
+                  "targets": {"responder": responder, "judge": judge, "baseline_responder": baseline},
+                  "params": {"max_tokens": max_tokens}}
+        start_and_follow(coordinator, token_env, build_spec(spec, "evaluation", section, common), detach, out)
+
+    @app.command("collect")
+    def collect_cmd(
+        seeds: Optional[str] = typer.Option(None, "--seeds", "-s", help="ShareGPT JSON/JSONL or JSONL of queries; path or URL."),
+        seed_format: str = typer.Option("auto", help="auto, sharegpt or queries."),
+        turns: int = typer.Option(0, help="User turns per conversation (fixed)."),
+        min_turns: int = typer.Option(0, help="Sample the number of user turns from [min, max]."),
+        max_turns: int = typer.Option(0, help="Upper end of the sampled range."),
+        persona: str = typer.Option("", help="Asker persona hint."),
+        min_query_chars: int = typer.Option(0, help="Drop shorter follow-ups (0 = 8)."),
+        limit: int = typer.Option(0, help="Only the first N seeds (0 = all)."),
+        responder: str = typer.Option("", help="Responder address (default: the coordinator's)."),
+        asker: str = typer.Option("", help="Asker address (default: the coordinator's)."),
+        concurrency: int = typer.Option(0, help="Conversations in flight at once (0 = 16)."),
+        max_tokens: int = typer.Option(0, help="Most new tokens per answer (0 = responder default)."),
+        seed: int = typer.Option(0, help="Seed for sampled turn counts and generation."),
+        name: str = typer.Option("", help="A name for the run."),
+        spec: Optional[str] = typer.Option(None, "--spec", help="YAML run spec; flags override it."),
+        detach: bool = typer.Option(False, help="Start and return without following progress."),
+        out: Optional[str] = typer.Option(None, help="Download the dataset and stats into this folder."),
+        coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV,
+    ) -> None:
+        """Collect multi-turn conversations (Parrot-Ask): responder answers, asker asks follow-ups."""
+        if not seeds and not spec:
+            fail("give --seeds FILE (or --spec FILE)")
+        if turns and (min_turns or max_turns):
+            fail("--turns and --min-turns/--max-turns are alternatives")
+        lo = turns or min_turns or (0 if spec else 4)
+        section = {"seeds": input_file(seeds, "--seeds") if seeds else None, "seed_format": seed_format,
+                   "min_turns": lo, "max_turns": turns or max_turns, "persona": persona,
+                   "min_query_chars": min_query_chars}
+        common = {"name": name, "limit": limit, "concurrency": concurrency, "seed": str(seed) if seed else None,
+                  "targets": {"responder": responder, "asker": asker}, "params": {"max_tokens": max_tokens}}
+        start_and_follow(coordinator, token_env, build_spec(spec, "collection", section, common), detach, out)
+
+    @runs_app.command("list")
+    def runs_list(limit: int = typer.Option(50, help="Most runs to show (newest first)."),
+                  coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV) -> None:
+        """List runs, newest first."""
+        from parrot.v1 import coordinator_pb2 as cpb
+
+        async def fn(stub: Any, md: Any) -> None:
+            r = await stub.ListRuns(cpb.ListRunsRequest(limit=limit), metadata=md)
+            typer.echo(f"{'run':<30} {'kind':<11} {'state':<10} {'done':>11} {'failed':>6}  name")
+            for run in r.runs:
+                p = run.progress
+                typer.echo(f"{run.id:<30} {run.spec.WhichOneof('kind') or '-':<11} {state_name(run.state):<10} "
+                           f"{p.finished + p.failed:>5}/{p.total:<5} {p.failed:>6}  {run.spec.name}")
+
+        asyncio.run(_rpc(coordinator, token_env, fn))
+
+    @runs_app.command("show")
+    def runs_show(run_id: str, coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV) -> None:
+        """Show one run: state, progress, outputs and summary."""
+        from parrot.v1 import coordinator_pb2 as cpb
+
+        async def fn(stub: Any, md: Any) -> None:
+            print_run(await stub.GetRun(cpb.GetRunRequest(run_id=run_id), metadata=md))
+            print_summary((await save_results(stub, md, run_id, None)).summary_json)
+
+        asyncio.run(_rpc(coordinator, token_env, fn))
+
+    @runs_app.command("watch")
+    def runs_watch(run_id: str, coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV) -> None:
+        """Follow a run's progress until it ends."""
+        from parrot.v1 import coordinator_pb2 as cpb
+
+        async def fn(stub: Any, md: Any) -> None:
+            await watch_with_progress(stub, md, run_id)
+            print_run(await stub.GetRun(cpb.GetRunRequest(run_id=run_id), metadata=md))
+
+        asyncio.run(_rpc(coordinator, token_env, fn))
+
+    @runs_app.command("cancel")
+    def runs_cancel(run_id: str, coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV) -> None:
+        """Cancel a run; finished conversations stay recorded."""
+        from parrot.v1 import coordinator_pb2 as cpb
+
+        async def fn(stub: Any, md: Any) -> None:
+            print_run(await stub.CancelRun(cpb.CancelRunRequest(run_id=run_id), metadata=md))
+
+        asyncio.run(_rpc(coordinator, token_env, fn))
+
+    @runs_app.command("results")
+    def runs_results(run_id: str, out: Optional[str] = typer.Option(None, help="Download the files into this folder."),
+                     coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV) -> None:
+        """List (or download) a run's output files and print its summary."""
+        async def fn(stub: Any, md: Any) -> None:
+            print_summary((await save_results(stub, md, run_id, out)).summary_json)
+
+        asyncio.run(_rpc(coordinator, token_env, fn))

@@ -1,0 +1,1 @@
+"""The coordinator: durable multi-turn runs (Parrot-Ask collection, N-turn evaluation)."""

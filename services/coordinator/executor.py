@@ -1,0 +1,226 @@
+"""Executes one run: workers over the plan's units, each finished unit persisted before it counts.
+
+Store layout of a run (``runs/<id>/``): ``run.json`` (spec without input contents, state,
+progress, timestamps), ``inputs/<field>`` (the input files as given), ``units/<index>.json``
+(one record per finished or failed conversation), ``outputs/...`` (written when all units are
+done). A restarted coordinator lists ``units/`` and runs only what is missing, so nothing is
+lost and nothing is done twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+from google.protobuf import json_format
+
+from parrot.v1 import coordinator_pb2 as cpb
+from services.coordinator import metrics as m
+from services.coordinator.clients import CallFailed, ModelClients
+from services.coordinator.kinds import UnitContext, UnitFailed, collect_conversation, evaluate_question
+from services.coordinator.spec import DEFAULT_CONCURRENCY, Plan
+
+log = logging.getLogger(__name__)
+
+TERMINAL = {cpb.RUN_STATE_SUCCEEDED, cpb.RUN_STATE_FAILED, cpb.RUN_STATE_CANCELLED}
+KIND_FN = {"collection": collect_conversation, "evaluation": evaluate_question}
+
+
+def run_prefix(run_id: str) -> str:
+    return f"runs/{run_id}"
+
+
+def unit_key(run_id: str, index: int) -> str:
+    return f"runs/{run_id}/units/{index:07d}.json"
+
+
+class RunExecutor:
+    def __init__(self, run: cpb.Run, plan: Plan, store: Any, clients: ModelClients,
+                 on_change: Callable[[cpb.Run], Any] | None = None) -> None:
+        self.run = run
+        self.plan = plan
+        self.store = store
+        self.clients = clients
+        self.units: dict[int, dict[str, Any]] = {}
+        self._subscribers: set[asyncio.Queue] = set()
+        self._cancel = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._session_start = time.monotonic()
+        self._session_done = 0
+        self._elapsed_before = run.progress.elapsed_s
+        self._last_saved = 0.0
+        self.run.progress.total = len(plan.units)
+
+    # ---- events -------------------------------------------------------------------------
+
+    def subscribe(self) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+        q.put_nowait(self._event(cpb.RUN_EVENT_TYPE_SNAPSHOT))
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        self._subscribers.discard(q)
+
+    def _event(self, kind: int, conversation_id: str = "", message: str = "") -> cpb.RunEvent:
+        self._update_timing()
+        return cpb.RunEvent(run_id=self.run.id, type=kind, state=self.run.state, progress=self.run.progress,
+                            conversation_id=conversation_id, message=message, time=time.time())
+
+    def publish(self, kind: int, conversation_id: str = "", message: str = "") -> None:
+        ev = self._event(kind, conversation_id, message)
+        for q in list(self._subscribers):
+            try:
+                q.put_nowait(ev)
+            except asyncio.QueueFull:  # a stuck watcher must not stall the run
+                self._subscribers.discard(q)
+
+    def _update_timing(self) -> None:
+        p = self.run.progress
+        if self.run.state == cpb.RUN_STATE_RUNNING:
+            session = time.monotonic() - self._session_start
+            p.elapsed_s = self._elapsed_before + session
+            remaining = p.total - p.finished - p.failed
+            p.eta_s = session / self._session_done * remaining if self._session_done else 0.0
+
+    # ---- persistence ----------------------------------------------------------------------
+
+    async def save(self, force: bool = True) -> None:
+        if not force and time.monotonic() - self._last_saved < 2.0:
+            return
+        self._last_saved = time.monotonic()
+        self._update_timing()
+        await self.store.put_json(f"{run_prefix(self.run.id)}/run.json",
+                                  json_format.MessageToDict(self.run, preserving_proto_field_name=True))
+
+    async def _load_done(self) -> None:
+        """Reads the unit records already persisted (a resumed run) and recounts progress."""
+        p = self.run.progress
+        p.finished = p.failed = 0
+        p.turns = p.tokens = 0
+        p.judge_failures = 0
+        p.dropped.clear()
+        for key in await self.store.list(f"{run_prefix(self.run.id)}/units/"):
+            rec = await self.store.get_json(key)
+            self.units[rec["index"]] = rec
+            self._count(rec)
+
+    def _count(self, rec: dict[str, Any]) -> None:
+        p = self.run.progress
+        if rec["status"] == "finished":
+            p.finished += 1
+        else:
+            p.failed += 1
+        data = rec.get("data") or {}
+        p.turns += int(data.get("turns", 0))
+        p.tokens += int(data.get("tokens", 0))
+        p.judge_failures += int(data.get("judge_failures", 0))
+        for reason, n in (data.get("drops") or {}).items():
+            p.dropped[reason] = p.dropped.get(reason, 0) + int(n)
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        for t in self._tasks:
+            t.cancel()
+
+    async def execute(self) -> None:
+        kind = self.plan.kind
+        try:
+            await self._load_done()
+            pending = [i for i in range(len(self.plan.units)) if i not in self.units]
+            self.run.state = cpb.RUN_STATE_RUNNING
+            if not self.run.started_at:
+                self.run.started_at = time.time()
+            await self.save()
+            self.publish(cpb.RUN_EVENT_TYPE_STATE_CHANGED, message=f"running: {len(pending)} of {len(self.plan.units)} to do")
+            m.RUNS_ACTIVE.inc()
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for i in pending:
+                queue.put_nowait(i)
+            workers = min(self.run.spec.concurrency or DEFAULT_CONCURRENCY, max(1, len(pending)))
+            self._tasks = [asyncio.create_task(self._worker(queue, kind)) for _ in range(workers)]
+            results = await asyncio.gather(*self._tasks, return_exceptions=True)
+            for r in results:
+                if isinstance(r, Exception) and not isinstance(r, asyncio.CancelledError):
+                    raise r
+            if self._cancel.is_set():
+                await self._finish(cpb.RUN_STATE_CANCELLED, "cancelled by request")
+                return
+            from services.coordinator.outputs import write_outputs
+
+            await write_outputs(self.run, self.plan, self.units, self.store)
+            p = self.run.progress
+            state = cpb.RUN_STATE_FAILED if p.failed and not p.finished else cpb.RUN_STATE_SUCCEEDED
+            await self._finish(state, f"{p.finished} finished, {p.failed} failed")
+        except asyncio.CancelledError:
+            if self._cancel.is_set():
+                await self._finish(cpb.RUN_STATE_CANCELLED, "cancelled by request")
+            raise
+        except Exception as e:  # storage gave up, or a bug: the run can be resumed later
+            log.exception("run failed", extra={"run_id": self.run.id})
+            await self._finish(cpb.RUN_STATE_FAILED, f"run stopped: {e}")
+        finally:
+            await self.clients.close()
+
+    async def _finish(self, state: int, message: str) -> None:
+        if self.run.state == cpb.RUN_STATE_RUNNING:
+            m.RUNS_ACTIVE.dec()
+        self._update_timing()
+        self.run.state = state
+        self.run.message = message
+        self.run.finished_at = time.time()
+        self.run.progress.in_flight = 0
+        self.run.progress.eta_s = 0
+        m.RUNS_FINISHED.labels(self.plan.kind, cpb.RunState.Name(state).removeprefix("RUN_STATE_").lower()).inc()
+        try:
+            await self.save()
+        finally:
+            self.publish(cpb.RUN_EVENT_TYPE_STATE_CHANGED, message=message)
+        log.info("run ended", extra={"run_id": self.run.id, "state": cpb.RunState.Name(state), "detail": message})
+
+    async def _worker(self, queue: asyncio.Queue, kind: str) -> None:
+        while not self._cancel.is_set():
+            try:
+                index = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            await self._run_unit(index, kind)
+
+    async def _run_unit(self, index: int, kind: str) -> None:
+        unit = self.plan.units[index]
+        p = self.run.progress
+        p.in_flight += 1
+        m.IN_FLIGHT.inc()
+        self.publish(cpb.RUN_EVENT_TYPE_CONVERSATION_STARTED, unit["id"])
+        t0 = time.monotonic()
+
+        def on_turn(tokens: int) -> None:
+            m.TURNS.labels(kind).inc()
+            m.TOKENS.labels(kind).inc(tokens)
+
+        ctx = UnitContext(spec=self.run.spec, clients=self.clients, index=index, on_turn=on_turn)
+        try:
+            data = await KIND_FN[kind](ctx, unit)
+            rec = {"index": index, "id": unit["id"], "status": "finished", "data": data}
+        except (CallFailed, UnitFailed) as e:
+            reason = e.status.name if isinstance(e, CallFailed) else "unit_failed"
+            m.FAILURES.labels(kind, reason).inc()
+            rec = {"index": index, "id": unit["id"], "status": "failed", "reason": str(e), "data": {}}
+        finally:
+            p.in_flight -= 1
+            m.IN_FLIGHT.dec()
+        rec["elapsed_s"] = round(time.monotonic() - t0, 3)
+        # Persist first; only then count. A crash between the two loses nothing: resume recounts.
+        await self.store.put_json(unit_key(self.run.id, index), rec)
+        self.units[index] = rec
+        self._count(rec)
+        self._session_done += 1
+        m.CONVERSATIONS.labels(kind, rec["status"]).inc()
+        m.STAGE.labels("conversation").observe(rec["elapsed_s"])
+        self.publish(cpb.RUN_EVENT_TYPE_CONVERSATION_FINISHED if rec["status"] == "finished"
+                     else cpb.RUN_EVENT_TYPE_CONVERSATION_FAILED, unit["id"], rec.get("reason", ""))
+        await self.save(force=False)

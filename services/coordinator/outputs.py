@@ -1,0 +1,106 @@
+"""A finished run's output files, assembled from its unit records in input order.
+
+Evaluation: ``answers.jsonl`` (FastChat answer records), ``judgments.jsonl`` (FastChat single
+judgment records, one per turn), ``pairwise.jsonl`` (pairwise mode), ``summary.json`` (mean
+score per turn / category / overall with bootstrap 95% CIs, judge failures).
+Collection: ``dataset.jsonl`` (ShareGPT records with per-conversation metadata), ``stats.json``,
+``summary.json`` (statistics and filter drop counts). Failed conversations are listed in
+``failures.jsonl`` with their reasons, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from parrot.conversation import Message, Role
+from parrot.v1 import coordinator_pb2 as cpb
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+async def write_outputs(run: cpb.Run, plan: Any, units: dict[int, dict[str, Any]], store: Any) -> None:
+    prefix = f"runs/{run.id}/outputs"
+    ordered = [units[i] for i in sorted(units)]
+    failures = [{"index": u["index"], "id": u["id"], "reason": u.get("reason", "")} for u in ordered if u["status"] != "finished"]
+    done = [u for u in ordered if u["status"] == "finished"]
+    files = _evaluation_files(run, plan, done) if plan.kind == "evaluation" else _collection_files(run, plan, done)
+    files["failures.jsonl"] = _jsonl(failures)
+    summary = json.loads(files["summary.json"])
+    summary.update({"run_id": run.id, "kind": plan.kind, "conversations": len(plan.units), "finished": len(done),
+                    "failed": len(failures), "written_at": time.time()})
+    files["summary.json"] = json.dumps(summary, indent=2).encode()
+    for name, data in files.items():
+        await store.put(f"{prefix}/{name}", data)
+
+
+def _evaluation_files(run: cpb.Run, plan: Any, done: list[dict[str, Any]]) -> dict[str, bytes]:
+    from parrot.analysis import score_summary
+    from parrot.datasets import fastchat
+
+    e = run.spec.evaluation
+    model_id = e.model_id or "model"
+    answers, judgments, pairwise, scores = [], [], [], []
+    failures = 0
+    units = {u["id"]: u for u in plan.units}
+    for rec in done:
+        data, unit = rec["data"], units[rec["id"]]
+        qid = unit["question_id"]
+        tstamp = time.time()
+        answers.append(fastchat.answer_record(question_id=qid, model_id=model_id, turns=data["answers"],
+                                              answer_id=f"{run.id}-{rec['index']}", tstamp=tstamp))
+        for j in data["judgments"]:
+            t = j["turn"]
+            scores.append({"question_id": qid, "category": unit["category"], "turn": t, "score": j["score"]})
+            if j["score"] is None:
+                failures += 1
+                continue
+            judgments.append(fastchat.single_judgment_record(
+                question_id=qid, model=model_id, judge_model=j["judge_model"], prompt_name=j["prompt_name"],
+                user_prompt=unit["turns"][t - 1], judgment=j.get("raw_output", ""), score=j["score"], turn=t,
+                tstamp=tstamp))
+        for p in data.get("pairwise", []):
+            if p["winner"] is None:
+                continue
+            v = {x["swapped"]: x for x in p["verdicts"]}
+            pairwise.append(fastchat.pairwise_judgment_record(
+                question_id=qid, model_1=model_id, model_2=e.baseline_model_id or "baseline",
+                g1_winner=(v.get(False) or {}).get("winner") or "tie", g2_winner=(v.get(True) or {}).get("winner") or "tie",
+                judge_model=p["judge_model"], prompt_name=p["prompt_name"], g1_user_prompt=unit["turns"][p["turn"] - 1],
+                g1_judgment=(v.get(False) or {}).get("raw_output", ""), g2_user_prompt=unit["turns"][p["turn"] - 1],
+                g2_judgment=(v.get(True) or {}).get("raw_output", ""), turn=p["turn"], tstamp=tstamp))
+    summary: dict[str, Any] = {"model_id": model_id, "scores": score_summary(scores), "judge_failures": failures}
+    if e.pairwise:
+        wins = {"model_1": 0, "model_2": 0, "tie": 0}
+        for rec in done:
+            for p in rec["data"].get("pairwise", []):
+                if p["winner"]:
+                    wins[p["winner"]] += 1
+        summary["pairwise"] = {"baseline_model_id": e.baseline_model_id or "baseline", **wins}
+    files = {"answers.jsonl": _jsonl(answers), "judgments.jsonl": _jsonl(judgments),
+             "summary.json": json.dumps(summary).encode()}
+    if e.pairwise:
+        files["pairwise.jsonl"] = _jsonl(pairwise)
+    return files
+
+
+def _collection_files(run: cpb.Run, plan: Any, done: list[dict[str, Any]]) -> dict[str, bytes]:
+    from parrot.analysis import dataset_stats
+    from parrot.datasets import to_sharegpt_record
+
+    rows, conversations = [], []
+    drops: dict[str, int] = {}
+    for rec in done:
+        data = rec["data"]
+        messages = [Message(Role(m["role"]), m["content"]) for m in data["messages"]]
+        conversations.append(messages)
+        rows.append(to_sharegpt_record(f"{run.id}-{rec['index']}", messages, {"metadata": data["metadata"]}))
+        for k, v in data.get("drops", {}).items():
+            drops[k] = drops.get(k, 0) + v
+    stats = dataset_stats(conversations)
+    return {"dataset.jsonl": _jsonl(rows), "stats.json": json.dumps(stats, indent=2).encode(),
+            "summary.json": json.dumps({"stats": stats, "dropped": drops,
+                                        "seeds_skipped": plan.notes.get("seeds_skipped", {})}).encode()}

@@ -1,0 +1,67 @@
+"""`parrot serve coordinator`: the Coordinator gRPC API on the shared bootstrap, /metrics over HTTP.
+
+On start it resumes every run its store records as pending or running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from parrot.metrics import MODEL_READY
+from parrot.server.grpc_server import GrpcServer, GrpcService
+from parrot.v1 import coordinator_pb2, coordinator_pb2_grpc
+from services.coordinator.service import CoordinatorConfig, CoordinatorService, RunManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CoordinatorServeConfig:
+    coordinator: CoordinatorConfig
+    host: str = field(default="0.0.0.0", metadata={"help": "Interface to bind."})
+    grpc_port: int = field(default=50060, metadata={"help": "Coordinator gRPC port."})
+    http_port: int = field(default=8090, metadata={"help": "Prometheus /metrics port."})
+    auth_token: str | None = field(default=None, metadata={"help": "Bearer token callers must send."})
+    max_message_bytes: int = field(default=64 * 1024 * 1024, metadata={"help": "gRPC message size limit."})
+    grace_s: float = field(default=10.0, metadata={"help": "Seconds to finish calls in flight on SIGTERM."})
+    storage_retry_s: float = field(default=600.0, metadata={"help": "How long object-store writes are retried."})
+
+
+async def run_coordinator(cfg: CoordinatorServeConfig) -> int:
+    from prometheus_client import start_http_server
+
+    from parrot.storage import open_store
+    from services.coordinator import metrics as m
+
+    store = open_store(cfg.coordinator.store_url, retry_for_s=cfg.storage_retry_s,
+                       on_retry=lambda op, key, attempt, err: m.STORAGE_RETRIES.labels(op).inc())
+    manager = RunManager(store, cfg.coordinator)
+    descriptor = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"]
+    grpc_server = GrpcServer(
+        [GrpcService(descriptor.full_name, CoordinatorService(manager), coordinator_pb2_grpc.add_CoordinatorServicer_to_server)],
+        host=cfg.host, port=cfg.grpc_port, auth_token=cfg.auth_token, max_message_bytes=cfg.max_message_bytes)
+    http_server, _ = start_http_server(cfg.http_port, addr=cfg.host)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await grpc_server.start()
+    resumed = await manager.resume_all()
+    await grpc_server.set_serving(True)
+    MODEL_READY.labels("coordinator", "coordinator").set(1)
+    log.info("ready", extra={"grpc_port": grpc_server.port, "http_port": cfg.http_port, "store": cfg.coordinator.store_url,
+                             "resumed_runs": resumed})
+    await stop.wait()
+    log.info("stopping; unfinished runs resume on next start")
+    await grpc_server.stop(cfg.grace_s)
+    await manager.close()
+    http_server.shutdown()
+    log.info("stopped")
+    return 0
+
+
+def serve_coordinator(cfg: CoordinatorServeConfig) -> int:
+    return asyncio.run(run_coordinator(cfg))

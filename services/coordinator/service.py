@@ -1,0 +1,230 @@
+"""parrot.v1.Coordinator: starts, tracks, resumes and cancels runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from google.protobuf import json_format
+
+from parrot.errors import InvalidArgument, ParrotError, ResourceExhausted
+from parrot.v1 import coordinator_pb2 as cpb, coordinator_pb2_grpc
+from services.coordinator import metrics as m
+from services.coordinator.clients import ModelClients, Retry, check_reachable
+from services.coordinator.executor import TERMINAL, RunExecutor, run_prefix
+from services.coordinator.spec import Plan, kind_of, plan_run
+
+log = logging.getLogger(__name__)
+
+INLINE_LIMIT = 8 * 1024 * 1024
+ROLE_SERVICE = {"responder": "parrot.v1.Responder", "asker": "parrot.v1.Asker", "judge": "parrot.v1.Judge",
+                "baseline_responder": "parrot.v1.Responder"}
+
+
+class NotFound(ParrotError):
+    import grpc as _grpc
+
+    code = _grpc.StatusCode.NOT_FOUND
+    http_status = 404
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    store_url: str = field(default="", metadata={"help": "Object store for runs (file:///dir or s3://bucket/prefix)."})
+    responder: str = field(default="127.0.0.1:50051", metadata={"help": "Default responder address."})
+    asker: str = field(default="127.0.0.1:50051", metadata={"help": "Default asker address."})
+    judge: str = field(default="127.0.0.1:50051", metadata={"help": "Default judge address."})
+    max_active_runs: int = field(default=4, metadata={"help": "Runs executing at once; more get RESOURCE_EXHAUSTED."})
+    upstream_token: str | None = field(default=None, metadata={"help": "Bearer token sent to the model services."})
+    check_targets: bool = field(default=True, metadata={"help": "Health-check a run's endpoints at StartRun."})
+
+
+def _roles(kind: str, spec: cpb.RunSpec) -> list[str]:
+    if kind == "collection":
+        return ["responder", "asker"]
+    roles = ["responder", "judge"]
+    if spec.evaluation.pairwise:
+        roles.append("baseline_responder")
+    return roles
+
+
+class RunManager:
+    def __init__(self, store: Any, config: CoordinatorConfig) -> None:
+        self.store = store
+        self.config = config
+        self.executors: dict[str, RunExecutor] = {}
+        self.tasks: dict[str, asyncio.Task] = {}
+        self._start_lock = asyncio.Lock()
+
+    def _targets(self, spec: cpb.RunSpec) -> dict[str, str]:
+        t = spec.targets
+        return {"responder": t.responder or self.config.responder, "asker": t.asker or self.config.asker,
+                "judge": t.judge or self.config.judge, "baseline_responder": t.baseline_responder}
+
+    def _clients(self, spec: cpb.RunSpec) -> ModelClients:
+        r = spec.retry
+        retry = Retry(max_attempts=r.max_attempts or 4, initial_backoff_s=r.initial_backoff_s or 0.5,
+                      max_backoff_s=r.max_backoff_s or 10.0, call_deadline_s=r.call_deadline_s or 300.0)
+        return ModelClients(self._targets(spec), retry, self.config.upstream_token,
+                            on_retry=lambda stage, code: m.MODEL_RETRIES.labels(stage, code).inc())
+
+    def _active(self) -> int:
+        return sum(1 for t in self.tasks.values() if not t.done())
+
+    async def start_run(self, spec: cpb.RunSpec) -> cpb.Run:
+        async with self._start_lock:
+            if self._active() >= self.config.max_active_runs:
+                raise ResourceExhausted(f"{self._active()} runs are executing; at most {self.config.max_active_runs} at once "
+                                        "(coordinator --max-active-runs); retry when one ends")
+            plan, inputs = await plan_run(spec, self.store)
+            kind = plan.kind
+            targets = self._targets(spec)
+            if self.config.check_targets:
+                for role in _roles(kind, spec):
+                    from services.coordinator.spec import FailedPrecondition
+
+                    if not targets.get(role):
+                        raise InvalidArgument(f"spec.targets.{role}", "is required for this run")
+                    problem = await check_reachable(targets[role], ROLE_SERVICE[role])
+                    if problem:
+                        raise FailedPrecondition(f"spec.targets.{role}: {problem}")
+            run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+            stored = cpb.RunSpec()
+            stored.CopyFrom(spec)
+            section = getattr(stored, kind)
+            for fld, (name, data) in inputs.items():
+                key = f"{run_prefix(run_id)}/inputs/{fld}"
+                await self.store.put(key, data)
+                f = getattr(section, fld)
+                f.Clear()
+                f.name, f.url = name, key
+            run = cpb.Run(id=run_id, spec=stored, state=cpb.RUN_STATE_PENDING, created_at=time.time(),
+                          output_url=self.store.url(run_prefix(run_id)))
+            run.progress.total = len(plan.units)
+            self._launch(run, plan)
+            await self.executors[run_id].save()
+            m.RUNS_STARTED.labels(kind, "new").inc()
+            log.info("run started", extra={"run_id": run_id, "kind": kind, "conversations": len(plan.units)})
+            return run
+
+    def _launch(self, run: cpb.Run, plan: Plan) -> None:
+        ex = RunExecutor(run, plan, self.store, self._clients(run.spec))
+        self.executors[run.id] = ex
+        self.tasks[run.id] = asyncio.create_task(ex.execute(), name=f"run-{run.id}")
+
+    async def resume_all(self) -> list[str]:
+        """Restarts every run the store says is pending or running (after a crash or restart)."""
+        resumed = []
+        for key in await self.store.list("runs/"):
+            if not key.endswith("/run.json") or key.count("/") != 2:
+                continue
+            run = json_format.ParseDict(await self.store.get_json(key), cpb.Run(), ignore_unknown_fields=True)
+            if run.state in TERMINAL or run.id in self.executors:
+                continue
+            try:
+                plan, _ = await plan_run(run.spec, self.store)
+            except ParrotError as e:
+                log.error("cannot resume run", extra={"run_id": run.id, "error": str(e)})
+                continue
+            self._launch(run, plan)
+            m.RUNS_STARTED.labels(plan.kind, "resumed").inc()
+            resumed.append(run.id)
+            log.info("run resumed", extra={"run_id": run.id})
+        return resumed
+
+    async def get(self, run_id: str) -> cpb.Run:
+        if not run_id or "/" in run_id or ".." in run_id:
+            raise InvalidArgument("run_id", f"{run_id!r} is not a run id (run-YYYYMMDD-HHMMSS-xxxxxx)")
+        if run_id in self.executors:
+            ex = self.executors[run_id]
+            ex._update_timing()
+            return ex.run
+        key = f"{run_prefix(run_id)}/run.json"
+        if not await self.store.exists(key):
+            raise NotFound(f"run {run_id} does not exist")
+        return json_format.ParseDict(await self.store.get_json(key), cpb.Run(), ignore_unknown_fields=True)
+
+    async def list(self, limit: int) -> list[cpb.Run]:
+        ids = sorted({k.split("/")[1] for k in await self.store.list("runs/") if k.endswith("/run.json")}, reverse=True)
+        return [await self.get(i) for i in ids[: limit or 50]]
+
+    async def cancel(self, run_id: str) -> cpb.Run:
+        run = await self.get(run_id)
+        ex = self.executors.get(run_id)
+        if ex is not None and run.state not in TERMINAL:
+            ex.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(self.tasks[run_id]), timeout=30)
+            except (asyncio.CancelledError, asyncio.TimeoutError):
+                pass
+        elif run.state not in TERMINAL:  # recorded as running but not executing here: mark it
+            run.state, run.message, run.finished_at = cpb.RUN_STATE_CANCELLED, "cancelled by request", time.time()
+            await self.store.put_json(f"{run_prefix(run_id)}/run.json",
+                                      json_format.MessageToDict(run, preserving_proto_field_name=True))
+        return await self.get(run_id)
+
+    async def watch(self, run_id: str) -> AsyncIterator[cpb.RunEvent]:
+        run = await self.get(run_id)
+        ex = self.executors.get(run_id)
+        if ex is None or run.state in TERMINAL:
+            yield cpb.RunEvent(run_id=run_id, type=cpb.RUN_EVENT_TYPE_SNAPSHOT, state=run.state, progress=run.progress,
+                               message=run.message, time=time.time())
+            return
+        q = ex.subscribe()
+        try:
+            while True:
+                ev = await q.get()
+                yield ev
+                if ev.type == cpb.RUN_EVENT_TYPE_STATE_CHANGED and ev.state in TERMINAL:
+                    return
+        finally:
+            ex.unsubscribe(q)
+
+    async def results(self, run_id: str, include_content: bool) -> cpb.GetRunResultsResponse:
+        run = await self.get(run_id)
+        out = cpb.GetRunResultsResponse(run=run)
+        for key in await self.store.list(f"{run_prefix(run_id)}/outputs/"):
+            data = await self.store.get(key)
+            art = cpb.Artifact(name=key.rsplit("/", 1)[-1], url=self.store.url(key), size_bytes=len(data))
+            if include_content and len(data) <= INLINE_LIMIT:
+                art.content = data
+            out.artifacts.append(art)
+            if art.name == "summary.json":
+                out.summary_json = data.decode()
+        return out
+
+    async def close(self) -> None:
+        for t in self.tasks.values():
+            t.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+
+class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
+    def __init__(self, manager: RunManager) -> None:
+        self.manager = manager
+
+    async def StartRun(self, request: cpb.StartRunRequest, context: Any) -> cpb.Run:
+        kind_of(request.spec)
+        return await self.manager.start_run(request.spec)
+
+    async def GetRun(self, request: cpb.GetRunRequest, context: Any) -> cpb.Run:
+        return await self.manager.get(request.run_id)
+
+    async def ListRuns(self, request: cpb.ListRunsRequest, context: Any) -> cpb.ListRunsResponse:
+        if request.limit > 1000:
+            raise InvalidArgument("limit", f"is {request.limit}; allowed 1..1000 (0 = 50)")
+        return cpb.ListRunsResponse(runs=await self.manager.list(request.limit))
+
+    async def WatchRun(self, request: cpb.WatchRunRequest, context: Any) -> AsyncIterator[cpb.RunEvent]:
+        async for ev in self.manager.watch(request.run_id):
+            yield ev
+
+    async def CancelRun(self, request: cpb.CancelRunRequest, context: Any) -> cpb.Run:
+        return await self.manager.cancel(request.run_id)
+
+    async def GetRunResults(self, request: cpb.GetRunResultsRequest, context: Any) -> cpb.GetRunResultsResponse:
+        return await self.manager.results(request.run_id, request.include_content)
