@@ -79,9 +79,8 @@ def run_once(coordinator: str, spec) -> tuple[float, object]:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         t0 = time.perf_counter()
         run = stub.StartRun(cpb.StartRunRequest(spec=spec), timeout=60)
-        last = None
-        for ev in stub.WatchRun(cpb.WatchRunRequest(run_id=run.id), timeout=3600):
-            last = ev
+        for _ in stub.WatchRun(cpb.WatchRunRequest(run_id=run.id), timeout=3600):
+            pass  # follow the run until it ends
         wall = time.perf_counter() - t0
         final = stub.GetRun(cpb.GetRunRequest(run_id=run.id), timeout=30)
         if final.state != cpb.RUN_STATE_SUCCEEDED or final.progress.failed:
@@ -99,7 +98,7 @@ def part_echo(levels: list[int], store_dir: Path) -> list[dict]:
     try:
         for kind in ("evaluation", "collection"):
             for c in levels:
-                n = max(32, c * 4)
+                n = max(64, c * 8)
                 if kind == "evaluation":
                     spec = cpb.RunSpec(concurrency=c, evaluation=cpb.EvaluationSpec(
                         questions=cpb.InputFile(name="q.jsonl", content=questions(n, 8))))

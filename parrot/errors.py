@@ -63,3 +63,17 @@ class Unsupported(ParrotError):
 
 class ConfigError(Exception):
     """Bad configuration at start-up: the message names the setting (flag / env var)."""
+
+
+class NotFound(ParrotError):
+    """The named thing (a run, an object) does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    http_status = 404
+
+
+class FailedPrecondition(ParrotError):
+    """The request is well-formed but cannot be served now (an endpoint it needs is unreachable)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 412

@@ -1,36 +1,48 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: set up, start `parrot serve all` (asker, responder and
-# judge sharing the bundled SmolLM2 on loopback), then chat, ask for a follow-up, and judge the
-# answer with the CLI clients. Stops the server at the end.
+# The main job on the embedded default: set up, start the local stack (`parrot up`: asker,
+# responder and judge sharing the bundled SmolLM2, plus the coordinator with a local object
+# store under .parrot/), then run an N-turn evaluation and a small Parrot-Ask collection
+# through the coordinator, with live progress. Stops the stack at the end.
+# Data: ../shared/data (MT-Bench questions, ShareGPT sample) when present, else small examples.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PARROT_CACHE_DIR=${PARROT_CACHE_DIR:-$PWD/.cache/parrot}
+export PARROT_HOME=${PARROT_HOME:-$PWD/.parrot}
 export PATH="$PWD/.venv/bin:$PATH"
-GRPC_PORT=${PARROT_GRPC_PORT:-50051}
-HTTP_PORT=${PARROT_HTTP_PORT:-8080}
-TARGET=127.0.0.1:$GRPC_PORT
-LOG=$(mktemp -t parrot-serve.XXXXXX.log)
+OUT=${PARROT_DEMO_OUT:-$PWD/.parrot/demo}
+LOG=$(mktemp -t parrot-up.XXXXXX.log)
+mkdir -p "$OUT"
 
-parrot serve all --host 127.0.0.1 --grpc-port "$GRPC_PORT" --http-port "$HTTP_PORT" >"$LOG" 2>&1 &
-SERVER=$!
-trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-echo "[demo] parrot serve all (pid $SERVER, log $LOG), waiting for the model ..."
-for _ in $(seq 1 240); do
-  if curl -sf "http://127.0.0.1:$HTTP_PORT/v2/models/judge/ready" >/dev/null 2>&1; then break; fi
-  kill -0 $SERVER 2>/dev/null || { echo "[demo] server exited:"; tail -20 "$LOG"; exit 1; }
+parrot up >"$LOG" 2>&1 &
+UP=$!
+trap 'kill -TERM $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
+echo "[demo] parrot up (pid $UP, log $LOG): waiting for the model services and the coordinator ..."
+until grep -q "parrot is up" "$LOG"; do
+  kill -0 $UP 2>/dev/null || { echo "[demo] parrot up exited:"; tail -20 "$LOG"; exit 1; }
   sleep 1
 done
 
-Q="How do I read a CSV file in Python?"
-echo; echo "[demo] user: $Q"; echo -n "[demo] responder: "
-A=$(parrot chat "$Q" -t "$TARGET" --max-tokens 96 --no-stream)
-echo "$A"
-CONV=$(mktemp -t parrot-conv.XXXXXX.json)
-python3 -c 'import json,sys; print(json.dumps([{"role":"user","content":sys.argv[1]},{"role":"assistant","content":sys.argv[2]}]))' "$Q" "$A" >"$CONV"
-echo; echo "[demo] asker (next user turns):"
-parrot ask -f "$CONV" -t "$TARGET" --candidates 2 --seed 1
-echo; echo "[demo] judge:"
-parrot judge "$CONV" -t "$TARGET" --max-tokens 64
-echo; echo "[demo] KServe readiness: $(curl -s "http://127.0.0.1:$HTTP_PORT/v2/models/responder/ready")"
-echo "[demo] OpenAI endpoint: POST http://127.0.0.1:$HTTP_PORT/v1/chat/completions"
+echo; echo "[demo] chat with the responder:"
+parrot chat "In one sentence, what is a multi-turn conversation?" -t 127.0.0.1:50051 --max-tokens 48
+
+QUESTIONS=../shared/data/mt_bench/question.jsonl
+if [ ! -f "$QUESTIONS" ]; then
+  QUESTIONS="$OUT/example_questions.jsonl"
+  cat >"$QUESTIONS" <<'JSON'
+{"question_id": 1, "category": "writing", "turns": ["Write a two-line poem about autumn.", "Now make it rhyme.", "Give it a title."]}
+{"question_id": 2, "category": "math", "turns": ["What is 12 times 12?", "And half of that?"]}
+JSON
+fi
+echo; echo "[demo] evaluation run on $QUESTIONS (first 5 sessions):"
+parrot eval --questions "$QUESTIONS" --limit 5 --model-id smollm2-135m --max-tokens 96 --judge-max-tokens 64 --out "$OUT/eval"
+
+SEEDS=../shared/data/sharegpt/sample300.jsonl
+if [ ! -f "$SEEDS" ]; then
+  SEEDS="$OUT/example_seeds.jsonl"
+  printf '%s\n' '{"query": "How do I start learning to draw?"}' '{"query": "Explain what an API is."}' >"$SEEDS"
+fi
+echo; echo "[demo] collection run (Parrot-Ask) from $SEEDS (3 seeds, 3 turns):"
+parrot collect --seeds "$SEEDS" --limit 3 --turns 3 --max-tokens 96 --out "$OUT/collect"
+echo; echo "[demo] outputs in $OUT; all runs: parrot runs list"
+parrot runs list

@@ -345,3 +345,25 @@ def test_prometheus_reads_coordinator_turns(tmp_path, models):
     finally:
         prom.stop()
         assert c.stop() == 0
+
+
+def test_pairwise_and_failed_conversations_are_recorded(coordinator, models):
+    questions = QUESTIONS[:2] + [{"question_id": 999, "category": "writing", "turns": ["x" * 250_000]}]  # over the limit
+    spec = eval_spec(questions, concurrency=3)
+    spec.evaluation.pairwise = True
+    spec.evaluation.baseline_model_id = "baseline-echo"
+    spec.targets.baseline_responder = models.grpc_target
+    with grpc.insecure_channel(coordinator.target) as ch:
+        stub = coordinator.stub(ch)
+        run = wait_done(stub, stub.StartRun(cpb.StartRunRequest(spec=spec), timeout=30).id)
+        assert run.state == cpb.RUN_STATE_SUCCEEDED and run.progress.finished == 2 and run.progress.failed == 1
+        files = results(stub, run.id)
+    failures = [json.loads(x) for x in files["failures.jsonl"].decode().splitlines()]
+    assert len(failures) == 1 and failures[0]["id"] == "999"
+    assert "INVALID_ARGUMENT" in failures[0]["reason"] and "characters" in failures[0]["reason"]
+    pairs = [json.loads(x) for x in files["pairwise.jsonl"].decode().splitlines()]
+    assert len(pairs) == 4 and {p["model_2"] for p in pairs} == {"baseline-echo"}
+    assert all(p["g1_winner"] in ("model_1", "model_2", "tie") and p["g2_winner"] in ("model_1", "model_2", "tie")
+               for p in pairs)
+    summary = json.loads(files["summary.json"])
+    assert summary["failed"] == 1 and sum(summary["pairwise"][k] for k in ("model_1", "model_2", "tie")) == 4

@@ -327,12 +327,13 @@ class TransformersBackend(Backend):
         now = time.monotonic()
         for r in new:
             STAGE_LATENCY.labels(self._model_label, "queue").observe(now - r.enqueued_at)
-        fresh = self._prefill(new)
-        if fresh is None:
-            return running
-        if running is None:
-            return fresh
-        return self._merge(running, fresh)
+        # Prefill in groups of similar prompt length, so that short prompts are not padded to the
+        # longest one (prefill dominates the cost of long multi-turn prompts on CPU).
+        for group in _length_groups(new):
+            fresh = self._prefill(group)
+            if fresh is not None:
+                running = fresh if running is None else self._merge(running, fresh)
+        return running
 
     def _prefill(self, rows: list[_Row]) -> _Running | None:
         import torch
@@ -509,6 +510,17 @@ class TransformersBackend(Backend):
         self.steps += 1
         STAGE_LATENCY.labels(self._model_label, "score").observe(time.monotonic() - t0)
         return scores
+
+
+def _length_groups(rows: list[_Row], slack: float = 1.25, min_pad: int = 32) -> list[list[_Row]]:
+    """Splits rows into groups whose longest prompt is at most ``slack`` x the shortest (+ min_pad)."""
+    groups: list[list[_Row]] = []
+    for row in sorted(rows, key=lambda r: len(r.prompt_ids)):
+        if groups and len(row.prompt_ids) <= len(groups[-1][0].prompt_ids) * slack + min_pad:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
 
 
 def _sample(logits: Any, params: GenerationParams, generator: Any) -> int:

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator
 
 from google.protobuf import json_format
 
-from parrot.errors import InvalidArgument, ParrotError, ResourceExhausted
+from parrot.errors import FailedPrecondition, InvalidArgument, NotFound, ParrotError, ResourceExhausted
 from parrot.v1 import coordinator_pb2 as cpb, coordinator_pb2_grpc
 from services.coordinator import metrics as m
 from services.coordinator.clients import ModelClients, Retry, check_reachable
@@ -23,13 +23,6 @@ log = logging.getLogger(__name__)
 INLINE_LIMIT = 8 * 1024 * 1024
 ROLE_SERVICE = {"responder": "parrot.v1.Responder", "asker": "parrot.v1.Asker", "judge": "parrot.v1.Judge",
                 "baseline_responder": "parrot.v1.Responder"}
-
-
-class NotFound(ParrotError):
-    import grpc as _grpc
-
-    code = _grpc.StatusCode.NOT_FOUND
-    http_status = 404
 
 
 @dataclass(frozen=True)
@@ -85,8 +78,6 @@ class RunManager:
             targets = self._targets(spec)
             if self.config.check_targets:
                 for role in _roles(kind, spec):
-                    from services.coordinator.spec import FailedPrecondition
-
                     if not targets.get(role):
                         raise InvalidArgument(f"spec.targets.{role}", "is required for this run")
                     problem = await check_reachable(targets[role], ROLE_SERVICE[role])

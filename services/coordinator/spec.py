@@ -10,21 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parrot.errors import InvalidArgument, ParrotError
+from parrot.errors import InvalidArgument
 from parrot.v1 import coordinator_pb2 as cpb
 
 MAX_TURNS = 64
 MAX_CONCURRENCY = 1024
 DEFAULT_CONCURRENCY = 16
-
-
-class FailedPrecondition(ParrotError):
-    """The spec is well-formed but cannot run now (an endpoint is unreachable)."""
-
-    import grpc as _grpc
-
-    code = _grpc.StatusCode.FAILED_PRECONDITION
-    http_status = 412
 
 
 @dataclass

@@ -1,0 +1,73 @@
+"""The coordinator's model clients against an in-process gRPC server that fails on purpose."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from parrot.conversation import Message, Role
+from parrot.server.grpc_server import GrpcServer, GrpcService
+from parrot.v1 import conversation_pb2, responder_pb2, responder_pb2_grpc
+from services.coordinator.clients import CallFailed, ModelClients, Retry
+
+
+class Flaky(responder_pb2_grpc.ResponderServicer):
+    def __init__(self, failures: list[grpc.StatusCode]):
+        self.failures = list(failures)
+        self.calls = 0
+
+    async def Respond(self, request, context):
+        self.calls += 1
+        if self.failures:
+            await context.abort(self.failures.pop(0), "injected")
+        return responder_pb2.RespondResponse(text="ok", model="flaky")
+
+
+async def serve(servicer) -> GrpcServer:
+    server = GrpcServer([GrpcService("parrot.v1.Responder", servicer, responder_pb2_grpc.add_ResponderServicer_to_server)],
+                        host="127.0.0.1", port=0, auth_token=None, max_message_bytes=1 << 20)
+    await server.start()
+    return server
+
+
+MSGS = [Message(Role.USER, "hi")]
+FAST = Retry(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05, call_deadline_s=5)
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  grpc.StatusCode.RESOURCE_EXHAUSTED])
+async def test_retryable_codes_are_retried_with_backoff(code):
+    flaky = Flaky([code, code])
+    server = await serve(flaky)
+    retried: list[tuple[str, str]] = []
+    clients = ModelClients({"responder": f"127.0.0.1:{server.port}"}, FAST, None, on_retry=lambda s, c: retried.append((s, c)))
+    try:
+        r = await clients.respond(MSGS, conversation_pb2.GenerationParams())
+        assert r.text == "ok" and flaky.calls == 3 and retried == [("respond", code.name)] * 2
+    finally:
+        await clients.close()
+        await server.stop(0)
+
+
+async def test_non_retryable_fails_at_once_and_retries_are_bounded():
+    flaky = Flaky([grpc.StatusCode.INVALID_ARGUMENT])
+    server = await serve(flaky)
+    clients = ModelClients({"responder": f"127.0.0.1:{server.port}"}, FAST, None)
+    try:
+        with pytest.raises(CallFailed) as e:
+            await clients.respond(MSGS, conversation_pb2.GenerationParams())
+        assert flaky.calls == 1 and e.value.status == grpc.StatusCode.INVALID_ARGUMENT and e.value.attempts == 1
+        flaky.failures = [grpc.StatusCode.UNAVAILABLE] * 10
+        with pytest.raises(CallFailed) as e:
+            await clients.respond(MSGS, conversation_pb2.GenerationParams())
+        assert flaky.calls == 1 + 4 and e.value.attempts == 4 and "UNAVAILABLE" in str(e.value)
+    finally:
+        await clients.close()
+        await server.stop(0)
+
+
+def test_backoff_has_full_jitter_and_a_cap():
+    r = Retry(initial_backoff_s=0.5, max_backoff_s=4.0)
+    samples = [r.backoff(a) for a in range(8) for _ in range(50)]
+    assert all(0 <= s <= 4.0 for s in samples)
+    assert len({round(s, 6) for s in samples}) > 300  # jittered, not fixed steps
