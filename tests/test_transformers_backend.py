@@ -146,3 +146,19 @@ def test_context_overflow_is_invalid_argument(backend):
     with pytest.raises(InvalidArgument) as e:
         run(backend, b.generate([req("word " * 9000, max_tokens=8)]))
     assert "context" in str(e.value)
+
+
+def test_generate_scored_reuses_the_prompt_and_matches_generate_then_score(backend):
+    b, _ = backend
+    msgs = [Message(Role.USER, "Rate the answer '2+2=4' from 1 to 10 and explain briefly.")]
+    r = GenerationRequest(msgs, GenerationParams(max_tokens=16))
+    conts = [f"{i}]]" for i in range(1, 11)]
+
+    def prefix(text: str) -> str:
+        return text.strip() + "\nRating: [["
+
+    (fused,) = run(backend, b.generate_scored([r], prefix, conts))
+    (plain,) = run(backend, b.generate([r]))
+    assert fused.text == plain.text and fused.scores is not None and len(fused.scores) == 10
+    separate = run(backend, b.score(msgs, prefix(plain.text), conts))
+    assert max(abs(x - y) for x, y in zip(fused.scores, separate)) < 1e-3

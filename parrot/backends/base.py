@@ -7,6 +7,7 @@ A backend turns chat messages into text. It is chosen by name from a small regis
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, ClassVar, Sequence
@@ -31,6 +32,8 @@ class GenerationResult:
     finish_reason: str  # "stop" | "length"
     prompt_tokens: int
     completion_tokens: int
+    # Set by generate_scored: log-probabilities of the continuations after the scored prefix.
+    scores: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,25 @@ class Backend(abc.ABC):
     async def score(self, messages: Sequence[Message], prefill: str, continuations: Sequence[str]) -> list[float]:
         """Log-probability of each continuation after the chat prompt plus ``prefill``."""
         raise Unsupported(f"backend {self.name} cannot score continuations")
+
+    async def generate_scored(
+        self,
+        requests: Sequence[GenerationRequest],
+        scored_prefix: Callable[[str], str],
+        continuations: Sequence[str],
+    ) -> list[GenerationResult]:
+        """Generates, then scores ``continuations`` after ``prefill + scored_prefix(generated text)``.
+
+        This is how a local judge rates: it writes an explanation, and the rating is read from the
+        probabilities of the rating tokens after it. The default makes two calls (generate, then
+        score); a backend that keeps the prompt's KV cache can score without reading the prompt again.
+        """
+        results = await self.generate(requests)
+        scores = await asyncio.gather(*(
+            self.score(req.messages, req.prefill + scored_prefix(res.text), continuations)
+            for req, res in zip(requests, results)
+        ))
+        return [dataclasses.replace(res, scores=tuple(sc)) for res, sc in zip(results, scores)]
 
     async def close(self) -> None:
         """Releases resources (HTTP clients, worker threads)."""

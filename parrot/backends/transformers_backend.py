@@ -68,6 +68,9 @@ class _Row:
     emitted: int = 0
     cancelled: bool = False
     enqueued_at: float = field(default_factory=time.monotonic)
+    # generate_scored: text -> prefix to score after, and the continuations' token ids.
+    scored_prefix: Callable[[str], str] | None = None
+    score_cont_ids: list[list[int]] | None = None
 
 
 @dataclass
@@ -203,14 +206,15 @@ class TransformersBackend(Backend):
         if not self.ready:
             raise NotReady(f"model {self._model_label} is loading")
 
-    def _submit(self, request: GenerationRequest, on_delta: Callable[[str], None] | None) -> _Row:
+    def _submit(self, request: GenerationRequest, on_delta: Callable[[str], None] | None,
+                scored_prefix: Callable[[str], str] | None = None, score_cont_ids: list[list[int]] | None = None) -> _Row:
         self._check_ready()
         if self._inbox.qsize() >= self.config.max_queue:
             raise ResourceExhausted(f"generation queue is full ({self.config.max_queue} waiting); retry later")
         loop = asyncio.get_running_loop()
         row = _Row(
             prompt_ids=self._prompt_ids(request), params=request.params, loop=loop,
-            future=loop.create_future(), on_delta=on_delta,
+            future=loop.create_future(), on_delta=on_delta, scored_prefix=scored_prefix, score_cont_ids=score_cont_ids,
         )
         self._inbox.put(row)
         QUEUE_DEPTH.labels(self._model_label).set(self._inbox.qsize())
@@ -225,6 +229,16 @@ class TransformersBackend(Backend):
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         rows = [self._submit(r, None) for r in requests]
+        return list(await asyncio.gather(*(self._await_row(r) for r in rows)))
+
+    async def generate_scored(self, requests: Sequence[GenerationRequest], scored_prefix: Callable[[str], str],
+                              continuations: Sequence[str]) -> list[GenerationResult]:
+        """Generates, then scores the continuations reusing the prompt's KV cache (no second prefill)."""
+        if not continuations:
+            raise InvalidArgument("continuations", "is empty")
+        self._check_ready()
+        cont_ids = [self._encode(c) for c in continuations]
+        rows = [self._submit(r, None, lambda text, p=r.prefill: p + scored_prefix(text), cont_ids) for r in requests]
         return list(await asyncio.gather(*(self._await_row(r) for r in rows)))
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
@@ -418,13 +432,13 @@ class TransformersBackend(Backend):
             if row.cancelled:
                 continue
             if tok in self._eos_ids:
-                self._finish(row, "stop")
+                self._finish(row, "stop", batch, i)
                 continue
             row.gen_ids.append(tok)
-            if self._advance_text(row):
+            if self._advance_text(row, batch, i):
                 continue
             if len(row.gen_ids) >= row.params.max_tokens:
-                self._finish(row, "length")
+                self._finish(row, "length", batch, i)
                 continue
             keep.append(i)
         GENERATED_TOKENS.labels(self._model_label, self.name).inc(len(batch.rows))
@@ -447,7 +461,7 @@ class TransformersBackend(Backend):
         batch.last_tokens = tokens
         return batch
 
-    def _advance_text(self, row: _Row) -> bool:
+    def _advance_text(self, row: _Row, batch: _Running, index: int) -> bool:
         """Updates the row's decoded text; finishes it on a stop sequence. Streams safe deltas."""
         row.text = self._tokenizer.decode(row.gen_ids, skip_special_tokens=True)
         stops = row.params.stop
@@ -456,7 +470,7 @@ class TransformersBackend(Backend):
             found = [h for h in hits if h >= 0]
             if found:
                 row.text = row.text[: min(found)]
-                self._finish(row, "stop")
+                self._finish(row, "stop", batch, index)
                 return True
         if row.on_delta is not None:
             # Hold back a possible partial stop sequence and an incomplete UTF-8 character.
@@ -468,27 +482,59 @@ class TransformersBackend(Backend):
                 row.emitted = safe
         return False
 
-    def _finish(self, row: _Row, reason: str) -> None:
+    def _finish(self, row: _Row, reason: str, batch: _Running | None = None, index: int = -1) -> None:
         if row.on_delta is not None and len(row.text) > row.emitted:
             row.on_delta(row.text[row.emitted:])
             row.emitted = len(row.text)
+        scores = None
+        if row.scored_prefix is not None and batch is not None:
+            try:
+                scores = tuple(self._score_row(batch, index, row))
+            except Exception as e:
+                log.exception("scoring after generation failed")
+                self._finish_error(row, e)
+                return
         result = GenerationResult(
-            text=row.text, finish_reason=reason, prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.gen_ids)
+            text=row.text, finish_reason=reason, prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.gen_ids),
+            scores=scores,
         )
         row.loop.call_soon_threadsafe(_set_result, row.future, result)
+
+    def _score_row(self, batch: _Running, index: int, row: _Row) -> list[float]:
+        """Scores a finished row's continuations from its prompt's KV cache, still held by the batch."""
+        from transformers import DynamicCache
+
+        assert row.scored_prefix is not None and row.score_cont_ids is not None
+        columns = batch.mask[index].nonzero().squeeze(-1)[: len(row.prompt_ids)]  # the prompt's own positions
+        cache = DynamicCache(ddp_cache_data=[
+            (layer.keys[index:index + 1, :, columns], layer.values[index:index + 1, :, columns])
+            for layer in batch.cache.layers
+        ])
+        prefix_ids = self._encode(row.scored_prefix(row.text))
+        return self._score_from(cache, len(row.prompt_ids), prefix_ids, row.score_cont_ids)
 
     def _finish_error(self, row: _Row, exc: Exception) -> None:
         row.loop.call_soon_threadsafe(_set_exception, row.future, exc)
 
     def _score_sync(self, prompt_ids: list[int], cont_ids: list[list[int]]) -> list[float]:
         """Sum of log-probabilities of each continuation after the prompt (one prefill, one batch)."""
-        import torch
         from transformers import DynamicCache
 
+        return self._score_from(DynamicCache(), 0, prompt_ids, cont_ids)
+
+    def _score_from(self, cache: Any, past: int, prefix_ids: list[int], cont_ids: list[list[int]]) -> list[float]:
+        """Feeds ``prefix_ids`` after ``past`` cached tokens, then scores every continuation in one batch."""
+        import torch
+
         t0 = time.monotonic()
-        ids = torch.tensor([prompt_ids], device=self._device)
-        cache = DynamicCache()
-        out = self._model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        if not prefix_ids:
+            raise InvalidArgument("prefill", "the scored prefix is empty")
+        total = past + len(prefix_ids)
+        ids = torch.tensor([prefix_ids], device=self._device)
+        pos = torch.arange(past, total, device=self._device)[None]
+        mask = torch.ones((1, total), dtype=torch.long, device=self._device)
+        out = self._model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                          logits_to_keep=1)
         first_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         n = len(cont_ids)
         longest = max(len(c) for c in cont_ids)
@@ -497,12 +543,12 @@ class TransformersBackend(Backend):
             cache.batch_repeat_interleave(n)
             pad = self._tokenizer.pad_token_id
             rest = torch.tensor([c + [pad] * (longest - len(c)) for c in cont_ids], device=self._device)
-            mask = torch.cat(
-                [torch.ones((n, len(prompt_ids)), dtype=torch.long, device=self._device),
+            mask2 = torch.cat(
+                [torch.ones((n, total), dtype=torch.long, device=self._device),
                  torch.tensor([[1] * len(c) + [0] * (longest - len(c)) for c in cont_ids], device=self._device)], 1
             )
-            pos = torch.arange(len(prompt_ids), len(prompt_ids) + longest, device=self._device)[None].expand(n, -1)
-            out2 = self._model(input_ids=rest, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+            pos2 = torch.arange(total, total + longest, device=self._device)[None].expand(n, -1)
+            out2 = self._model(input_ids=rest, attention_mask=mask2, position_ids=pos2, past_key_values=cache, use_cache=True)
             logp = torch.log_softmax(out2.logits.float(), dim=-1)
             for i, c in enumerate(cont_ids):
                 for j in range(1, len(c)):

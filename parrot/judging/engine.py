@@ -114,10 +114,10 @@ class JudgeEngine:
     # ------------------------------------------------------------------ local judges
 
     async def _grade_local(self, messages: Sequence[Message], params: GenerationParams) -> SingleJudgment:
-        (raw,) = await self._generate([GenerationRequest(messages, _with_stops(params, RATING_STOPS))])
+        (raw,), (logprobs,) = await self._generate_scored(
+            [GenerationRequest(messages, _with_stops(params, RATING_STOPS))], RATING_STOPS, RATING_PREFILL,
+            RATING_CONTINUATIONS)
         explanation = cut_at_stops(raw, RATING_STOPS)
-        prefill = scoring_prefill(explanation, RATING_PREFILL)
-        logprobs = await self._score(messages, prefill, RATING_CONTINUATIONS)
         score, probs = rating_from_logprobs(logprobs)
         return SingleJudgment(
             score=score,
@@ -132,13 +132,11 @@ class JudgeEngine:
         self, shown_a_first: Sequence[Message], shown_b_first: Sequence[Message], params: GenerationParams
     ) -> tuple[PairVerdict, PairVerdict]:
         p = _with_stops(params, PAIR_STOPS)
-        # One generate call for both orders, so a batching backend decodes them together.
-        raws = await self._generate([GenerationRequest(shown_a_first, p), GenerationRequest(shown_b_first, p)])
+        # One call for both orders, so a batching backend decodes them together.
+        raws, logprobs = await self._generate_scored(
+            [GenerationRequest(shown_a_first, p), GenerationRequest(shown_b_first, p)], PAIR_STOPS, PAIR_PREFILL,
+            PAIR_CONTINUATIONS)
         explanations = [cut_at_stops(r, PAIR_STOPS) for r in raws]
-        logprobs = await asyncio.gather(
-            self._score(shown_a_first, scoring_prefill(explanations[0], PAIR_PREFILL), PAIR_CONTINUATIONS),
-            self._score(shown_b_first, scoring_prefill(explanations[1], PAIR_PREFILL), PAIR_CONTINUATIONS),
-        )
         verdicts = []
         for swapped, raw, explanation, lp in zip((False, True), raws, explanations, logprobs):
             label, probs = pair_from_logprobs(lp)
@@ -203,11 +201,19 @@ class JudgeEngine:
         STAGE_LATENCY.labels(self.backend.model_name, "judge_generate").observe(time.perf_counter() - start)
         return [r.text for r in results]
 
-    async def _score(self, messages: Sequence[Message], prefill: str, continuations: Sequence[str]) -> list[float]:
+    async def _generate_scored(
+        self, requests: list[GenerationRequest], stops: Sequence[str], label_prefill: str, continuations: Sequence[str]
+    ) -> tuple[list[str], list[list[float]]]:
+        """Local judges: the explanation, then the label's log-probabilities right after it.
+
+        The scored prefix is built from the judge's own generated text only (cut at the stops), so
+        nothing inside the graded answer can set the score.
+        """
         start = time.perf_counter()
-        logprobs = await self.backend.score(messages, prefill, continuations)
-        STAGE_LATENCY.labels(self.backend.model_name, "judge_score").observe(time.perf_counter() - start)
-        return list(logprobs)
+        results = await self.backend.generate_scored(
+            requests, lambda text: scoring_prefill(cut_at_stops(text, stops), label_prefill), continuations)
+        STAGE_LATENCY.labels(self.backend.model_name, "judge_generate").observe(time.perf_counter() - start)
+        return [r.text for r in results], [list(r.scores or ()) for r in results]
 
 
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
