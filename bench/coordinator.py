@@ -19,42 +19,13 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-PARROT = str(Path(sys.executable).parent / "parrot")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args: list[str], service: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    from parrot.client import wait_until_serving
-
-    port, http = free_port(), free_port()
-    proc = subprocess.Popen([PARROT, "serve", *args, "--host", "127.0.0.1", "--grpc-port", str(port), "--http-port", str(http)],
-                            env=dict(os.environ, PARROT_LOG_LEVEL="WARNING", **(env or {})),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = f"127.0.0.1:{port}"
-    wait_until_serving(target, service, 300, lambda: None if proc.poll() is None else f"{args} exited {proc.returncode}")
-    return proc, target
-
-
-def stop(*procs: subprocess.Popen) -> None:
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        p.wait(60)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import start, stop  # noqa: E402
 
 
 def questions(n: int, turns: int) -> bytes:

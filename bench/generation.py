@@ -17,16 +17,13 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import start, stop  # noqa: E402
 
 TOPICS = [
     ("a Python web scraper", "How do I add retries to it?"),
@@ -57,12 +54,6 @@ def build_conversations(n: int) -> list[list[dict[str, str]]]:
             {"role": "user", "content": follow_up},
         ])
     return convs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -135,25 +126,6 @@ async def run_clients(target: str, convs: list[list[dict[str, str]]], clients: i
             "p50_s": statistics.median(latencies), "p95_s": percentile(latencies, 0.95)}
 
 
-def start_responder(dtype: str, max_batch_size: int) -> tuple[subprocess.Popen, str]:
-    from parrot.client import wait_until_serving
-
-    gport, hport = free_port(), free_port()
-    env = dict(os.environ, PARROT_LOG_LEVEL="WARNING")
-    parrot = str(Path(sys.executable).parent / "parrot")
-    proc = subprocess.Popen([parrot, "serve", "responder", "--host", "127.0.0.1", "--grpc-port", str(gport),
-                             "--http-port", str(hport), "--dtype", dtype, "--max-batch-size", str(max_batch_size)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = f"127.0.0.1:{gport}"
-    try:
-        wait_until_serving(target, "parrot.v1.Responder", 300,
-                           lambda: None if proc.poll() is None else f"responder exited with {proc.returncode}")
-    except (TimeoutError, RuntimeError) as e:
-        proc.kill()
-        raise SystemExit(str(e)) from e
-    return proc, target
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", default="1,4,16,32", help="Comma-separated client counts.")
@@ -168,7 +140,8 @@ def main() -> None:
 
     print(f"# sequential model.generate baseline ({args.baseline_prompts} prompts, {args.dtype}) ...", file=sys.stderr)
     base = sequential_baseline(build_conversations(args.baseline_prompts), args.max_tokens, args.dtype)
-    proc, target = start_responder(args.dtype, args.max_batch_size)
+    proc, target = start(["responder", "--dtype", args.dtype, "--max-batch-size", str(args.max_batch_size)],
+                         "parrot.v1.Responder")
     rows = []
     try:
         asyncio.run(run_clients(target, build_conversations(2), 2, 8))  # warm-up
@@ -177,8 +150,7 @@ def main() -> None:
             print(f"# {c} concurrent gRPC clients, {n} requests ...", file=sys.stderr)
             rows.append(asyncio.run(run_clients(target, build_conversations(n), c, args.max_tokens)))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        stop(proc)
 
     print(f"\nGeneration benchmark: SmolLM2-135M-Instruct, {args.dtype}, greedy, {args.max_tokens} new tokens/request, "
           f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}\n")

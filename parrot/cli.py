@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -78,6 +80,8 @@ def serve_cmd(
     judge: str = typer.Option("127.0.0.1:50051", envvar="PARROT_JUDGE", help="coordinator: default judge address."),
     max_active_runs: int = typer.Option(4, envvar="PARROT_MAX_ACTIVE_RUNS", help="coordinator: runs executing at once."),
     echo_delay_s: float = typer.Option(0.0, envvar="PARROT_ECHO_DELAY_S", help="echo backend: latency per call (load tests)."),
+    judge_prompts: Optional[str] = typer.Option(None, envvar="PARROT_JUDGE_PROMPTS",
+                                                help="judge: extra prompt file (ours or FastChat's judge_prompts.jsonl)."),
 ) -> None:
     """Serve a model service (parrot.v1 gRPC + KServe REST; the responder adds OpenAI /v1/chat/completions)
     or the coordinator (parrot.v1.Coordinator gRPC + /metrics)."""
@@ -116,6 +120,7 @@ def serve_cmd(
             services=services, host=host, grpc_port=grpc_port, http_port=http_port, backend=backend,
             backend_config=cfg_cls(**options), auth_token_file=auth_token_file, grace_s=grace_s,
             limits=InputLimits(max_new_tokens=max_new_tokens, max_input_chars=max_input_chars),
+            judge_prompts_file=judge_prompts,
         )
         rc = serve(config)
     except ConfigError as e:
@@ -124,8 +129,6 @@ def serve_cmd(
 
 
 def default_store_url() -> str:
-    import os
-    from pathlib import Path
 
     home = Path(os.environ.get("PARROT_HOME") or Path.home() / ".parrot")
     return (home / "store").resolve().as_uri()
@@ -133,20 +136,16 @@ def default_store_url() -> str:
 
 def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, responder: str, asker: str, judge: str,
                        max_active_runs: int, auth_token_file: Optional[str], grace_s: float) -> None:
-    import os
-    from pathlib import Path
 
     from parrot.errors import ConfigError
+    from parrot.server.runner import read_auth_token
     from services.coordinator.server import CoordinatorServeConfig, serve_coordinator
     from services.coordinator.service import CoordinatorConfig
 
-    token = None
-    if auth_token_file:
-        try:
-            token = Path(auth_token_file).read_text().strip()
-        except OSError as e:
-            _fail(f"--auth-token-file: cannot read {auth_token_file}: {e.strerror}")
-    token = token or os.environ.get("PARROT_AUTH_TOKEN") or None
+    try:
+        token = read_auth_token(auth_token_file)
+    except ConfigError as e:
+        _fail(str(e))
     cfg = CoordinatorServeConfig(
         coordinator=CoordinatorConfig(store_url=store or default_store_url(), responder=responder, asker=asker, judge=judge,
                                       max_active_runs=max_active_runs,
@@ -172,16 +171,13 @@ def up_cmd(
 ) -> None:
     """Start the local stack: asker+responder+judge (one shared model) and the coordinator. Ctrl-C stops it."""
     setup_logging()
-    import os
     import signal
     import subprocess
-    import sys as _sys
     import time
-    from pathlib import Path
 
     from parrot.client import wait_until_serving
 
-    exe = str(Path(_sys.argv[0]).resolve()) if Path(_sys.argv[0]).name == "parrot" else "parrot"
+    exe = str(Path(sys.argv[0]).resolve()) if Path(sys.argv[0]).name == "parrot" else "parrot"
     models_target = f"127.0.0.1:{grpc_port}"
     env = dict(os.environ)
     procs = [
@@ -202,12 +198,20 @@ def up_cmd(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    def exited() -> str | None:
+        if stopping:  # Ctrl-C / SIGTERM during start-up: not an error
+            return "stopping"
+        return next((f"a service exited ({p.returncode})" for p in procs if p.poll() is not None), None)
+
     try:
         for target, svc in ((models_target, "parrot.v1.Judge"), (f"127.0.0.1:{coordinator_port}", "parrot.v1.Coordinator")):
-            wait_until_serving(target, svc, 600, lambda: next((f"a service exited ({p.returncode})" for p in procs
-                                                               if p.poll() is not None), None))
+            wait_until_serving(target, svc, 600, exited)
     except (TimeoutError, RuntimeError) as e:
         stop()
+        for p in procs:
+            p.wait(60)
+        if str(e) == "stopping":
+            raise typer.Exit(0)
         _fail(str(e))
     typer.secho(f"parrot is up: models {models_target} (HTTP {http_port}), coordinator 127.0.0.1:{coordinator_port} "
                 f"(metrics {coordinator_http_port}). Ctrl-C to stop.", fg=typer.colors.GREEN, err=True)

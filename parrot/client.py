@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from parrot.conversation import Message, Role
+from parrot.conversation import Message
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -40,8 +40,8 @@ def load_conversation(path: str) -> list[Message]:
         data: Any = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConversationFileError(f"{path}: line {e.lineno}: not valid JSON: {e.msg}") from e
-    sharegpt = {"human": Role.USER, "user": Role.USER, "gpt": Role.ASSISTANT, "assistant": Role.ASSISTANT,
-                "system": Role.SYSTEM}
+    from parrot.datasets.sharegpt import SPEAKER_ROLES  # also maps system/user/assistant
+
     if isinstance(data, dict) and "conversations" in data:
         items, role_key, text_key = data["conversations"], "from", "value"
     else:
@@ -53,12 +53,38 @@ def load_conversation(path: str) -> list[Message]:
     for i, m in enumerate(items):
         if not isinstance(m, dict) or not isinstance(m.get(text_key), str):
             raise ConversationFileError(f"{path}: messages[{i}]: expected an object with a string '{text_key}'")
-        role = sharegpt.get(str(m.get(role_key, "")).lower())
+        role = SPEAKER_ROLES.get(str(m.get(role_key, "")).lower())
         if role is None:
             raise ConversationFileError(
                 f"{path}: messages[{i}].{role_key}: unknown role {m.get(role_key)!r}; allowed: system, user, assistant")
         out.append(Message(role, m[text_key]))
     return out
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now, for servers that tests and benchmarks start.
+
+    Chosen below the OS's ephemeral range: a port the OS hands out for ``bind(0)`` can be taken
+    by any outgoing connection (health polls, say) before the server gets to bind it.
+    """
+    import random
+    import socket
+
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(100):
+        port = random.randrange(10_000, max(low, 10_001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # fall back to the OS's choice
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_until_serving(target: str, service: str, timeout: float = 240, alive: Any = None) -> None:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from parrot.backends.base import Backend
-from parrot.conversation import InputLimits
 
 
 @dataclass
@@ -14,32 +13,30 @@ class ServiceSpec:
     name: str           # CLI and KServe model name: asker | responder | judge
     service_name: str   # proto service name within parrot.v1
     default_method: str  # the RPC KServe REST calls when the body names none
-    build: Callable[[Backend, InputLimits], Any]
+    build: Callable[[Backend, Any], Any]  # (backend, parrot.server.runner.ServeConfig) -> servicer
     pb2: Callable[[], tuple[Any, Any]]  # (pb2 module, pb2_grpc module), imported lazily
 
 
-def _asker(backend: Backend, limits: InputLimits) -> Any:
+def _asker(backend: Backend, config: Any) -> Any:
     from parrot.modelstore import BUNDLED_NAME
     from services.asker.service import AskerConfig, AskerService
 
     # A trained asker checkpoint is a folder (its parrot_model.json says so); the bundled model is not.
     model = getattr(getattr(backend, "config", None), "model", None)
     model_dir = None if model in (None, "", BUNDLED_NAME) else model
-    return AskerService(backend, AskerConfig(limits=limits, model_dir=model_dir))
+    return AskerService(backend, AskerConfig(limits=config.limits, model_dir=model_dir))
 
 
-def _responder(backend: Backend, limits: InputLimits) -> Any:
+def _responder(backend: Backend, config: Any) -> Any:
     from services.responder.service import ResponderConfig, ResponderService
 
-    return ResponderService(backend, ResponderConfig(limits=limits))
+    return ResponderService(backend, ResponderConfig(limits=config.limits))
 
 
-def _judge(backend: Backend, limits: InputLimits) -> Any:
-    import os
-
+def _judge(backend: Backend, config: Any) -> Any:
     from services.judge.service import JudgeConfig, JudgeService
 
-    return JudgeService(backend, JudgeConfig(limits=limits, prompts_file=os.environ.get("PARROT_JUDGE_PROMPTS") or None))
+    return JudgeService(backend, JudgeConfig(limits=config.limits, prompts_file=config.judge_prompts_file))
 
 
 def _pb2(name: str) -> Callable[[], tuple[Any, Any]]:

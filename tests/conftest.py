@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
+from parrot.client import free_port  # noqa: F401  (re-exported for the tests)
+
 REPO = Path(__file__).resolve().parent.parent
 PARROT = str(Path(sys.executable).parent / "parrot")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def model_available() -> bool:
@@ -50,15 +46,20 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, then wait; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-                raise AssertionError(f"service did not stop within {timeout}s after SIGTERM\n{self.log()[-3000:]}")
-        return self.proc.returncode
+        return terminate(self.proc, timeout, "service", self.log)
+
+
+def terminate(proc: subprocess.Popen, timeout: float, what: str, log: Callable[[], str]) -> int:
+    """SIGTERM, then wait; returns the exit code. Kills and fails the test if it does not stop."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise AssertionError(f"{what} did not stop within {timeout}s after SIGTERM\n{log()[-3000:]}")
+    return proc.returncode
 
 
 def wait_serving(target: str, service: str, proc: subprocess.Popen, log_path: Path, timeout: float = 240) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, terminate
 
 # PARROT_PROMETHEUS may name a prometheus binary that is not on PATH.
 PROMETHEUS_ENV = "PARROT_PROMETHEUS"
@@ -93,15 +92,7 @@ class PromProcess:
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM, then wait; returns the exit code (kills and raises if it does not stop)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-                raise AssertionError(f"prometheus did not stop within {timeout}s after SIGTERM\n{self.log()[-3000:]}")
-        return self.proc.returncode
+        return terminate(self.proc, timeout, "prometheus", self.log)
 
     def __enter__(self) -> PromProcess:
         return self

@@ -8,7 +8,6 @@ with every conversation exactly once.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from parrot.v1 import coordinator_pb2 as cpb, coordinator_pb2_grpc
-from tests.conftest import PARROT, REPO, free_port, start_service, wait_serving
+from tests.conftest import PARROT, ServiceProcess, free_port, start_service
 from tests.prometheus import requires_prometheus, start_prometheus
 
 QUESTIONS = [
@@ -31,11 +30,17 @@ QUESTIONS = [
      "reference": ["51", "17"]},
     {"question_id": 103, "category": "coding", "turns": [f"Step {i}: extend the function to handle case {i}." for i in range(1, 9)]},
 ]
+
+
+def sharegpt(record_id: str, *turns: tuple[str, str]) -> dict:
+    """A ShareGPT record (our own text): turns are (speaker, text) with speaker human or gpt."""
+    return {"id": record_id, "conversations": [{"from": who, "value": text} for who, text in turns]}
+
+
 SEEDS = [
-    {"id": "s1", "conversations": [{"from": "human", "value": "How do I keep basil alive indoors?"},
-                                   {"from": "gpt", "value": "Give it light and water."}]},
-    {"id": "s2", "conversations": [{"from": "gpt", "value": "(continued)"}, {"from": "human", "value": "Plan a picnic menu for six people."}]},
-    {"id": "s3", "conversations": [{"from": "human", "value": "Explain what a hash map is."}]},
+    sharegpt("s1", ("human", "How do I keep basil alive indoors?"), ("gpt", "Give it light and water.")),
+    sharegpt("s2", ("gpt", "(continued)"), ("human", "Plan a picnic menu for six people.")),  # starts mid-conversation
+    sharegpt("s3", ("human", "Explain what a hash map is.")),
 ]
 
 
@@ -43,37 +48,19 @@ def jsonl(rows) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
-class Coordinator:
-    def __init__(self, tmp: Path, store: str, models: str, env: dict[str, str] | None = None):
-        self.tmp, self.store, self.models, self.env_extra = tmp, store, models, env or {}
-        self.port, self.http_port = free_port(), free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.log_path = tmp / f"coordinator-{self.port}.log"
+def start_coordinator(tmp: Path, store: str, models: str, env: dict[str, str] | None = None) -> ServiceProcess:
+    """`parrot serve coordinator` on free loopback ports, with every model role pointing at ``models``."""
+    return start_service(tmp, ["coordinator", "--store", store, "--responder", models, "--asker", models, "--judge", models],
+                         env_extra=env, wait_for="parrot.v1.Coordinator")
 
-    def start(self) -> "Coordinator":
-        env = dict(os.environ, PARROT_LOG_LEVEL="INFO", **self.env_extra)
-        env.pop("PARROT_AUTH_TOKEN", None)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [PARROT, "serve", "coordinator", "--host", "127.0.0.1", "--grpc-port", str(self.port),
-                 "--http-port", str(self.http_port), "--store", self.store, "--responder", self.models,
-                 "--asker", self.models, "--judge", self.models], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        wait_serving(self.target, "parrot.v1.Coordinator", self.proc, self.log_path, timeout=60)
-        return self
 
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+def coord_stub(ch: grpc.Channel) -> coordinator_pb2_grpc.CoordinatorStub:
+    return coordinator_pb2_grpc.CoordinatorStub(ch)
 
-    def stop(self) -> int:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-        return self.proc.returncode if self.proc else 0
 
-    def stub(self, ch: grpc.Channel) -> coordinator_pb2_grpc.CoordinatorStub:
-        return coordinator_pb2_grpc.CoordinatorStub(ch)
+def kill9(sp: ServiceProcess) -> None:
+    sp.proc.send_signal(signal.SIGKILL)
+    sp.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +73,9 @@ def models(tmp_path_factory):
 
 @pytest.fixture
 def coordinator(tmp_path, models):
-    c = Coordinator(tmp_path, (tmp_path / "store").as_uri(), models.grpc_target).start()
+    c = start_coordinator(tmp_path, (tmp_path / "store").as_uri(), models.grpc_target)
     yield c
-    assert c.stop() == 0, c.log_path.read_text()[-3000:]
+    assert c.stop() == 0, c.log()[-3000:]
 
 
 def eval_spec(questions=QUESTIONS, **kw) -> cpb.RunSpec:
@@ -113,8 +100,8 @@ def results(stub, run_id: str) -> dict[str, bytes]:
 
 
 def test_evaluation_run_end_to_end(coordinator):
-    with grpc.insecure_channel(coordinator.target) as ch:
-        stub = coordinator.stub(ch)
+    with grpc.insecure_channel(coordinator.grpc_target) as ch:
+        stub = coord_stub(ch)
         run = stub.StartRun(cpb.StartRunRequest(spec=eval_spec(concurrency=2)), timeout=30)
         events = list(stub.WatchRun(cpb.WatchRunRequest(run_id=run.id), timeout=120))
         assert events[0].type == cpb.RUN_EVENT_TYPE_SNAPSHOT
@@ -144,8 +131,8 @@ def test_evaluation_run_end_to_end(coordinator):
 def test_collection_run_end_to_end(coordinator):
     spec = cpb.RunSpec(collection=cpb.CollectionSpec(
         seeds=cpb.InputFile(name="seeds.jsonl", content=jsonl(SEEDS)), min_turns=3, max_turns=3), seed=5)
-    with grpc.insecure_channel(coordinator.target) as ch:
-        stub = coordinator.stub(ch)
+    with grpc.insecure_channel(coordinator.grpc_target) as ch:
+        stub = coord_stub(ch)
         run = wait_done(stub, stub.StartRun(cpb.StartRunRequest(spec=spec), timeout=30).id)
         assert run.state == cpb.RUN_STATE_SUCCEEDED, run.message
         files = results(stub, run.id)
@@ -171,25 +158,25 @@ def test_collection_run_end_to_end(coordinator):
      grpc.StatusCode.FAILED_PRECONDITION, "spec.targets.responder"),
     (lambda s: s.retry.CopyFrom(cpb.RetryPolicy(max_attempts=99)), grpc.StatusCode.INVALID_ARGUMENT, "spec.retry.max_attempts"),
 ], ids=["no kind", "missing file", "malformed line", "unreachable endpoint", "bad retry"])
-def test_bad_specs_are_rejected_and_nothing_starts(coordinator, mutate, code, needle):
+def test_bad_specs_are_rejected_and_nothing_starts(tmp_path, coordinator, mutate, code, needle):
     spec = eval_spec()
     mutate(spec)
-    with grpc.insecure_channel(coordinator.target) as ch:
-        stub = coordinator.stub(ch)
+    with grpc.insecure_channel(coordinator.grpc_target) as ch:
+        stub = coord_stub(ch)
         before = len(stub.ListRuns(cpb.ListRunsRequest(), timeout=10).runs)
         with pytest.raises(grpc.RpcError) as e:
             stub.StartRun(cpb.StartRunRequest(spec=spec), timeout=30)
         assert e.value.code() == code, e.value.details()
         assert needle in e.value.details(), e.value.details()
         assert len(stub.ListRuns(cpb.ListRunsRequest(), timeout=10).runs) == before
-    assert not list((coordinator.tmp / "store").glob("runs/*"))
+    assert not list((tmp_path / "store").glob("runs/*"))
 
 
 def test_collection_turns_below_one_is_invalid(coordinator):
     spec = cpb.RunSpec(collection=cpb.CollectionSpec(seeds=cpb.InputFile(name="s.jsonl", content=jsonl(SEEDS)), min_turns=0))
-    with grpc.insecure_channel(coordinator.target) as ch:
+    with grpc.insecure_channel(coordinator.grpc_target) as ch:
         with pytest.raises(grpc.RpcError) as e:
-            coordinator.stub(ch).StartRun(cpb.StartRunRequest(spec=spec), timeout=30)
+            coord_stub(ch).StartRun(cpb.StartRunRequest(spec=spec), timeout=30)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "min_turns" in e.value.details()
 
 
@@ -198,9 +185,9 @@ def many_questions(n: int) -> list[dict]:
             for i in range(n)]
 
 
-def test_cancel_stops_promptly_and_keeps_a_consistent_record(coordinator):
-    with grpc.insecure_channel(coordinator.target) as ch:
-        stub = coordinator.stub(ch)
+def test_cancel_stops_promptly_and_keeps_a_consistent_record(tmp_path, coordinator):
+    with grpc.insecure_channel(coordinator.grpc_target) as ch:
+        stub = coord_stub(ch)
         run = stub.StartRun(cpb.StartRunRequest(spec=eval_spec(many_questions(200), concurrency=2)), timeout=30)
         time.sleep(1.0)
         t0 = time.monotonic()
@@ -208,7 +195,7 @@ def test_cancel_stops_promptly_and_keeps_a_consistent_record(coordinator):
         assert time.monotonic() - t0 < 5
         assert cancelled.state == cpb.RUN_STATE_CANCELLED
         assert 0 < cancelled.progress.finished < 200
-        units = list((coordinator.tmp / "store" / "runs" / run.id / "units").glob("*.json"))
+        units = list((tmp_path / "store" / "runs" / run.id / "units").glob("*.json"))
         assert len(units) == cancelled.progress.finished + cancelled.progress.failed
         again = stub.CancelRun(cpb.CancelRunRequest(run_id=run.id), timeout=30)  # idempotent
         assert again.state == cpb.RUN_STATE_CANCELLED
@@ -216,24 +203,24 @@ def test_cancel_stops_promptly_and_keeps_a_consistent_record(coordinator):
 
 def test_sigkill_mid_run_resumes_with_each_conversation_exactly_once(tmp_path, models):
     store = (tmp_path / "store").as_uri()
-    c = Coordinator(tmp_path, store, models.grpc_target).start()
+    c = start_coordinator(tmp_path, store, models.grpc_target)
     n = 60
-    with grpc.insecure_channel(c.target) as ch:
-        run = c.stub(ch).StartRun(cpb.StartRunRequest(spec=eval_spec(many_questions(n), concurrency=4)), timeout=30)
+    with grpc.insecure_channel(c.grpc_target) as ch:
+        run = coord_stub(ch).StartRun(cpb.StartRunRequest(spec=eval_spec(many_questions(n), concurrency=4)), timeout=30)
     units_dir = tmp_path / "store" / "runs" / run.id / "units"
     deadline = time.monotonic() + 60
     while len(list(units_dir.glob("*.json"))) < 8 and time.monotonic() < deadline:
         time.sleep(0.1)
-    c.kill9()
+    kill9(c)
     done_before = len(list(units_dir.glob("*.json")))
     assert 0 < done_before < n, done_before
-    c2 = Coordinator(tmp_path, store, models.grpc_target).start()  # resumes by itself
+    c2 = start_coordinator(tmp_path, store, models.grpc_target)  # resumes by itself
     try:
-        with grpc.insecure_channel(c2.target) as ch:
-            final = wait_done(c2.stub(ch), run.id)
+        with grpc.insecure_channel(c2.grpc_target) as ch:
+            final = wait_done(coord_stub(ch), run.id)
             assert final.state == cpb.RUN_STATE_SUCCEEDED, final.message
             assert final.progress.finished == n and final.progress.failed == 0
-            files = results(c2.stub(ch), run.id)
+            files = results(coord_stub(ch), run.id)
         ids = [json.loads(x)["question_id"] for x in files["answers.jsonl"].decode().splitlines()]
         assert sorted(ids) == list(range(n))  # each exactly once
         judged = [(json.loads(x)["question_id"], json.loads(x)["turn"]) for x in files["judgments.jsonl"].decode().splitlines()]
@@ -247,12 +234,12 @@ def test_round_robin_over_replicas(tmp_path):
     replicas = [start_service(tmp_path, ["responder", "--backend", "echo"]) for _ in range(2)]
     judge = start_service(tmp_path, ["judge", "--backend", "echo"], wait_for="parrot.v1.Judge")
     try:
-        c = Coordinator(tmp_path, (tmp_path / "store").as_uri(), judge.grpc_target).start()
+        c = start_coordinator(tmp_path, (tmp_path / "store").as_uri(), judge.grpc_target)
         spec = eval_spec(many_questions(12), concurrency=4)
         spec.targets.responder = "ipv4:" + ",".join(r.grpc_target for r in replicas)
         spec.targets.judge = judge.grpc_target
-        with grpc.insecure_channel(c.target) as ch:
-            run = wait_done(c.stub(ch), c.stub(ch).StartRun(cpb.StartRunRequest(spec=spec), timeout=30).id)
+        with grpc.insecure_channel(c.grpc_target) as ch:
+            run = wait_done(coord_stub(ch), coord_stub(ch).StartRun(cpb.StartRunRequest(spec=spec), timeout=30).id)
         assert run.state == cpb.RUN_STATE_SUCCEEDED
         counts = []
         for r in replicas:
@@ -269,7 +256,7 @@ def test_round_robin_over_replicas(tmp_path):
 def test_cli_eval_collect_and_runs(tmp_path, coordinator):
     qfile = tmp_path / "q.jsonl"
     qfile.write_bytes(jsonl(QUESTIONS[:2]))
-    env = dict(os.environ, PARROT_COORDINATOR=coordinator.target)
+    env = dict(os.environ, PARROT_COORDINATOR=coordinator.grpc_target)
     out = subprocess.run([PARROT, "eval", "--questions", str(qfile), "--model-id", "m1", "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -294,10 +281,6 @@ def test_cli_eval_collect_and_runs(tmp_path, coordinator):
     assert out.returncode == 2 and "NOT_FOUND" in out.stderr
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 def test_runs_live_in_s3(tmp_path, models, monkeypatch):
     """The coordinator's store on a real S3 protocol (moto on loopback), read back with the unmodified minio client."""
     from minio import Minio
@@ -307,14 +290,14 @@ def test_runs_live_in_s3(tmp_path, models, monkeypatch):
     s3 = Moto()
     s3.start()
     env = {"PARROT_S3_ENDPOINT": s3.endpoint, "PARROT_S3_ACCESS_KEY": "test-access", "PARROT_S3_SECRET_KEY": "test-secret-123"}
-    c = Coordinator(tmp_path, "s3://parrot-runs/team-a", models.grpc_target, env=env).start()
+    c = start_coordinator(tmp_path, "s3://parrot-runs/team-a", models.grpc_target, env=env)
     try:
-        with grpc.insecure_channel(c.target) as ch:
-            run = c.stub(ch).StartRun(cpb.StartRunRequest(spec=eval_spec(QUESTIONS[:2])), timeout=30)
-            final = wait_done(c.stub(ch), run.id)
+        with grpc.insecure_channel(c.grpc_target) as ch:
+            run = coord_stub(ch).StartRun(cpb.StartRunRequest(spec=eval_spec(QUESTIONS[:2])), timeout=30)
+            final = wait_done(coord_stub(ch), run.id)
             assert final.state == cpb.RUN_STATE_SUCCEEDED, final.message
             assert final.output_url == f"s3://parrot-runs/team-a/runs/{run.id}"
-            files = results(c.stub(ch), run.id)
+            files = results(coord_stub(ch), run.id)
         assert len(files["answers.jsonl"].decode().splitlines()) == 2
         client = Minio(s3.endpoint.removeprefix("http://"), access_key="test-access", secret_key="test-secret-123", secure=False)
         keys = {o.object_name for o in client.list_objects("parrot-runs", prefix=f"team-a/runs/{run.id}/", recursive=True)}
@@ -329,12 +312,12 @@ def test_runs_live_in_s3(tmp_path, models, monkeypatch):
 @requires_prometheus
 def test_prometheus_reads_coordinator_turns(tmp_path, models):
     """A real Prometheus on loopback scrapes the coordinator and a model service during a small run."""
-    c = Coordinator(tmp_path, (tmp_path / "store").as_uri(), models.grpc_target).start()
-    prom = start_prometheus(tmp_path / "prom", {"coordinator": [f"127.0.0.1:{c.http_port}"],
+    c = start_coordinator(tmp_path, (tmp_path / "store").as_uri(), models.grpc_target)
+    prom = start_prometheus(tmp_path / "prom", {"coordinator": [c.http_url.removeprefix("http://")],
                                                 "models": [models.http_url.removeprefix("http://")]})
     try:
-        with grpc.insecure_channel(c.target) as ch:
-            run = wait_done(c.stub(ch), c.stub(ch).StartRun(cpb.StartRunRequest(spec=eval_spec()), timeout=30).id)
+        with grpc.insecure_channel(c.grpc_target) as ch:
+            run = wait_done(coord_stub(ch), coord_stub(ch).StartRun(cpb.StartRunRequest(spec=eval_spec()), timeout=30).id)
         assert run.state == cpb.RUN_STATE_SUCCEEDED
         result = prom.wait_for('sum(parrot_coordinator_turns_total{kind="evaluation"})',
                                lambda r: bool(r) and float(r[0]["value"][1]) >= 12, timeout=45)
@@ -353,8 +336,8 @@ def test_pairwise_and_failed_conversations_are_recorded(coordinator, models):
     spec.evaluation.pairwise = True
     spec.evaluation.baseline_model_id = "baseline-echo"
     spec.targets.baseline_responder = models.grpc_target
-    with grpc.insecure_channel(coordinator.target) as ch:
-        stub = coordinator.stub(ch)
+    with grpc.insecure_channel(coordinator.grpc_target) as ch:
+        stub = coord_stub(ch)
         run = wait_done(stub, stub.StartRun(cpb.StartRunRequest(spec=spec), timeout=30).id)
         assert run.state == cpb.RUN_STATE_SUCCEEDED and run.progress.finished == 2 and run.progress.failed == 1
         files = results(stub, run.id)

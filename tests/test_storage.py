@@ -129,6 +129,17 @@ async def test_list_returns_only_the_prefix_sorted(store: ObjectStore) -> None:
     assert await store.list("t") == ["top.json"]
 
 
+async def test_list_folders_is_one_level(store: ObjectStore) -> None:
+    for k in ["runs/r1/run.json", "runs/r1/units/0.json", "runs/r10/run.json", "runs/r2/units/1.json", "top.json"]:
+        await store.put(k, b"x")
+    assert await store.list_folders("runs/") == ["r1", "r10", "r2"]
+    assert await store.list_folders("runs/r1/") == ["units"]
+    assert await store.list_folders("") == ["runs"]
+    assert await store.list_folders("nothing/") == []
+    with pytest.raises(InvalidArgument):
+        await store.list_folders("runs")
+
+
 async def test_missing_object(store: ObjectStore) -> None:
     with pytest.raises(ObjectNotFound) as err:
         await store.get("no/such/key.json")

@@ -44,3 +44,26 @@ def test_parrot_up_then_eval_and_collect(tmp_path):
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0, (tmp_path / "up.log").read_text()[-3000:]
         log.close()
+
+
+def test_parrot_up_stopped_during_startup_exits_cleanly(tmp_path):
+    import socket
+    import time
+
+    ports = {k: free_port() for k in ("grpc", "http", "coord", "coord_http")}
+    env = dict(os.environ, PARROT_HOME=str(tmp_path / "home"), PARROT_LOG_LEVEL="WARNING")
+    with open(tmp_path / "up.log", "wb") as log:
+        up = subprocess.Popen([PARROT, "up", "--backend", "echo", "--grpc-port", str(ports["grpc"]),
+                               "--http-port", str(ports["http"]), "--coordinator-port", str(ports["coord"]),
+                               "--coordinator-http-port", str(ports["coord_http"])],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the model services have bound their port: `up` is starting
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", ports["grpc"])) == 0:
+                break
+        time.sleep(0.05)
+    up.send_signal(signal.SIGTERM)
+    rc = up.wait(60)
+    text = (tmp_path / "up.log").read_text()
+    assert rc == 0 and "error:" not in text, text[-3000:]

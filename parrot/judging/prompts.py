@@ -39,16 +39,16 @@ inside an answer are just text.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import string
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal, Sequence
 
 from parrot.conversation import Message, Role
+from parrot.datasets import DatasetError, iter_jsonl
 from parrot.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -138,26 +138,24 @@ def load_prompts(path: str | Path) -> list[JudgePrompt]:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise PromptFileError(p, None, None, f"cannot be read: {e}") from e
-    return parse_prompts(text.splitlines(), source=str(p))
+    return parse_prompts(text, source=str(p))
 
 
 def load_default_prompts() -> list[JudgePrompt]:
     """The prompts shipped with the package (``parrot/judging/prompts/parrot-v1.jsonl``)."""
     res = resources.files("parrot.judging").joinpath("prompts", DEFAULT_PROMPTS_RESOURCE)
-    return parse_prompts(res.read_text(encoding="utf-8").splitlines(), source=f"<package>/{DEFAULT_PROMPTS_RESOURCE}")
+    return parse_prompts(res.read_text(encoding="utf-8"), source=f"<package>/{DEFAULT_PROMPTS_RESOURCE}")
 
 
-def parse_prompts(lines: Iterable[str], *, source: str) -> list[JudgePrompt]:
-    """Parses JSONL lines into prompts; blank lines are skipped, names must be unique."""
+def parse_prompts(text: str, *, source: str) -> list[JudgePrompt]:
+    """Parses JSONL text into prompts; blank lines are skipped, names must be unique."""
     prompts: list[JudgePrompt] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptFileError(source, lineno, None, f"is not valid JSON ({e.msg} at column {e.colno})") from e
+    try:
+        records = list(iter_jsonl(source, text))
+    except DatasetError as e:
+        raise PromptFileError(source, e.line, e.field, e.problem) from e
+    for lineno, record in records:
         prompt = _prompt_from_record(record, source=source, line=lineno)
         if prompt.name in seen:
             raise PromptFileError(source, lineno, "name", f"{prompt.name!r} is already defined on line {seen[prompt.name]}")

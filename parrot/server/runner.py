@@ -36,17 +36,23 @@ class ServeConfig:
     max_message_bytes: int = field(default=16 * 1024 * 1024, metadata={"help": "gRPC message size limit, both directions."})
     grace_s: float = field(default=10.0, metadata={"help": "Seconds to finish calls in flight on SIGTERM."})
     limits: InputLimits = field(default_factory=InputLimits)
+    judge_prompts_file: str | None = field(default=None, metadata={"help": "Extra judge prompts (ours or FastChat's format)."})
 
     def auth_token(self) -> str | None:
-        if self.auth_token_file:
-            try:
-                token = Path(self.auth_token_file).read_text().strip()
-            except OSError as e:
-                raise ConfigError(f"--auth-token-file / PARROT_AUTH_TOKEN_FILE: cannot read {self.auth_token_file}: {e.strerror}") from e
-            if not token:
-                raise ConfigError(f"--auth-token-file / PARROT_AUTH_TOKEN_FILE: {self.auth_token_file} is empty")
-            return token
-        return os.environ.get(self.auth_token_env) or None
+        return read_auth_token(self.auth_token_file, self.auth_token_env)
+
+
+def read_auth_token(token_file: str | None, env_name: str = "PARROT_AUTH_TOKEN") -> str | None:
+    """The bearer token a server requires: from a file (a mounted Secret), else the env var, else none."""
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"--auth-token-file / PARROT_AUTH_TOKEN_FILE: cannot read {token_file}: {e.strerror}") from e
+        if not token:
+            raise ConfigError(f"--auth-token-file / PARROT_AUTH_TOKEN_FILE: {token_file} is empty")
+        return token
+    return os.environ.get(env_name) or None
 
 
 class ModelServiceProcess:
@@ -69,7 +75,7 @@ class ModelServiceProcess:
         for name in config.services:
             spec = SERVICES[name]
             pb2, pb2_grpc = spec.pb2()
-            servicer = spec.build(self.backend, config.limits)
+            servicer = spec.build(self.backend, config)
             self.servicers[name] = servicer
             descriptor = pb2.DESCRIPTOR.services_by_name[spec.service_name]
             grpc_services.append(GrpcService(descriptor.full_name, servicer,

@@ -178,6 +178,16 @@ class ObjectStore(abc.ABC):
         keys = await self._call("list", prefix, self._list_sync, prefix)
         return sorted(k for k in keys if k.startswith(prefix))
 
+    async def list_folders(self, prefix: str = "") -> list[str]:
+        """Names of the 'folders' directly under ``prefix`` (which is "" or ends with "/"), sorted.
+
+        One level only, so listing runs does not read every object of every run.
+        """
+        validate_prefix(prefix)
+        if prefix and not prefix.endswith("/"):
+            raise InvalidArgument("prefix", f"{prefix!r} must end with '/' to name a folder")
+        return sorted(await self._call("list", prefix, self._list_folders_sync, prefix))
+
     async def delete(self, key: str) -> None:
         """Removes the object. Deleting a missing key is not an error (so retries are safe)."""
         validate_key(key)
@@ -214,6 +224,10 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def _exists_sync(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def _list_folders_sync(self, prefix: str) -> list[str]:
+        """Immediate child folder names under ``prefix`` (blocking; retried by the caller)."""
 
     @abc.abstractmethod
     def _list_sync(self, prefix: str) -> list[str]:

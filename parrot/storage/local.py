@@ -97,6 +97,12 @@ class LocalStore(ObjectStore):
                     keys.append(base + name)
         return keys
 
+    def _list_folders_sync(self, prefix: str) -> list[str]:
+        folder = self.root.joinpath(*prefix.rstrip("/").split("/")) if prefix else self.root
+        if not folder.is_dir():
+            return []
+        return [entry.name for entry in os.scandir(folder) if entry.is_dir()]
+
     def _delete_sync(self, key: str) -> None:
         path = self.path(key)
         try:

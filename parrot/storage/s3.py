@@ -239,6 +239,11 @@ class S3Store(ObjectStore):
         objects = self.client.list_objects(self.bucket, prefix=self._name(prefix), recursive=True)
         return [o.object_name[strip:] for o in objects if o.object_name and not o.is_dir]
 
+    def _list_folders_sync(self, prefix: str) -> list[str]:
+        self._ensure_bucket()
+        objects = self.client.list_objects(self.bucket, prefix=self._name(prefix), recursive=False)
+        return [o.object_name.rstrip("/").rsplit("/", 1)[-1] for o in objects if o.object_name and o.is_dir]
+
     def _delete_sync(self, key: str) -> None:
         self._ensure_bucket()
         self.client.remove_object(self.bucket, self._name(key))

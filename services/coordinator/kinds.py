@@ -39,15 +39,13 @@ class UnitContext:
     models: dict[str, str] = field(default_factory=dict)
 
 
-def _params(spec: cpb.RunSpec, seed: int | None, max_tokens: int = 0) -> conversation_pb2.GenerationParams:
+def _params(spec: cpb.RunSpec, seed: int, max_tokens: int = 0) -> conversation_pb2.GenerationParams:
+    """The run's generation settings with a per-call seed (offset by the spec's own seed, if any)."""
     p = conversation_pb2.GenerationParams()
     p.CopyFrom(spec.params)
     if max_tokens:
         p.max_tokens = max_tokens
-    if seed is not None and not spec.params.HasField("seed"):
-        p.seed = seed
-    elif spec.params.HasField("seed") and seed is not None:
-        p.seed = (spec.params.seed + seed) % (2**63)
+    p.seed = (spec.params.seed + seed) % (2**63)
     return p
 
 

@@ -110,8 +110,9 @@ class RunManager:
     async def resume_all(self) -> list[str]:
         """Restarts every run the store says is pending or running (after a crash or restart)."""
         resumed = []
-        for key in await self.store.list("runs/"):
-            if not key.endswith("/run.json") or key.count("/") != 2:
+        for run_id in await self.store.list_folders("runs/"):
+            key = f"{run_prefix(run_id)}/run.json"
+            if not await self.store.exists(key):
                 continue
             run = json_format.ParseDict(await self.store.get_json(key), cpb.Run(), ignore_unknown_fields=True)
             if run.state in TERMINAL or run.id in self.executors:
@@ -140,8 +141,15 @@ class RunManager:
         return json_format.ParseDict(await self.store.get_json(key), cpb.Run(), ignore_unknown_fields=True)
 
     async def list(self, limit: int) -> list[cpb.Run]:
-        ids = sorted({k.split("/")[1] for k in await self.store.list("runs/") if k.endswith("/run.json")}, reverse=True)
-        return [await self.get(i) for i in ids[: limit or 50]]
+        runs = []
+        for run_id in reversed(await self.store.list_folders("runs/")):  # ids sort by start time
+            if len(runs) == (limit or 50):
+                break
+            try:
+                runs.append(await self.get(run_id))
+            except NotFound:  # a folder without run.json (a StartRun that failed before recording)
+                continue
+        return runs
 
     async def cancel(self, run_id: str) -> cpb.Run:
         run = await self.get(run_id)

@@ -62,13 +62,6 @@ async def read_input(f: cpb.InputFile, field: str, store: Any) -> tuple[str, byt
         raise InvalidArgument(f"{field}.url", f"no object {f.url!r} in the coordinator's store ({e})") from e
 
 
-def _decode(name: str, data: bytes, field: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InvalidArgument(field, f"{name} is not UTF-8 text (byte {e.start})") from e
-
-
 def check_common(spec: cpb.RunSpec) -> None:
     if spec.concurrency > MAX_CONCURRENCY:
         raise InvalidArgument("spec.concurrency", f"is {spec.concurrency}; allowed 1..{MAX_CONCURRENCY} (0 = {DEFAULT_CONCURRENCY})")
@@ -119,8 +112,7 @@ async def _plan_collection(spec: cpb.RunSpec, store: Any, inputs: dict) -> Plan:
         raise InvalidArgument("spec.collection.near_duplicate_threshold", "allowed range is 0..1 (0 = default 0.8)")
     name, data = await read_input(c.seeds, "spec.collection.seeds", store)
     inputs["seeds"] = (name, data)
-    seedset = _parse("spec.collection.seeds", load_seeds, name, _decode(name, data, "spec.collection.seeds"),
-                     c.seed_format or "auto")
+    seedset = _parse("spec.collection.seeds", load_seeds, name, data, c.seed_format or "auto")
     seeds = seedset.seeds[: spec.limit] if spec.limit else seedset.seeds
     if not seeds:
         raise InvalidArgument("spec.collection.seeds", f"{name} has no usable first-turn queries")
@@ -136,7 +128,7 @@ async def _plan_evaluation(spec: cpb.RunSpec, store: Any, inputs: dict) -> Plan:
         raise InvalidArgument("spec.targets.baseline_responder", "is required when evaluation.pairwise is set")
     name, data = await read_input(e.questions, "spec.evaluation.questions", store)
     inputs["questions"] = (name, data)
-    questions = _parse("spec.evaluation.questions", load_questions, name, _decode(name, data, "spec.evaluation.questions"))
+    questions = _parse("spec.evaluation.questions", load_questions, name, data)
     questions = questions[: spec.limit] if spec.limit else questions
     if not questions:
         raise InvalidArgument("spec.evaluation.questions", f"{name} has no questions")
@@ -144,8 +136,7 @@ async def _plan_evaluation(spec: cpb.RunSpec, store: Any, inputs: dict) -> Plan:
     if e.reference_answers.content or e.reference_answers.url:
         rname, rdata = await read_input(e.reference_answers, "spec.evaluation.reference_answers", store)
         inputs["reference_answers"] = (rname, rdata)
-        refs = _parse("spec.evaluation.reference_answers", load_references, rname,
-                      _decode(rname, rdata, "spec.evaluation.reference_answers"))
+        refs = _parse("spec.evaluation.reference_answers", load_references, rname, rdata)
     units = []
     for q in questions:
         references = list(q.references or refs.get(q.question_id) or refs.get(str(q.question_id)) or [])

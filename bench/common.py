@@ -1,0 +1,40 @@
+"""What the benchmarks share: starting `parrot serve ...` on loopback and stopping it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from parrot.client import free_port, wait_until_serving  # noqa: E402
+
+PARROT = str(Path(sys.executable).parent / "parrot")
+
+
+def start(args: list[str], service: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Runs `parrot serve ARGS` on free loopback ports; returns the process and its gRPC target once SERVING."""
+    port, http = free_port(), free_port()
+    proc = subprocess.Popen([PARROT, "serve", *args, "--host", "127.0.0.1", "--grpc-port", str(port), "--http-port", str(http)],
+                            env=dict(os.environ, PARROT_LOG_LEVEL="WARNING", **(env or {})),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_until_serving(target, service, 300, lambda: None if proc.poll() is None else f"{args} exited {proc.returncode}")
+    except (TimeoutError, RuntimeError) as e:
+        proc.kill()
+        raise SystemExit(str(e)) from e
+    return proc, target
+
+
+def stop(*procs: subprocess.Popen) -> None:
+    """SIGTERM, then wait for each."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.wait(60)
