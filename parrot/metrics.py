@@ -34,6 +34,11 @@ PROMPT_TOKENS = Counter(
     "Prompt tokens processed, by model and backend.",
     ["model", "backend"],
 )
+PREFIX_CACHE_TOKENS = Counter(
+    "parrot_prefix_cache_hit_tokens_total",
+    "Prompt tokens whose KV states came from the prefix cache instead of a prefill, by model.",
+    ["model"],
+)
 BATCH_SIZE = Histogram(
     "parrot_batch_size",
     "Requests per batch formed by the dynamic batcher.",

@@ -162,3 +162,22 @@ def test_generate_scored_reuses_the_prompt_and_matches_generate_then_score(backe
     assert fused.text == plain.text and fused.scores is not None and len(fused.scores) == 10
     separate = run(backend, b.score(msgs, prefix(plain.text), conts))
     assert max(abs(x - y) for x, y in zip(fused.scores, separate)) < 1e-3
+
+
+def test_later_turns_reuse_the_previous_turns_kv_and_match_a_full_prefill(backend):
+    import torch
+
+    b, _ = backend
+    first = [Message(Role.USER, "Describe a lighthouse keeper's morning in two sentences.")]
+    (t1,) = run(backend, b.generate([GenerationRequest(first, GenerationParams(max_tokens=24))]))
+    second = first + [Message(Role.ASSISTANT, t1.text), Message(Role.USER, "Now make it sadder.")]
+    r2 = GenerationRequest(second, GenerationParams(max_tokens=24))
+    before = b.stats()["prefix_hit_tokens"]
+    (t2,) = run(backend, b.generate([r2]))
+    reused = b.stats()["prefix_hit_tokens"] - before
+    # At least the whole first-turn prompt came from the cache (the answer too, when it round-trips).
+    assert reused >= t1.prompt_tokens, (reused, t1.prompt_tokens)
+    assert reused < t2.prompt_tokens
+    ids = torch.tensor([b._prompt_ids(r2)])
+    out = b._model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+    assert b.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == t2.text

@@ -29,9 +29,17 @@ from parrot.backends.base import (
     StreamEvent,
     register_backend,
 )
+from parrot.backends.prefix_cache import CachedPrefix, PrefixCache
 from parrot.conversation import GenerationParams, Message
 from parrot.errors import InvalidArgument, NotReady, ResourceExhausted
-from parrot.metrics import BATCH_SIZE, GENERATED_TOKENS, PROMPT_TOKENS, QUEUE_DEPTH, STAGE_LATENCY
+from parrot.metrics import (
+    BATCH_SIZE,
+    GENERATED_TOKENS,
+    PREFIX_CACHE_TOKENS,
+    PROMPT_TOKENS,
+    QUEUE_DEPTH,
+    STAGE_LATENCY,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,11 @@ class TransformersBackendConfig:
     )
     max_queue: int = field(default=1024, metadata={"help": "Waiting requests beyond this get RESOURCE_EXHAUSTED."})
     num_threads: int = field(default=0, metadata={"help": "torch intra-op threads (0 = torch default)."})
+    prefix_cache_tokens: int = field(
+        default=16384,
+        metadata={"help": "KV states of finished sequences kept for reuse by prompts that share their prefix "
+                          "(later turns of a session, shared system prompts); a budget in tokens, 0 = off."},
+    )
 
 
 @dataclass
@@ -109,6 +122,7 @@ class TransformersBackend(Backend):
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._model_label = config.model
+        self._prefix_cache = PrefixCache(config.prefix_cache_tokens)
         # Counters read by tests and benchmarks.
         self.steps = 0
         self.batches_admitted = 0
@@ -172,7 +186,10 @@ class TransformersBackend(Backend):
         self.ready = False
 
     def stats(self) -> dict[str, Any]:
-        return {"steps": self.steps, "batches_admitted": self.batches_admitted, "max_rows_seen": self.max_rows_seen}
+        pc = self._prefix_cache
+        return {"steps": self.steps, "batches_admitted": self.batches_admitted, "max_rows_seen": self.max_rows_seen,
+                "prefix_hits": pc.hits, "prefix_misses": pc.misses, "prefix_hit_tokens": pc.hit_tokens,
+                "prefix_cached_tokens": pc.tokens}
 
     # ---- prompts -----------------------------------------------------------------------
 
@@ -341,9 +358,19 @@ class TransformersBackend(Backend):
         now = time.monotonic()
         for r in new:
             STAGE_LATENCY.labels(self._model_label, "queue").observe(now - r.enqueued_at)
-        # Prefill in groups of similar prompt length, so that short prompts are not padded to the
-        # longest one (prefill dominates the cost of long multi-turn prompts on CPU).
-        for group in _length_groups(new):
+        # A prompt that extends a cached sequence (the session's previous turn, a shared system
+        # prompt) runs only its new suffix; the rest prefill in groups of similar prompt length, so
+        # that short prompts are not padded to the longest one (prefill dominates on CPU).
+        cold: list[_Row] = []
+        for r in new:
+            hit = self._prefix_cache.lookup(r.prompt_ids)
+            if hit is None:
+                cold.append(r)
+                continue
+            fresh = self._prefill_cached(r, *hit)
+            if fresh is not None:
+                running = fresh if running is None else self._merge(running, fresh)
+        for group in _length_groups(cold):
             fresh = self._prefill(group)
             if fresh is not None:
                 running = fresh if running is None else self._merge(running, fresh)
@@ -369,13 +396,53 @@ class TransformersBackend(Backend):
         BATCH_SIZE.labels(self._model_label).observe(len(rows))
         for r in rows:
             PROMPT_TOKENS.labels(self._model_label, self.name).inc(len(r.prompt_ids))
-            if not r.params.greedy:
-                g = torch.Generator(device=self._device)
-                g.manual_seed(r.params.seed if r.params.seed is not None else int.from_bytes(_urandom8(), "little") >> 1)
-                r.generator = g
+            self._seed(r)
         batch = _Running(rows, out.past_key_values, mask, mask.sum(-1), None)
         STAGE_LATENCY.labels(self._model_label, "prefill").observe(time.monotonic() - t0)
         return self._sample_and_retire(batch, out.logits[:, -1, :])
+
+    def _prefill_cached(self, row: _Row, entry: CachedPrefix, reuse: int) -> _Running | None:
+        """Prefills one row whose first ``reuse`` prompt tokens have cached KV states."""
+        import torch
+        from transformers import DynamicCache
+
+        t0 = time.monotonic()
+        cache = DynamicCache(ddp_cache_data=[(k[:, :, :reuse], v[:, :, :reuse]) for k, v in entry.layers])
+        total = len(row.prompt_ids)
+        ids = torch.tensor([row.prompt_ids[reuse:]], device=self._device)
+        mask = torch.ones((1, total), dtype=torch.long, device=self._device)
+        pos = torch.arange(reuse, total, device=self._device)[None]
+        out = self._model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                          use_cache=True, logits_to_keep=1)
+        self.steps += 1
+        self.batches_admitted += 1
+        BATCH_SIZE.labels(self._model_label).observe(1)
+        PROMPT_TOKENS.labels(self._model_label, self.name).inc(total)
+        PREFIX_CACHE_TOKENS.labels(self._model_label).inc(reuse)
+        self._seed(row)
+        batch = _Running([row], out.past_key_values, mask, mask.sum(-1), None)
+        STAGE_LATENCY.labels(self._model_label, "prefill").observe(time.monotonic() - t0)
+        return self._sample_and_retire(batch, out.logits[:, -1, :])
+
+    def _seed(self, row: _Row) -> None:
+        import torch
+
+        if not row.params.greedy:
+            g = torch.Generator(device=self._device)
+            g.manual_seed(row.params.seed if row.params.seed is not None else int.from_bytes(_urandom8(), "little") >> 1)
+            row.generator = g
+
+    def _remember(self, batch: _Running, index: int, row: _Row) -> None:
+        """Keeps the KV states of everything the model has seen for a finishing row."""
+        if not self._prefix_cache.enabled:
+            return
+        columns = batch.mask[index].nonzero().squeeze(-1)
+        fed = len(columns) - len(row.prompt_ids)  # generated tokens already run through the model
+        if fed < 0:
+            return
+        layers = [(layer.keys[index:index + 1, :, columns], layer.values[index:index + 1, :, columns])
+                  for layer in batch.cache.layers]
+        self._prefix_cache.insert(row.prompt_ids + row.gen_ids[:fed], layers)
 
     def _merge(self, a: _Running, b: _Running) -> _Running:
         """Joins two running batches: left-pads the shorter KV cache and mask, concatenates rows."""
@@ -487,6 +554,11 @@ class TransformersBackend(Backend):
             row.on_delta(row.text[row.emitted:])
             row.emitted = len(row.text)
         scores = None
+        if batch is not None:
+            try:
+                self._remember(batch, index, row)
+            except Exception:  # a cache is an optimisation: never fail the request for it
+                log.exception("prefix cache insert failed")
         if row.scored_prefix is not None and batch is not None:
             try:
                 scores = tuple(self._score_row(batch, index, row))
