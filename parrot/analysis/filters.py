@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
 REASON_EMPTY = "empty"
@@ -34,6 +35,7 @@ def normalize(text: str) -> str:
     return " ".join(_NON_WORD.sub(" ", folded).replace("_", " ").split())
 
 
+@lru_cache(maxsize=8192)  # earlier turns are compared again at every later turn
 def shingles(text: str, n: int = _SHINGLE) -> frozenset[str]:
     """The character n-grams of the normalized text (the whole text if it is shorter than n)."""
     norm = normalize(text)

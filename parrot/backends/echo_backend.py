@@ -38,6 +38,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, AsyncIterator, Sequence
 
 from parrot.backends.base import Backend, GenerationRequest, GenerationResult, StreamEvent, register_backend
@@ -99,6 +100,7 @@ def word_count(text: str) -> int:
     return len(text.split())
 
 
+@lru_cache(maxsize=8192)  # a conversation's messages come back at every later turn
 def _normalized(text: str) -> str:
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
 
@@ -130,7 +132,9 @@ def echo_reply(messages: Sequence[Message], prefill: str = "", salt: str = "") -
         raise InvalidArgument("messages", "is empty; the echo backend needs at least one message")
     tail = tail_phrase(messages[-1].content)
     prompt = [[m.role.value, m.content] for m in messages]
-    seen = _normalized(" \n ".join([*(m.content for m in messages), prefill]))
+    # Normalized message by message (cached): words never join across messages, so this equals
+    # normalizing the joined text.
+    seen = " ".join(p for p in (_normalized(x) for x in (*(m.content for m in messages), prefill)) if p)
     text = ""
     for variant in range(MAX_VARIANTS):
         d = _digest(prompt, prefill, salt, variant)

@@ -51,6 +51,7 @@ import os
 import re
 import string
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, Sequence
 
 from parrot.conversation import Message, Role
@@ -345,6 +346,7 @@ _CONTRACTIONS = (
 )
 
 
+@lru_cache(maxsize=8192)  # the same history messages are checked again at every turn
 def normalize(text: str) -> str:
     """Lower case, common contractions expanded, punctuation to spaces, whitespace collapsed.
 
