@@ -107,7 +107,11 @@ async def collect_conversation(ctx: UnitContext, unit: dict[str, Any]) -> dict[s
     }
 
 
-async def _answer_all(ctx: UnitContext, turns: list[str], role: str, seed: int) -> tuple[list[str], list[Message], int]:
+async def _answer_all(ctx: UnitContext, turns: list[str], role: str, seed: int,
+                      on_answer: Callable[[int, list[Message]], None] | None = None,
+                      ) -> tuple[list[str], list[Message], int]:
+    """Answers the turns in order, each with the earlier answers in context; ``on_answer(turn,
+    conversation so far)`` runs as soon as a turn is answered (so its grading overlaps the next turn)."""
     messages: list[Message] = []
     answers: list[str] = []
     tokens = 0
@@ -119,6 +123,8 @@ async def _answer_all(ctx: UnitContext, turns: list[str], role: str, seed: int) 
         messages.append(Message(Role.ASSISTANT, resp.text if resp.text.strip() else EMPTY_ANSWER))
         tokens += resp.usage.completion_tokens
         ctx.on_turn(resp.usage.completion_tokens)
+        if on_answer is not None:
+            on_answer(i, list(messages))
     return answers, messages, tokens
 
 
@@ -128,13 +134,12 @@ async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str,
     refs: list[str] = unit.get("references") or []
     seed = (ctx.spec.seed * 1_000_003 + ctx.index * 1009) % (2**62)
     t0 = time.monotonic()
-    answers, messages, tokens = await _answer_all(ctx, turns, "responder", seed)
     judge_params = conversation_pb2.GenerationParams(max_tokens=e.judge_max_tokens, temperature=0.0)
 
-    async def grade(t: int) -> dict[str, Any]:
+    async def grade(t: int, conversation: list[Message]) -> dict[str, Any]:
         ref = refs[t - 1] if t - 1 < len(refs) else ""
         try:
-            g = await ctx.clients.grade(messages[: 2 * t], t, ref, e.judge_prompt, judge_params)
+            g = await ctx.clients.grade(conversation, t, ref, e.judge_prompt, judge_params)
         except CallFailed as err:
             return {"turn": t, "score": None, "error": str(err)}
         ctx.models["judge"] = g.model
@@ -142,7 +147,16 @@ async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str,
                 "prompt_name": g.prompt_name, "judge_model": g.model,
                 "method": judge_pb2.ScoreMethod.Name(g.method), "reference": ref}
 
-    judgments = list(await asyncio.gather(*(grade(t) for t in range(1, len(turns) + 1))))
+    # Each turn is graded as soon as it is answered: the judge works while later turns are
+    # answered, and turn t+1's judge prompt finds turn t's conversation in the judge's KV cache.
+    grading: list[asyncio.Future] = []
+    try:
+        answers, messages, tokens = await _answer_all(
+            ctx, turns, "responder", seed, lambda t, conv: grading.append(asyncio.ensure_future(grade(t, conv))))
+        judgments = list(await asyncio.gather(*grading))
+    finally:
+        for task in grading:
+            task.cancel()
     record: dict[str, Any] = {"answers": answers, "judgments": judgments, "turns": len(turns), "tokens": tokens,
                               "judge_failures": sum(1 for j in judgments if j["score"] is None)}
     if e.pairwise:
