@@ -184,5 +184,5 @@ def submit(objects: list[Any], api_client: Any = None) -> list[str]:
             raise ConfigError(f"creating {obj.kind} {ns}/{obj.metadata.name} failed: {e.status} {e.reason}: "
                               f"{(e.body or '')[:500]}") from e
         created.append(f"{obj.kind}/{obj.metadata.name}")
-        log.info("created", extra={"kind": obj.kind, "name": obj.metadata.name, "namespace": ns})
+        log.info("created", extra={"kind": obj.kind, "object": obj.metadata.name, "namespace": ns})
     return created
