@@ -61,7 +61,7 @@ def serve_cmd(
                                             help="HTTP port: KServe REST, OpenAI, /metrics (default 8080; coordinator 8090)."),
     backend: str = typer.Option("transformers", envvar="PARROT_BACKEND", help="transformers (default), tgi, openai, or echo (instant, no model; for load tests)."),
     model: str = typer.Option("smollm2", envvar="PARROT_MODEL",
-                              help="transformers: 'smollm2' or a model folder; openai: model name; tgi: label."),
+                              help="transformers: 'smollm2', a model folder, or an object-store URL of one (s3://, file://; e.g. a training checkpoint); openai: model name; tgi: label."),
     dtype: str = typer.Option("bfloat16", envvar="PARROT_DTYPE", help="transformers: bfloat16, float16 or float32."),
     device: str = typer.Option("auto", envvar="PARROT_DEVICE", help="transformers: cpu, cuda or auto."),
     max_batch_size: int = typer.Option(32, envvar="PARROT_MAX_BATCH_SIZE", help="transformers: rows decoded together."),
@@ -401,6 +401,10 @@ def judge_cmd(
 from parrot.cli_runs import register as _register_run_commands  # noqa: E402
 
 _register_run_commands(app)
+
+from parrot.cli_train import register as _register_train_commands  # noqa: E402
+
+_register_train_commands(app)
 
 
 def main() -> None:

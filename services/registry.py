@@ -18,12 +18,15 @@ class ServiceSpec:
 
 
 def _asker(backend: Backend, config: Any) -> Any:
-    from parrot.modelstore import BUNDLED_NAME
+    from parrot.modelstore import BUNDLED_NAME, is_model_url, resolve_model
     from services.asker.service import AskerConfig, AskerService
 
     # A trained asker checkpoint is a folder (its parrot_model.json says so); the bundled model is not.
+    # A checkpoint given by URL is fetched into the cache here (the backend's load then reuses the copy).
     model = getattr(getattr(backend, "config", None), "model", None)
     model_dir = None if model in (None, "", BUNDLED_NAME) else model
+    if model_dir and is_model_url(model_dir):
+        model_dir = str(resolve_model(model_dir))
     return AskerService(backend, AskerConfig(limits=config.limits, model_dir=model_dir))
 
 

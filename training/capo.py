@@ -1,0 +1,147 @@
+"""`parrot train capo`: context-aware preference optimization, DPO on context-perturbed pairs (TRL DPOTrainer).
+
+Start from an SFT checkpoint (``--model``). The reference model is a frozen copy of the start
+model, made before training (TRL prepares it for DeepSpeed; with ZeRO-3 it is partitioned too).
+``--beta`` sets the DPO temperature; ``--sft-weight`` > 0 adds an NLL term on the chosen answers
+(TRL's ``loss_type=["sigmoid", "sft"]``).
+
+Per-strategy report: at every ``--eval-steps`` and at the end, the implicit rewards
+``beta * (log p_policy(answer | prompt) - log p_ref(answer | prompt))`` of the chosen and the
+rejected answer are computed for up to ``--eval-max-pairs`` pairs (the eval set, or the training
+pairs without one); per strategy (context_neglect, context_hallucination,
+context_misunderstanding) and overall we log the preference accuracy (share of pairs with the
+chosen reward strictly higher) and the mean reward margin, to metrics.jsonl, the logs and
+Prometheus (``parrot_train_reward_accuracy`` / ``parrot_train_reward_margin``). TRL's own
+batch metrics (``rewards/accuracies``, ``rewards/margins``) are logged beside them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from training import metrics as m
+from training.config import STRATEGIES, CaPOConfig
+from training.data import PreferencePair, load_preference_pairs, read_input, render
+from training.runtime import RunState, TrainResult, copy_model, is_main, run_training, training_arguments
+
+log = logging.getLogger(__name__)
+
+
+def completion_ids(tokenizer: Any, prompt: Sequence[dict], answer: Sequence[dict]) -> tuple[list[int], int]:
+    """Token ids of prompt + answer as the chat template renders them, and where the answer starts
+    (TRL's split: the prompt rendered with the generation prompt, the rest is the completion)."""
+    prompt_ids = tokenizer(render(tokenizer, prompt, generation_prompt=True), add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(render(tokenizer, list(prompt) + list(answer)), add_special_tokens=False)["input_ids"]
+    return list(full_ids), len(prompt_ids)
+
+
+def answer_logps(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair], max_length: int,
+                 batch_size: int = 4) -> list[tuple[float, float]]:
+    """Summed log-probabilities of the chosen and the rejected answer of each pair."""
+    import torch
+
+    seqs = []
+    for p in pairs:
+        for answer in (p.chosen, p.rejected):
+            ids, start = completion_ids(tokenizer, p.prompt, answer)
+            seqs.append((ids[:max_length], start))
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(seqs), batch_size):
+                chunk = seqs[i:i + batch_size]
+                width = max(len(ids) for ids, _ in chunk)
+                input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                attn = torch.zeros((len(chunk), width), dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+                for r, (ids, start) in enumerate(chunk):
+                    input_ids[r, :len(ids)] = torch.tensor(ids)
+                    attn[r, :len(ids)] = 1
+                    mask[r, start:len(ids)] = True
+                logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device)).logits.float().cpu()
+                logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+                out.extend((logp * mask[:, 1:]).sum(-1).tolist())
+    finally:
+        model.train(was_training)
+    return [(out[2 * k], out[2 * k + 1]) for k in range(len(pairs))]
+
+
+def preference_report(pairs: Sequence[PreferencePair], policy: list[tuple[float, float]],
+                      ref: list[tuple[float, float]], beta: float) -> dict[str, dict[str, float]]:
+    """Per strategy and overall ('all'): pairs, accuracy, mean margin, mean chosen/rejected reward."""
+    groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for p, (pc, pr), (rc, rr) in zip(pairs, policy, ref):
+        reward = (beta * (pc - rc), beta * (pr - rr))
+        groups[p.strategy].append(reward)
+        groups["all"].append(reward)
+    report = {}
+    for name, rewards in groups.items():
+        n = len(rewards)
+        report[name] = {
+            "pairs": n,
+            "accuracy": sum(1 for c, r in rewards if c > r) / n,
+            "margin": sum(c - r for c, r in rewards) / n,
+            "chosen_reward": sum(c for c, _ in rewards) / n,
+            "rejected_reward": sum(r for _, r in rewards) / n,
+        }
+    return report
+
+
+def train(cfg: CaPOConfig) -> TrainResult:
+    def build(local: Path, state: RunState) -> tuple[Any, Any, dict[str, Any]]:
+        from datasets import Dataset
+        from trl import DPOConfig, DPOTrainer
+
+        from training.runtime import load_model_and_tokenizer
+
+        pairs = load_preference_pairs(*read_input(cfg.dataset))
+        eval_pairs = load_preference_pairs(*read_input(cfg.eval_dataset)) if cfg.eval_dataset else None
+        counts = {s: sum(1 for p in pairs if p.strategy == s) for s in STRATEGIES}
+        log.info("preference pairs", extra={"pairs": len(pairs), **counts})
+        model, tokenizer, _ = load_model_and_tokenizer(cfg.model)
+        ref_model = copy_model(model)  # TRL needs an explicit reference for an in-memory model
+        loss = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.sft_weight]} if cfg.sft_weight > 0 \
+            else {"loss_type": ["sigmoid"]}
+        args = training_arguments(DPOConfig, cfg, local, beta=cfg.beta, **loss)
+        trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
+                             train_dataset=Dataset.from_list([p.trl_row() for p in pairs]),
+                             processing_class=tokenizer)
+        report_pairs = (eval_pairs or pairs)[: cfg.eval_max_pairs]
+        split = "eval" if eval_pairs else "train"
+        ref_cache: list[tuple[float, float]] = []
+        labels = {"method": cfg.method, "run": cfg.name}
+
+        def report(step: int) -> dict[str, float]:
+            if cfg.eval_steps == 0 and step < trainer.state.max_steps:
+                return {}
+            if cfg.eval_steps and step % cfg.eval_steps and step < trainer.state.max_steps:
+                return {}
+            if not ref_cache:
+                ref_cache.extend(answer_logps(trainer.ref_model or ref_model, tokenizer, report_pairs, cfg.max_length))
+            policy = answer_logps(trainer.model, tokenizer, report_pairs, cfg.max_length)
+            rep = preference_report(report_pairs, policy, ref_cache, cfg.beta)
+            flat: dict[str, float] = {}
+            for strategy, r in rep.items():
+                flat[f"{split}/{strategy}/accuracy"] = r["accuracy"]
+                flat[f"{split}/{strategy}/margin"] = r["margin"]
+                flat[f"{split}/{strategy}/pairs"] = r["pairs"]
+                if is_main():
+                    m.REWARD_ACCURACY.labels(**labels, strategy=strategy, split=split).set(r["accuracy"])
+                    m.REWARD_MARGIN.labels(**labels, strategy=strategy, split=split).set(r["margin"])
+            if is_main():
+                log.info("preference report", extra={"step": step, "split": split,
+                                                     **{f"{s}_accuracy": round(r["accuracy"], 4) for s, r in rep.items()},
+                                                     **{f"{s}_margin": round(r["margin"], 4) for s, r in rep.items()}})
+            return flat
+
+        state.extra_log = report
+        return trainer, tokenizer, {"role": "responder", "beta": cfg.beta, "sft_weight": cfg.sft_weight}
+
+    return run_training(cfg, build)
