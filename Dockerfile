@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
-# The Parrot model-services image: the `parrot` CLI, its pinned dependencies and the bundled
-# SmolLM2 model already converted (so a pod starts in seconds, with no network).
+# The Parrot image: the `parrot` CLI, its pinned dependencies and the bundled SmolLM2 model already
+# converted (so a pod starts in seconds, with no network). One image runs every service by its
+# command: `parrot serve asker|responder|judge|coordinator`, `parrot eval` (the chart's CronJob),
+# `parrot train ...` (training Jobs).
 #
 #   docker build -t parrot .                               # CPU torch (default)
 #   docker build --build-arg VARIANT=cuda -t parrot:cuda . # CUDA torch from the default index
@@ -8,7 +10,8 @@
 #
 # Stages: deps (pinned packages only: rebuilt when pyproject.toml or constraints.txt change),
 # build (source, generated gRPC stubs, the package, the converted model), runtime (non-root).
-# The install commands mirror scripts/setup.sh; tests/test_deploy_files.py checks that they agree.
+# The install commands are README's Install commands (and scripts/setup.sh's); tests/test_deploy_files.py
+# checks that they agree, and lints this file with hadolint.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -24,14 +27,15 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml constraints.txt ./
-# torch first and alone, pinned, so nothing resolves another build of it (as scripts/setup.sh).
-# The CPU index is used for torch only (--no-deps); its dependencies come from the default index
-# in the next step, pinned by constraints.txt.
+# torch first and alone, pinned, so nothing resolves another build of it: the same command as
+# README's Install and scripts/setup.sh. cpu: PyTorch's CPU wheel index is added, where torch
+# 2.13.0+cpu outranks PyPI's CUDA build of 2.13.0; cuda: PyPI's default (CUDA) build.
 RUN case "$VARIANT" in \
-      cpu)  pip install -c constraints.txt --no-deps --index-url "$TORCH_INDEX_URL" torch==2.13.0 ;; \
-      cuda) pip install -c constraints.txt torch==2.13.0 ;; \
+      cpu)  export PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL" ;; \
+      cuda) unset PIP_EXTRA_INDEX_URL ;; \
       *)    echo "VARIANT must be cpu or cuda, not '$VARIANT'" >&2; exit 1 ;; \
-    esac
+    esac \
+ && pip install -c constraints.txt torch==2.13.0
 # `pip install -e .` needs the source, which would bust this layer on every edit: install the
 # project's declared dependencies instead (read from pyproject.toml), under the same constraints.
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
@@ -57,7 +61,7 @@ RUN parrot model prepare \
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VARIANT=cpu
 LABEL org.opencontainers.image.title="parrot" \
-      org.opencontainers.image.description="Parrot model services (asker, responder, judge): parrot.v1 gRPC + KServe REST" \
+      org.opencontainers.image.description="Parrot: model services (parrot.v1 gRPC + KServe REST), coordinator, evaluation and training" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.parrot.variant="${VARIANT}"
 RUN groupadd --gid 1000 parrot \

@@ -76,8 +76,8 @@ def serve_cmd(
     max_new_tokens: int = typer.Option(2048, envvar="PARROT_MAX_NEW_TOKENS", help="Upper bound for max_tokens in requests."),
     max_input_chars: int = typer.Option(200_000, envvar="PARROT_MAX_INPUT_CHARS", help="Upper bound on conversation size."),
     grace_s: float = typer.Option(10.0, envvar="PARROT_GRACE_S", help="Seconds to finish calls in flight on SIGTERM."),
-    store: str = typer.Option("", envvar="PARROT_STORE_URL",
-                              help="coordinator: object store (file:///dir or s3://bucket/prefix; default ~/.parrot/store)."),
+    store_url: str = typer.Option("", "--store-url", "--store", envvar="PARROT_STORE_URL",
+                                  help="coordinator: object store (file:///dir or s3://bucket/prefix; default ~/.parrot/store)."),
     responder: str = typer.Option("127.0.0.1:50051", envvar="PARROT_RESPONDER", help="coordinator: default responder address."),
     asker: str = typer.Option("127.0.0.1:50051", envvar="PARROT_ASKER", help="coordinator: default asker address."),
     judge: str = typer.Option("127.0.0.1:50051", envvar="PARROT_JUDGE", help="coordinator: default judge address."),
@@ -90,7 +90,7 @@ def serve_cmd(
     or the coordinator (parrot.v1.Coordinator gRPC + /metrics)."""
     setup_logging()
     if service is ServiceName.coordinator:
-        _serve_coordinator(host, grpc_port or 50060, http_port or 8090, store, responder, asker, judge, max_active_runs,
+        _serve_coordinator(host, grpc_port or 50060, http_port or 8090, store_url, responder, asker, judge, max_active_runs,
                            auth_token_file, grace_s)
         return
     grpc_port = grpc_port or 50051
@@ -170,7 +170,8 @@ def up_cmd(
     http_port: int = typer.Option(8080, help="Model services' HTTP port (KServe REST, OpenAI, /metrics)."),
     coordinator_port: int = typer.Option(50060, help="Coordinator gRPC port."),
     coordinator_http_port: int = typer.Option(8090, help="Coordinator /metrics port."),
-    store: str = typer.Option("", envvar="PARROT_STORE_URL", help="Coordinator's object store (default ~/.parrot/store)."),
+    store_url: str = typer.Option("", "--store-url", "--store", envvar="PARROT_STORE_URL",
+                                  help="Coordinator's object store (default ~/.parrot/store)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)."),
 ) -> None:
     """Start the local stack: asker+responder+judge (one shared model) and the coordinator. Ctrl-C stops it."""
@@ -188,7 +189,7 @@ def up_cmd(
         subprocess.Popen([exe, "serve", "all", "--backend", backend, "--model", model, "--host", host,
                           "--grpc-port", str(grpc_port), "--http-port", str(http_port)], env=env),
         subprocess.Popen([exe, "serve", "coordinator", "--host", host, "--grpc-port", str(coordinator_port),
-                          "--http-port", str(coordinator_http_port), "--store", store or default_store_url(),
+                          "--http-port", str(coordinator_http_port), "--store-url", store_url or default_store_url(),
                           "--responder", models_target, "--asker", models_target, "--judge", models_target], env=env),
     ]
     stopping = False

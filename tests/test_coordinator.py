@@ -126,6 +126,15 @@ def test_evaluation_run_end_to_end(coordinator):
     assert set(map(int, per_turn)) == set(range(1, 9))
     assert per_turn["1"]["n"] == 3 and per_turn["8"]["n"] == 1
     assert per_turn["1"]["low"] <= per_turn["1"]["mean"] <= per_turn["1"]["high"]
+    # the per-turn means behind the ParrotEvalScoreRegression alert (charts/parrot/files/parrot-alerts.rules.yaml)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = httpx.get(f"{coordinator.http_url}/metrics", timeout=10).text
+    samples = {(s.name, s.labels.get("turn")): s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+               if s.labels.get("name") == "t" and s.labels.get("model_id") == "echo-model"}
+    for turn in ("1", "8"):
+        assert samples[("parrot_eval_turn_score", turn)] == pytest.approx(per_turn[turn]["mean"])
+    assert samples[("parrot_eval_last_run_timestamp_seconds", None)] > 0
 
 
 def test_collection_run_end_to_end(coordinator):

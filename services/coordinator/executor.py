@@ -152,10 +152,14 @@ class RunExecutor:
                 return
             from services.coordinator.outputs import write_outputs
 
-            await write_outputs(self.run, self.plan, self.units, self.store)
+            summary = await write_outputs(self.run, self.plan, self.units, self.store)
             p = self.run.progress
             state = cpb.RUN_STATE_FAILED if p.failed and not p.finished else cpb.RUN_STATE_SUCCEEDED
             await self._finish(state, f"{p.finished} finished, {p.failed} failed")
+            if kind == "evaluation":
+                from services.coordinator.scores import SCOREBOARD
+
+                SCOREBOARD.record(self.run, summary)
         except asyncio.CancelledError:
             if self._cancel.is_set():
                 await self._finish(cpb.RUN_STATE_CANCELLED, "cancelled by request")

@@ -22,7 +22,8 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
 
 
-async def write_outputs(run: cpb.Run, plan: Any, units: dict[int, dict[str, Any]], store: Any) -> None:
+async def write_outputs(run: cpb.Run, plan: Any, units: dict[int, dict[str, Any]], store: Any) -> dict[str, Any]:
+    """Writes the run's output files; returns the summary (what ``summary.json`` holds)."""
     prefix = f"runs/{run.id}/outputs"
     ordered = [units[i] for i in sorted(units)]
     failures = [{"index": u["index"], "id": u["id"], "reason": u.get("reason", "")} for u in ordered if u["status"] != "finished"]
@@ -35,6 +36,7 @@ async def write_outputs(run: cpb.Run, plan: Any, units: dict[int, dict[str, Any]
     files["summary.json"] = json.dumps(summary, indent=2).encode()
     for name, data in files.items():
         await store.put(f"{prefix}/{name}", data)
+    return summary
 
 
 def _evaluation_files(run: cpb.Run, plan: Any, done: list[dict[str, Any]]) -> dict[str, bytes]:

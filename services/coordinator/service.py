@@ -108,14 +108,20 @@ class RunManager:
         self.tasks[run.id] = asyncio.create_task(ex.execute(), name=f"run-{run.id}")
 
     async def resume_all(self) -> list[str]:
-        """Restarts every run the store says is pending or running (after a crash or restart)."""
-        resumed = []
+        """Restarts every run the store says is pending or running (after a crash or restart), and
+        rebuilds the evaluation score gauges from the finished ones."""
+        from services.coordinator.scores import SCOREBOARD
+
+        resumed, finished = [], []
         for run_id in await self.store.list_folders("runs/"):
             key = f"{run_prefix(run_id)}/run.json"
             if not await self.store.exists(key):
                 continue
             run = json_format.ParseDict(await self.store.get_json(key), cpb.Run(), ignore_unknown_fields=True)
-            if run.state in TERMINAL or run.id in self.executors:
+            if run.state in TERMINAL:
+                finished.append(run)
+                continue
+            if run.id in self.executors:
                 continue
             try:
                 plan, _ = await plan_run(run.spec, self.store)
@@ -126,6 +132,7 @@ class RunManager:
             m.RUNS_STARTED.labels(plan.kind, "resumed").inc()
             resumed.append(run.id)
             log.info("run resumed", extra={"run_id": run.id})
+        await SCOREBOARD.load(self.store, finished)
         return resumed
 
     async def get(self, run_id: str) -> cpb.Run:

@@ -1,156 +1,191 @@
 {{/*
-One model service: a Deployment running `parrot serve <name>` and a Service with the ports
-`grpc` (parrot.v1 + grpc.health.v1) and `http` (KServe REST, /metrics).
-Its settings are .Values.<name>; shared ones are at the top level of the values.
+One model service: a KServe InferenceService whose custom predictor container (kserve-container)
+runs `parrot serve <name>` from our image, and a ClusterIP Service over its pods with the ports
+`grpc` (parrot.v1 + grpc.health.v1) and `http` (KServe REST, /metrics): the stable address the
+coordinator uses in RawDeployment mode and what the ServiceMonitor scrapes.
+Settings are .Values.<name>; shared ones are at the top level of the values.
 Call with (dict "root" $ "name" "asker").
 */}}
+
+{{/* Settings passed to `parrot serve` as PARROT_<SETTING> (value key in camelCase = flag in kebab-case). */}}
+{{- define "parrot.modelSettings" -}}
+model backend dtype device maxBatchSize maxNewTokens baseUrl
+{{- end }}
+
 {{- define "parrot.modelService" -}}
 {{- $root := .root }}
 {{- $name := .name }}
-{{- $svc := index $root.Values $name }}
 {{- $values := $root.Values }}
-{{- $fullname := printf "%s-%s" (include "parrot.fullname" $root) $name }}
+{{- $svc := index $values $name }}
+{{- $fullname := include "parrot.componentName" (dict "root" $root "component" $name) }}
 {{- $ctx := dict "root" $root "component" $name }}
-{{- $env := merge (dict) (default (dict) $svc.env) (default (dict) $values.env) }}
-{{- range $key := list "PARROT_GRPC_PORT" "PARROT_HTTP_PORT" "PARROT_MODEL" "PARROT_BACKEND" "PARROT_AUTH_TOKEN_FILE" }}
-{{- if hasKey $env $key }}
-{{- fail (printf "env %s is set by the chart (ports.*, %s.model, %s.backend, auth.*); remove it from env / %s.env" $key $name $name $name) }}
-{{- end }}
-{{- end }}
+{{- $serverless := include "parrot.serverless" $root }}
 {{- if eq (int $values.ports.grpc) (int $values.ports.http) }}
 {{- fail "ports.grpc and ports.http must differ" }}
 {{- end }}
-apiVersion: apps/v1
-kind: Deployment
+{{- /* the settings as given, then what the TGI / external-judge / storageUri options imply */}}
+{{- $settings := dict }}
+{{- range $key := splitList " " (include "parrot.modelSettings" .) }}
+{{- $_ := set $settings $key (index $svc $key) }}
+{{- end }}
+{{- $apiKeySecret := dict }}
+{{- if and (eq $name "responder") $svc.tgi.enabled }}
+{{- $_ := set $settings "backend" "tgi" }}
+{{- $_ := set $settings "baseUrl" (printf "http://%s:%d" (include "parrot.componentName" (dict "root" $root "component" "tgi")) (int $svc.tgi.port)) }}
+{{- $_ := set $settings "model" $svc.tgi.modelId }}
+{{- end }}
+{{- if and (eq $name "judge") $svc.external.enabled }}
+{{- $_ := set $settings "backend" "openai" }}
+{{- $_ := set $settings "baseUrl" (required "judge.external.baseUrl is required" $svc.external.baseUrl) }}
+{{- $_ := set $settings "model" (required "judge.external.model is required" $svc.external.model) }}
+{{- $apiKeySecret = $svc.external.apiKeySecret }}
+{{- if not $apiKeySecret.name }}
+{{- fail "judge.external.apiKeySecret.name is required: a Secret holding the judge API key" }}
+{{- end }}
+{{- end }}
+{{- if $svc.storageUri }}
+{{- $_ := set $settings "model" "/mnt/models" }}
+{{- end }}
+{{- if and (ne $settings.backend "transformers") (not $settings.baseUrl) }}
+{{- fail (printf "%s.baseUrl is required for backend %s" $name $settings.backend) }}
+{{- end }}
+{{- $reserved := list "PARROT_GRPC_PORT" "PARROT_HTTP_PORT" "PARROT_AUTH_TOKEN_FILE" "PARROT_API_KEY_FILE" "STORAGE_URI" }}
+{{- range $key := keys $settings }}
+{{- $reserved = append $reserved (printf "PARROT_%s" ($key | snakecase | upper)) }}
+{{- end }}
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
 metadata:
   name: {{ $fullname }}
   labels:
     {{- include "parrot.labels" $ctx | nindent 4 }}
+  annotations:
+    serving.kserve.io/deploymentMode: {{ $values.kserve.deploymentMode }}
+    {{- if $serverless }}
+    # Knative: metrics of the user container, aggregated by KServe next to queue-proxy's
+    serving.kserve.io/enable-prometheus-scraping: "true"
+    {{- end }}
+    {{- with $values.kserve.annotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 spec:
-  replicas: {{ $svc.replicas }}
-  selector:
-    matchLabels:
-      {{- include "parrot.selectorLabels" $ctx | nindent 6 }}
-  template:
-    metadata:
-      labels:
-        {{- include "parrot.labels" $ctx | nindent 8 }}
-      {{- $annotations := deepCopy (default (dict) $values.podAnnotations) }}
-      {{- if $values.metrics.scrapeAnnotations }}
-      {{- $_ := set $annotations "prometheus.io/scrape" "true" }}
-      {{- $_ := set $annotations "prometheus.io/port" (toString $values.ports.http) }}
-      {{- $_ := set $annotations "prometheus.io/path" "/metrics" }}
+  predictor:
+    minReplicas: {{ $svc.minReplicas }}
+    maxReplicas: {{ $svc.maxReplicas }}
+    {{- if gt (int $svc.minReplicas) (int $svc.maxReplicas) }}
+    {{- fail (printf "%s.minReplicas (%d) is above %s.maxReplicas (%d)" $name (int $svc.minReplicas) $name (int $svc.maxReplicas)) }}
+    {{- end }}
+    scaleMetric: {{ $svc.scaleMetric }}
+    scaleTarget: {{ $svc.scaleTarget }}
+    labels:
+      {{- include "parrot.labels" $ctx | nindent 6 }}
+    {{- with include "parrot.podAnnotations" (dict "root" $root "port" $values.ports.http) }}
+    annotations:
+      {{- . | nindent 6 }}
+    {{- end }}
+    serviceAccountName: {{ default (include "parrot.componentName" (dict "root" $root "component" "models")) $values.kserve.serviceAccountName }}
+    # The model services never call the Kubernetes API.
+    automountServiceAccountToken: false
+    enableServiceLinks: false
+    terminationGracePeriodSeconds: {{ $values.terminationGracePeriodSeconds }}
+    securityContext:
+      {{- include "parrot.podSecurityContext" $root | nindent 6 }}
+    {{- with $values.imagePullSecrets }}
+    imagePullSecrets:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    containers:
+      # KServe's name for the predictor container (its storage initializer and ports attach to it)
+      - name: kserve-container
+        image: {{ include "parrot.image" $root | quote }}
+        imagePullPolicy: {{ $values.image.pullPolicy }}
+        command: ["parrot"]
+        args: ["serve", {{ $name | quote }}]
+        ports:
+          # KServe's port names: h2c = gRPC, http1 = HTTP/1.1; Knative routes a single port (gRPC)
+          - name: h2c
+            containerPort: {{ $values.ports.grpc }}
+            protocol: TCP
+          {{- if not $serverless }}
+          - name: http1
+            containerPort: {{ $values.ports.http }}
+            protocol: TCP
+          {{- end }}
+        env:
+          - name: PARROT_GRPC_PORT
+            value: {{ $values.ports.grpc | toString | quote }}
+          - name: PARROT_HTTP_PORT
+            value: {{ $values.ports.http | toString | quote }}
+          {{- range $key := splitList " " (include "parrot.modelSettings" $) }}
+          {{- $value := index $settings $key }}
+          {{- if or $value (kindIs "float64" $value) (kindIs "int64" $value) }}
+          - name: {{ printf "PARROT_%s" ($key | snakecase | upper) }}
+            value: {{ $value | toString | quote }}
+          {{- end }}
+          {{- end }}
+          {{- if $svc.storageUri }}
+          # KServe's storage initializer downloads this to /mnt/models before the container starts
+          - name: STORAGE_URI
+            value: {{ $svc.storageUri | quote }}
+          {{- end }}
+          {{- if $apiKeySecret.name }}
+          - name: PARROT_API_KEY_FILE
+            value: /var/run/secrets/parrot/api-key/key
+          {{- end }}
+          {{- with (include "parrot.authEnv" $root) }}{{ . | trim | nindent 10 }}{{ end }}
+          {{- with (include "parrot.plainEnv" (dict "root" $root "env" $svc.env "reserved" $reserved "owner" $name)) }}{{ . | trim | nindent 10 }}{{ end }}
+        startupProbe:
+          grpc:
+            port: {{ $values.ports.grpc }}
+          periodSeconds: {{ $values.probes.startup.periodSeconds }}
+          failureThreshold: {{ $values.probes.startup.failureThreshold }}
+        livenessProbe:
+          grpc:
+            port: {{ $values.ports.grpc }}
+          periodSeconds: {{ $values.probes.liveness.periodSeconds }}
+          timeoutSeconds: {{ $values.probes.liveness.timeoutSeconds }}
+          failureThreshold: {{ $values.probes.liveness.failureThreshold }}
+        readinessProbe:
+          {{- if $serverless }}
+          grpc:
+            port: {{ $values.ports.grpc }}
+            service: {{ printf "parrot.v1.%s" (title $name) }}
+          {{- else }}
+          httpGet:
+            path: /v2/health/ready
+            port: http1
+          {{- end }}
+          periodSeconds: {{ $values.probes.readiness.periodSeconds }}
+          timeoutSeconds: {{ $values.probes.readiness.timeoutSeconds }}
+          failureThreshold: {{ $values.probes.readiness.failureThreshold }}
+        securityContext:
+          {{- include "parrot.containerSecurityContext" $root | nindent 10 }}
+        resources:
+          {{- required (printf "%s.resources is required" $name) $svc.resources | toYaml | nindent 10 }}
+        volumeMounts:
+          - name: tmp
+            mountPath: /tmp
+          {{- with (include "parrot.authMount" $root) }}{{ . | trim | nindent 10 }}{{ end }}
+          {{- if $apiKeySecret.name }}
+          - name: api-key
+            mountPath: /var/run/secrets/parrot/api-key
+            readOnly: true
+          {{- end }}
+    volumes:
+      - name: tmp
+        emptyDir:
+          sizeLimit: {{ $values.tmpSizeLimit }}
+      {{- with (include "parrot.authVolume" $root) }}{{ . | trim | nindent 6 }}{{ end }}
+      {{- if $apiKeySecret.name }}
+      - name: api-key
+        secret:
+          secretName: {{ $apiKeySecret.name }}
+          items:
+            - key: {{ $apiKeySecret.key }}
+              path: key
+          defaultMode: 0440
       {{- end }}
-      {{- with $annotations }}
-      annotations:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-    spec:
-      # The model services never call the Kubernetes API.
-      automountServiceAccountToken: false
-      enableServiceLinks: false
-      terminationGracePeriodSeconds: {{ $values.terminationGracePeriodSeconds }}
-      securityContext:
-        runAsNonRoot: true
-        runAsUser: 1000
-        runAsGroup: 1000
-        # makes the mounted auth token readable by the process (group 1000)
-        fsGroup: 1000
-        seccompProfile:
-          type: RuntimeDefault
-      {{- with $values.imagePullSecrets }}
-      imagePullSecrets:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      containers:
-        - name: {{ $name }}
-          image: {{ include "parrot.image" $root | quote }}
-          imagePullPolicy: {{ $values.image.pullPolicy }}
-          command: ["parrot"]
-          args: ["serve", {{ $name | quote }}]
-          ports:
-            - name: grpc
-              containerPort: {{ $values.ports.grpc }}
-              protocol: TCP
-            - name: http
-              containerPort: {{ $values.ports.http }}
-              protocol: TCP
-          env:
-            - name: PARROT_GRPC_PORT
-              value: {{ $values.ports.grpc | toString | quote }}
-            - name: PARROT_HTTP_PORT
-              value: {{ $values.ports.http | toString | quote }}
-            - name: PARROT_MODEL
-              value: {{ required (printf "%s.model is required" $name) $svc.model | toString | quote }}
-            - name: PARROT_BACKEND
-              value: {{ required (printf "%s.backend is required" $name) $svc.backend | toString | quote }}
-            {{- if $values.auth.existingSecret }}
-            - name: PARROT_AUTH_TOKEN_FILE
-              value: {{ include "parrot.authTokenFile" $root | quote }}
-            {{- end }}
-            {{- range $key, $value := $env }}
-            - name: {{ $key }}
-              value: {{ $value | toString | quote }}
-            {{- end }}
-          startupProbe:
-            grpc:
-              port: {{ $values.ports.grpc }}
-            periodSeconds: {{ $values.probes.startup.periodSeconds }}
-            failureThreshold: {{ $values.probes.startup.failureThreshold }}
-          livenessProbe:
-            grpc:
-              port: {{ $values.ports.grpc }}
-            periodSeconds: {{ $values.probes.liveness.periodSeconds }}
-            timeoutSeconds: {{ $values.probes.liveness.timeoutSeconds }}
-            failureThreshold: {{ $values.probes.liveness.failureThreshold }}
-          readinessProbe:
-            httpGet:
-              path: /v2/health/ready
-              port: http
-            periodSeconds: {{ $values.probes.readiness.periodSeconds }}
-            timeoutSeconds: {{ $values.probes.readiness.timeoutSeconds }}
-            failureThreshold: {{ $values.probes.readiness.failureThreshold }}
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            runAsNonRoot: true
-            capabilities:
-              drop: ["ALL"]
-          resources:
-            {{- required (printf "%s.resources is required" $name) $svc.resources | toYaml | nindent 12 }}
-          volumeMounts:
-            - name: tmp
-              mountPath: /tmp
-            {{- if $values.auth.existingSecret }}
-            - name: auth-token
-              mountPath: {{ include "parrot.authDir" $root }}
-              readOnly: true
-            {{- end }}
-      volumes:
-        - name: tmp
-          emptyDir:
-            sizeLimit: {{ $values.tmpSizeLimit }}
-        {{- if $values.auth.existingSecret }}
-        - name: auth-token
-          secret:
-            secretName: {{ $values.auth.existingSecret }}
-            items:
-              - key: {{ $values.auth.secretKey }}
-                path: token
-            defaultMode: 0440
-        {{- end }}
-      {{- with (default $values.nodeSelector $svc.nodeSelector) }}
-      nodeSelector:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      {{- with (default $values.tolerations $svc.tolerations) }}
-      tolerations:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      {{- with (default $values.affinity $svc.affinity) }}
-      affinity:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
+    {{- with (include "parrot.scheduling" (dict "root" $root "values" $svc)) }}{{ . | trim | nindent 4 }}{{ end }}
 ---
 apiVersion: v1
 kind: Service
@@ -159,16 +194,17 @@ metadata:
   labels:
     {{- include "parrot.labels" $ctx | nindent 4 }}
 spec:
-  type: {{ $values.service.type }}
+  type: ClusterIP
   selector:
     {{- include "parrot.selectorLabels" $ctx | nindent 4 }}
   ports:
     - name: grpc
       port: {{ $values.ports.grpc }}
-      targetPort: grpc
+      targetPort: {{ $values.ports.grpc }}
       protocol: TCP
+      appProtocol: kubernetes.io/h2c
     - name: http
       port: {{ $values.ports.http }}
-      targetPort: http
+      targetPort: {{ $values.ports.http }}
       protocol: TCP
 {{- end }}
