@@ -520,6 +520,7 @@ async def test_list_prompts_includes_an_extra_fastchat_file(fastchat_file: Path)
         DEFAULT_SINGLE_REF_PROMPT,
         DEFAULT_PAIR_PROMPT,
         DEFAULT_PAIR_REF_PROMPT,
+        "parrot-context-v1",
     ]
     assert all(p.version == "1" and p.multi_turn for p in resp.prompts)
 

@@ -2,8 +2,8 @@
 
 The model services run the echo backend (fast, deterministic) except in one small test on the
 bundled SmolLM2. Covered: the preference rows (TRL's conversational format, validated), which
-queries are selected, every strategy's input as the responder received it (the echo reply names
-the focus words of the last message), judge confirmation, near-identical pairs dropped and
+queries are selected, every strategy's input as the responder received it (the echo reply is a
+deterministic function of its whole input, replayed in process), judge confirmation, near-identical pairs dropped and
 counted, bad specs, the CLI, and SIGKILL mid-run with every pair exactly once after the resume.
 """
 
@@ -18,7 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from parrot.datasets.capo import STRATEGIES, load_preferences
+from parrot.conversation import Message, Role
+from parrot.datasets.capo import STRATEGIES, load_preferences, strategy_messages
 from parrot.v1 import coordinator_pb2 as cpb
 from tests.conftest import PARROT, free_port, requires_model, start_service
 from tests.test_coordinator import coord_stub, jsonl, kill9, results, sharegpt, start_coordinator, wait_done
@@ -38,6 +39,11 @@ CONVERSATIONS = [
              ("human", "Is it longer than Dune?"), ("gpt", "No, it is much shorter.")),
 ]
 SELECTED = {("bread", 2), ("bread", 3), ("bst", 2), ("books", 4)}
+DISTRACTORS = {
+    "bread": [Message(Role.USER, "What is a binary search tree?"),
+              Message(Role.ASSISTANT, "A tree where smaller keys go left and larger keys go right.")],
+    "bst": [Message(Role.USER, "Tell me a fact about Mars."), Message(Role.ASSISTANT, "Mars has the tallest volcano.")],
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +66,27 @@ def negatives_spec(conversations=CONVERSATIONS, **kw) -> cpb.RunSpec:
     section = {k: kw.pop(k) for k in list(kw) if k in cpb.NegativesSpec.DESCRIPTOR.fields_by_name}
     return cpb.RunSpec(name="neg", negatives=cpb.NegativesSpec(
         conversations=cpb.InputFile(name="convs.jsonl", content=jsonl(conversations)), **section), **kw)
+
+
+def echo_reply(messages: list[Message]) -> str:
+    """What the echo responder answers to ``messages`` with the run's (default, greedy) settings."""
+    import asyncio
+
+    from parrot.backends.base import GenerationRequest
+    from parrot.backends.echo_backend import EchoBackend
+    from parrot.conversation import GenerationParams
+
+    async def go() -> str:
+        backend = EchoBackend()
+        await backend.load()
+        (result,) = await backend.generate([GenerationRequest(messages=messages, params=GenerationParams())])
+        return result.text
+
+    return asyncio.run(go())
+
+
+def to_messages(pairs: list[tuple[str, str]]) -> list[Message]:
+    return [Message(Role(r), t) for r, t in pairs]
 
 
 def run_to_end(target: str, spec: cpb.RunSpec) -> tuple[cpb.Run, dict[str, bytes]]:
@@ -88,12 +115,19 @@ def test_negatives_run_end_to_end(coordinator):
                     for t in turns[: 2 * r["turn"] - 1]]
         assert r["prompt"] == expected  # full history (cleaned) + the query
         assert r["chosen"][0]["content"] != r["rejected"][0]["content"]
-    # The echo responder words its reply after the last message (the query) and a hash of the whole
-    # input, so replies to the same query differ exactly when the inputs (the strategies) differ.
-    by_query = {}
+    # The echo reply is a deterministic function of the whole input (greedy), so replaying each
+    # strategy's expected input through an in-process echo backend must give the stored text: the
+    # responder saw exactly the perturbed context, and the chosen answer the full history.
     for r in rows:
-        by_query.setdefault((r["source_id"], r["turn"]), set()).add(r["rejected"][0]["content"])
-    assert all(len(v) == 3 for v in by_query.values())
+        prompt = [Message(Role(m["role"]), m["content"]) for m in r["prompt"]]
+        history, query = prompt[:-1], prompt[-1].content
+        # With a single earlier exchange, the first exchange of the next (cleaned) conversation.
+        distractor = DISTRACTORS.get(r["source_id"])
+        assert r["rejected"][0]["content"] == echo_reply(strategy_messages(r["strategy"], history, query, distractor))
+        assert r["chosen"][0]["content"] == echo_reply(prompt)
+    books = [r for r in rows if r["source_id"] == "books" and r["strategy"] == "context_misunderstanding"]
+    assert echo_reply(to_messages([("user", "What is the capital of Japan?"), ("assistant", "Tokyo."),
+                                   ("user", "Is it longer than Dune?")])) == books[0]["rejected"][0]["content"]
     selected = lines(files["selected.jsonl"])
     assert {(s["source_id"], s["turn"]) for s in selected} == SELECTED
     assert next(s for s in selected if s["source_id"] == "books")["cues"]  # the detector's reasons are kept

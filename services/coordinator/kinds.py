@@ -240,7 +240,8 @@ async def negatives_conversation(ctx: UnitContext, unit: dict[str, Any]) -> dict
 
         async def rejected(i: int, strategy: str) -> tuple[str, str | None, str]:
             try:
-                msgs = strategy_messages(strategy, history, query, distractor)
+                # The whole session's earlier exchanges are candidates, even beyond max_history_turns.
+                msgs = strategy_messages(strategy, system + body[:pos], query, distractor)
             except ValueError:
                 return strategy, None, "no_distractor"
             text, model = await respond(msgs, seed + 1 + i)
