@@ -407,6 +407,12 @@ from parrot.cli_train import register as _register_train_commands  # noqa: E402
 
 _register_train_commands(app)
 
+from parrot.cli_data import register as _register_data_commands  # noqa: E402
+from parrot.cli_negatives import register as _register_negatives_command  # noqa: E402
+
+_register_data_commands(app)
+_register_negatives_command(app)
+
 
 def main() -> None:
     app()

@@ -16,6 +16,8 @@ COORDINATOR = typer.Option("127.0.0.1:50060", "--coordinator", "-c", envvar="PAR
                            help="gRPC address of the coordinator.")
 TOKEN_ENV = typer.Option("PARROT_AUTH_TOKEN", help="Env var holding the bearer token to send (if set).")
 URL_SCHEMES = ("s3://", "file://", "runs/")
+# RunSpec kind -> the command that starts it.
+KIND_COMMANDS = {"collection": "collect", "evaluation": "eval", "negatives": "negatives"}
 
 
 def fail(message: str) -> None:
@@ -52,10 +54,10 @@ def build_spec(spec_file: Optional[str], kind: str, section: dict[str, Any], com
             fail(f"--spec: {spec_file} is not valid YAML: {e}")
         if not isinstance(base, dict):
             fail(f"--spec: {spec_file} must hold a mapping of RunSpec fields")
-        other = "evaluation" if kind == "collection" else "collection"
-        if other in base:
-            fail(f"--spec: {spec_file} describes a {other} run; use `parrot {'eval' if other == 'evaluation' else 'collect'}`")
-        for fld in ("seeds", "questions", "reference_answers"):
+        for other, command in KIND_COMMANDS.items():
+            if other != kind and other in base:
+                fail(f"--spec: {spec_file} describes a {other} run; use `parrot {command}`")
+        for fld in ("seeds", "questions", "reference_answers", "conversations"):
             if isinstance(base.get(kind, {}).get(fld), str):
                 base[kind][fld] = input_file(base[kind][fld], f"--spec {kind}.{fld}")
     merged = dict(base)
@@ -179,7 +181,8 @@ async def save_results(stub: Any, md: Any, run_id: str, out: Optional[str]) -> A
     return res
 
 
-def start_and_follow(coordinator: str, token_env: str, spec: Any, detach: bool, out: Optional[str]) -> None:
+def start_and_follow(coordinator: str, token_env: str, spec: Any, detach: bool, out: Optional[str],
+                     on_summary: Any = None) -> None:
     from parrot.v1 import coordinator_pb2 as cpb
 
     async def go() -> int:
@@ -193,6 +196,8 @@ def start_and_follow(coordinator: str, token_env: str, spec: Any, detach: bool, 
             print_run(run)
             res = await save_results(stub, md, run.id, out)
             print_summary(res.summary_json)
+            if on_summary is not None:
+                on_summary(res.summary_json)
             return 0 if run.state == cpb.RUN_STATE_SUCCEEDED else 1
 
         return await _rpc(coordinator, token_env, fn)

@@ -135,7 +135,8 @@ def fastchat_file(tmp_path: Path) -> Path:
 
 def test_default_prompts_are_versioned_multi_turn_records():
     prompts = {p.name: p for p in load_default_prompts()}
-    assert set(prompts) == {DEFAULT_SINGLE_PROMPT, DEFAULT_SINGLE_REF_PROMPT, DEFAULT_PAIR_PROMPT, DEFAULT_PAIR_REF_PROMPT}
+    assert set(prompts) == {DEFAULT_SINGLE_PROMPT, DEFAULT_SINGLE_REF_PROMPT, DEFAULT_PAIR_PROMPT, DEFAULT_PAIR_REF_PROMPT,
+                            "parrot-context-v1"}  # CaPO's context-dependence confirmation (tests/test_negatives.py)
     assert prompts[DEFAULT_SINGLE_PROMPT].type == "single" and not prompts[DEFAULT_SINGLE_PROMPT].uses_reference
     assert prompts[DEFAULT_SINGLE_REF_PROMPT].type == "single" and prompts[DEFAULT_SINGLE_REF_PROMPT].uses_reference
     assert prompts[DEFAULT_PAIR_PROMPT].type == "pairwise" and not prompts[DEFAULT_PAIR_PROMPT].uses_reference
@@ -519,6 +520,7 @@ async def test_list_prompts_includes_an_extra_fastchat_file(fastchat_file: Path)
         DEFAULT_SINGLE_REF_PROMPT,
         DEFAULT_PAIR_PROMPT,
         DEFAULT_PAIR_REF_PROMPT,
+        "parrot-context-v1",
     ]
     assert all(p.version == "1" and p.multi_turn for p in resp.prompts)
 

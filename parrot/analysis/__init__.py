@@ -17,11 +17,13 @@ from parrot.analysis.filters import (
     normalize,
 )
 from parrot.analysis.stats import (
+    STATS_ROWS,
     ConversationStats,
     context_dependent_turns,
     conversation_stats,
     dataset_stats,
     distinct_n,
+    format_stats_table,
     user_turns,
     whitespace_token_count,
 )
@@ -32,6 +34,7 @@ __all__ = [
     "EXPLICIT_REFERENCE",
     "KINDS",
     "REASONS",
+    "STATS_ROWS",
     "ContextVerdict",
     "ConversationStats",
     "FilterCounts",
@@ -41,6 +44,7 @@ __all__ = [
     "conversation_stats",
     "dataset_stats",
     "distinct_n",
+    "format_stats_table",
     "is_context_dependent",
     "near_duplicate",
     "normalize",

@@ -120,3 +120,42 @@ def dataset_stats(
 
 def _mean(total: float, n: int) -> float | None:
     return total / n if n else None
+
+
+# The rows of ``format_stats_table``: (key of ``dataset_stats``, label), in the order of the
+# Parrot paper's Table 1 comparison.
+STATS_ROWS: tuple[tuple[str, str], ...] = (
+    ("sessions", "sessions"),
+    ("turns_per_session", "user turns / session"),
+    ("tokens_per_session", "tokens / session"),
+    ("context_dependent_per_session", "context-dependent queries / session"),
+    ("context_dependent_fraction", "context-dependent fraction of follow-ups"),
+    ("distinct_2", "distinct-2 of user turns"),
+)
+
+
+def format_stats_table(named: Sequence[tuple[str, dict[str, object]]]) -> str:
+    """A Markdown table with one column per dataset and one row per figure of ``STATS_ROWS``.
+
+    ``named`` holds (dataset name, ``dataset_stats`` result) pairs. The token row names its
+    counter ("tokens / session (tokenizer)"), taken from the first dataset.
+    """
+    if not named:
+        raise ValueError("no datasets to tabulate")
+    counter = named[0][1].get("token_counter", "whitespace")
+    header = "| | " + " | ".join(name for name, _ in named) + " |"
+    lines = [header, "|---" * (len(named) + 1) + "|"]
+    for key, label in STATS_ROWS:
+        if key == "tokens_per_session":
+            label = f"{label} ({counter})"
+        cells = [_cell(stats.get(key)) for _, stats in named]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if value < 1 else f"{value:.2f}"
+    return str(value)

@@ -62,6 +62,9 @@ DEFAULT_SINGLE_PROMPT = "parrot-single-v1"
 DEFAULT_SINGLE_REF_PROMPT = "parrot-single-ref-v1"
 DEFAULT_PAIR_PROMPT = "parrot-pair-v1"
 DEFAULT_PAIR_REF_PROMPT = "parrot-pair-ref-v1"
+# Rates how much user turn k depends on the earlier turns (1 self-contained .. 10 needs them):
+# the judge confirmation of context-dependent queries for CaPO negatives (GradeSingle, turn k).
+CONTEXT_DEPENDENCE_PROMPT = "parrot-context-v1"
 
 NO_REFERENCE_NOTE = "(no reference answer was given for this turn)"
 MAX_TURN_SLOTS = 64

@@ -105,6 +105,34 @@ def to_role_swapped(messages: Sequence[Message], persona: str = "", topic: str =
     return out
 
 
+def from_role_swapped(messages: Sequence[Message]) -> tuple[list[Message], str, str]:
+    """The inverse of ``to_role_swapped``: (conversation, persona, topic).
+
+    A leading ``system`` message is read back as the ``Persona:`` / ``Topic:`` hint lines; the
+    other messages get their roles swapped back. ``from_role_swapped(to_role_swapped(c, p, t))``
+    is ``(c without its system message, p.strip(), t.strip())``. A persona or topic that itself
+    spans several lines cannot be told apart from the hint layout and is not supported.
+    Raises ValueError for a system message that is not leading or not in the hint layout.
+    """
+    persona = topic = ""
+    body = list(messages)
+    if body and body[0].role is Role.SYSTEM:
+        for line in body.pop(0).content.split("\n"):
+            key, sep, value = line.partition(": ")
+            if sep and key == "Persona" and not persona:
+                persona = value.strip()
+            elif sep and key == "Topic" and not topic:
+                topic = value.strip()
+            else:
+                raise ValueError(f"system message line {line!r} is not a 'Persona: ...' or 'Topic: ...' hint")
+    out: list[Message] = []
+    for i, m in enumerate(body):
+        if m.role is Role.SYSTEM:
+            raise ValueError(f"message {i + 1} is a system message; only a leading one (the hints) is allowed")
+        out.append(Message(Role.USER if m.role is Role.ASSISTANT else Role.ASSISTANT, m.content))
+    return out, persona, topic
+
+
 # Chosen by trying variants on SmolLM2-135M-Instruct (6 conversations x 6 samples each):
 # this wording, the closing question and the "Follow-up question:" prefill gave the most
 # question-like samples (30/36 passed the checks, 27 of them questions). Examples in the

@@ -20,12 +20,14 @@ from parrot.v1 import coordinator_pb2 as cpb
 from services.coordinator import metrics as m
 from services.coordinator.clients import CallFailed, ModelClients
 from services.coordinator.kinds import UnitContext, UnitFailed, collect_conversation, evaluate_question
+from services.coordinator.kinds import negatives_conversation
 from services.coordinator.spec import DEFAULT_CONCURRENCY, Plan
 
 log = logging.getLogger(__name__)
 
 TERMINAL = {cpb.RUN_STATE_SUCCEEDED, cpb.RUN_STATE_FAILED, cpb.RUN_STATE_CANCELLED}
 KIND_FN = {"collection": collect_conversation, "evaluation": evaluate_question}
+KIND_FN["negatives"] = negatives_conversation
 
 
 def run_prefix(run_id: str) -> str:

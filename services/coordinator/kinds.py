@@ -180,3 +180,100 @@ async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str,
     record["metadata"] = {"question_id": unit["question_id"], "category": unit["category"], "models": dict(ctx.models),
                           "elapsed_s": round(time.monotonic() - t0, 3)}
     return record
+
+
+async def negatives_conversation(ctx: UnitContext, unit: dict[str, Any]) -> dict[str, Any]:
+    """CaPO pairs for the selected queries of one conversation (strategies in parrot.datasets.capo).
+
+    Per query, in order: the chosen answer (responder with the full history, or the dataset's own
+    answer); the optional judge confirmation (GradeSingle on the query's turn with the
+    context-dependence prompt); then one rejected answer per strategy, concurrently. Skipped
+    queries and dropped pairs are counted in ``drops`` ("judge_rejected", "empty_chosen",
+    "<strategy>:empty", "<strategy>:near_identical", "<strategy>:no_distractor").
+    """
+    from parrot.analysis import near_duplicate
+    from parrot.datasets.capo import STRATEGIES, chosen_messages, preference_row, strategy_messages
+    from parrot.judging.prompts import CONTEXT_DEPENDENCE_PROMPT
+
+    n = ctx.spec.negatives
+    strategies = list(n.strategies) or list(STRATEGIES)
+    similar = n.near_identical_threshold or 0.9
+    messages = [Message(Role(m["role"]), m["content"]) for m in unit["messages"]]
+    system = messages[:1] if messages and messages[0].role is Role.SYSTEM else []
+    body = messages[len(system):]
+    users = [i for i, m in enumerate(body) if m.role is Role.USER]
+    distractor = [Message(Role(m["role"]), m["content"]) for m in (unit.get("distractor") or {}).get("messages", [])]
+    base_seed = (ctx.spec.seed * 1_000_003 + ctx.index * 1009) % (2**62)
+    pairs: list[dict[str, Any]] = []
+    selected: list[dict[str, Any]] = []
+    drops: dict[str, int] = {}
+    tokens = turns = 0
+    t0 = time.monotonic()
+
+    def drop(reason: str) -> None:
+        drops[reason] = drops.get(reason, 0) + 1
+
+    async def respond(msgs: list[Message], seed: int) -> tuple[str, str]:
+        nonlocal tokens
+        resp = await ctx.clients.respond(msgs, _params(ctx.spec, seed))
+        tokens += resp.usage.completion_tokens
+        ctx.on_turn(resp.usage.completion_tokens)
+        return resp.text, resp.model
+
+    for q, sel in enumerate(unit["selected"]):
+        k = int(sel["turn"])
+        pos = users[k - 1]
+        history_body = body[:pos]
+        if n.max_history_turns:
+            history_body = history_body[-2 * n.max_history_turns:]
+        history = system + history_body
+        query = body[pos].content
+        info: dict[str, Any] = {"turn": k, "cues": sel.get("cues", []), "history_turns": len(history_body) // 2, "pairs": 0}
+        selected.append(info)
+        seed = base_seed + q * 16
+        existing = body[pos + 1].content if pos + 1 < len(body) and body[pos + 1].role is Role.ASSISTANT else ""
+        if n.chosen_source == "dataset" and existing.strip():
+            chosen, chosen_model = existing, "dataset"
+        else:
+            chosen, chosen_model = await respond(chosen_messages(history, query), seed)
+            ctx.models["responder"] = chosen_model
+        if not chosen.strip():
+            drop("empty_chosen")
+            info["skipped"] = "empty_chosen"
+            continue
+        if n.judge_confirm:
+            graded = [*history, Message(Role.USER, query), Message(Role.ASSISTANT, chosen)]
+            g = await ctx.clients.grade(graded, len(history_body) // 2 + 1, "", n.judge_prompt or CONTEXT_DEPENDENCE_PROMPT,
+                                        conversation_pb2.GenerationParams(max_tokens=64, temperature=0.0))
+            ctx.models["judge"] = g.model
+            info["judge_score"] = round(g.score, 4)
+            if g.score < (n.judge_threshold or 6.0):
+                drop("judge_rejected")
+                info["skipped"] = "judge_rejected"
+                continue
+
+        async def rejected(i: int, strategy: str) -> tuple[str, str | None, str]:
+            try:
+                # The whole session's earlier exchanges are candidates, even beyond max_history_turns.
+                msgs = strategy_messages(strategy, system + body[:pos], query, distractor)
+            except ValueError:
+                return strategy, None, "no_distractor"
+            text, model = await respond(msgs, seed + 1 + i)
+            return strategy, text, model
+
+        for strategy, text, model_or_reason in await asyncio.gather(*(rejected(i, s) for i, s in enumerate(strategies))):
+            if text is None:
+                drop(f"{strategy}:{model_or_reason}")
+            elif not text.strip():
+                drop(f"{strategy}:empty")
+            elif near_duplicate(chosen, text, similar):
+                drop(f"{strategy}:near_identical")
+            else:
+                pairs.append(preference_row(history, query, chosen, text, strategy=strategy, source_id=unit["id"], turn=k,
+                                            models={"chosen": chosen_model, "rejected": model_or_reason}))
+                info["pairs"] += 1
+        turns += 1
+    return {"pairs": pairs, "selected": selected, "drops": drops, "turns": turns, "tokens": tokens,
+            "metadata": {"source_id": unit["id"], "models": dict(ctx.models),
+                         "distractor_source": (unit.get("distractor") or {}).get("source_id"),
+                         "elapsed_s": round(time.monotonic() - t0, 3)}}

@@ -4,7 +4,11 @@ Evaluation: ``answers.jsonl`` (FastChat answer records), ``judgments.jsonl`` (Fa
 judgment records, one per turn), ``pairwise.jsonl`` (pairwise mode), ``summary.json`` (mean
 score per turn / category / overall with bootstrap 95% CIs, judge failures).
 Collection: ``dataset.jsonl`` (ShareGPT records with per-conversation metadata), ``stats.json``,
-``summary.json`` (statistics and filter drop counts). Failed conversations are listed in
+``summary.json`` (statistics and filter drop counts).
+Negatives: ``preferences.jsonl`` (CaPO pairs in TRL's conversational preference format,
+``parrot.datasets.capo``), ``selected.jsonl`` (every selected query: cues, judge score, pairs
+kept or why it was skipped), ``stats.json`` and ``summary.json`` (pairs and drops per strategy,
+cleaning counts). Failed conversations are listed in
 ``failures.jsonl`` with their reasons, never silently dropped.
 """
 
@@ -28,7 +32,10 @@ async def write_outputs(run: cpb.Run, plan: Any, units: dict[int, dict[str, Any]
     ordered = [units[i] for i in sorted(units)]
     failures = [{"index": u["index"], "id": u["id"], "reason": u.get("reason", "")} for u in ordered if u["status"] != "finished"]
     done = [u for u in ordered if u["status"] == "finished"]
-    files = _evaluation_files(run, plan, done) if plan.kind == "evaluation" else _collection_files(run, plan, done)
+    if plan.kind == "negatives":
+        files = _negatives_files(run, plan, done)
+    else:
+        files = _evaluation_files(run, plan, done) if plan.kind == "evaluation" else _collection_files(run, plan, done)
     files["failures.jsonl"] = _jsonl(failures)
     summary = json.loads(files["summary.json"])
     summary.update({"run_id": run.id, "kind": plan.kind, "conversations": len(plan.units), "finished": len(done),
@@ -106,3 +113,46 @@ def _collection_files(run: cpb.Run, plan: Any, done: list[dict[str, Any]]) -> di
     return {"dataset.jsonl": _jsonl(rows), "stats.json": json.dumps(stats, indent=2).encode(),
             "summary.json": json.dumps({"stats": stats, "dropped": drops,
                                         "seeds_skipped": plan.notes.get("seeds_skipped", {})}).encode()}
+
+
+def negatives_stats(plan: Any, done: list[dict[str, Any]], strategies: list[str]) -> dict[str, Any]:
+    """Pairs and drops per strategy, skipped queries by reason, and the plan's cleaning counts."""
+    per: dict[str, dict[str, int]] = {s: {"pairs": 0, "near_identical": 0, "empty": 0, "no_distractor": 0} for s in strategies}
+    skipped: dict[str, int] = {"judge_rejected": 0, "empty_chosen": 0}
+    queries = pairs = 0
+    for rec in done:
+        data = rec["data"]
+        queries += len(data.get("selected", []))
+        for row in data.get("pairs", []):
+            per.setdefault(row["strategy"], {"pairs": 0, "near_identical": 0, "empty": 0, "no_distractor": 0})
+            per[row["strategy"]]["pairs"] += 1
+            pairs += 1
+        for reason, count in (data.get("drops") or {}).items():
+            strategy, sep, what = reason.partition(":")
+            if sep:
+                per.setdefault(strategy, {})[what] = per.get(strategy, {}).get(what, 0) + int(count)
+            else:
+                skipped[reason] = skipped.get(reason, 0) + int(count)
+    used = queries - sum(skipped.values())
+    return {"conversations": len(done), "queries_selected": queries, "queries_used": used, "queries_skipped": skipped,
+            "pairs": pairs, "pairs_per_query": pairs / used if used else None, "per_strategy": per,
+            "conversations_without_selected_query": plan.notes.get("conversations_without_selected_query", 0),
+            "cleaning": plan.notes.get("cleaning", {})}
+
+
+def _negatives_files(run: cpb.Run, plan: Any, done: list[dict[str, Any]]) -> dict[str, bytes]:
+    from parrot.datasets.capo import STRATEGIES
+
+    strategies = list(run.spec.negatives.strategies) or list(STRATEGIES)
+    rows, selected = [], []
+    for rec in done:
+        rows.extend(rec["data"].get("pairs", []))
+        for info in rec["data"].get("selected", []):
+            selected.append({"source_id": rec["id"], **info})
+    stats = negatives_stats(plan, done, strategies)
+    models = {}
+    for rec in done:
+        models.update(rec["data"].get("metadata", {}).get("models", {}))
+    return {"preferences.jsonl": _jsonl(rows), "selected.jsonl": _jsonl(selected),
+            "stats.json": json.dumps(stats, indent=2).encode(),
+            "summary.json": json.dumps({"stats": stats, "strategies": strategies, "models": models}).encode()}

@@ -37,6 +37,8 @@ class CoordinatorConfig:
 
 
 def _roles(kind: str, spec: cpb.RunSpec) -> list[str]:
+    if kind == "negatives":
+        return ["responder", "judge"] if spec.negatives.judge_confirm else ["responder"]
     if kind == "collection":
         return ["responder", "asker"]
     roles = ["responder", "judge"]

@@ -22,7 +22,7 @@ DEFAULT_CONCURRENCY = 16
 class Plan:
     """What a run does: its kind and one JSON-able unit per conversation, in input order."""
 
-    kind: str  # "collection" | "evaluation"
+    kind: str  # "collection" | "evaluation" | "negatives"
     units: list[dict[str, Any]]
     notes: dict[str, Any]
 
@@ -30,7 +30,7 @@ class Plan:
 def kind_of(spec: cpb.RunSpec) -> str:
     which = spec.WhichOneof("kind")
     if which is None:
-        raise InvalidArgument("spec.kind", "set exactly one of 'collection' or 'evaluation'")
+        raise InvalidArgument("spec.kind", "set exactly one of 'collection', 'evaluation' or 'negatives'")
     return which
 
 
@@ -83,6 +83,8 @@ async def plan_run(spec: cpb.RunSpec, store: Any) -> tuple[Plan, dict[str, tuple
     inputs: dict[str, tuple[str, bytes]] = {}
     if kind == "collection":
         return await _plan_collection(spec, store, inputs), inputs
+    if kind == "negatives":
+        return await _plan_negatives(spec, store, inputs), inputs
     return await _plan_evaluation(spec, store, inputs), inputs
 
 
@@ -143,3 +145,82 @@ async def _plan_evaluation(spec: cpb.RunSpec, store: Any, inputs: dict) -> Plan:
         units.append({"id": str(q.question_id), "question_id": q.question_id, "category": q.category,
                       "turns": list(q.turns), "references": references})
     return Plan("evaluation", units, {"max_turns": max(len(u["turns"]) for u in units)})
+
+
+NEGATIVES_CHOSEN_SOURCES = ("responder", "dataset")
+
+
+def check_negatives(spec: cpb.RunSpec) -> list[str]:
+    """Validates the negatives section; returns the strategies to use."""
+    from parrot.datasets.capo import STRATEGIES
+
+    n = spec.negatives
+    strategies: list[str] = []
+    for i, s in enumerate(n.strategies):
+        if s not in STRATEGIES:
+            raise InvalidArgument(f"spec.negatives.strategies[{i}]", f"is {s!r}; allowed: {', '.join(STRATEGIES)}")
+        if s in strategies:
+            raise InvalidArgument(f"spec.negatives.strategies[{i}]", f"{s!r} is listed twice")
+        strategies.append(s)
+    if n.chosen_source not in ("", *NEGATIVES_CHOSEN_SOURCES):
+        raise InvalidArgument("spec.negatives.chosen_source",
+                              f"is {n.chosen_source!r}; allowed: {', '.join(NEGATIVES_CHOSEN_SOURCES)} (empty = responder)")
+    if not 0 <= n.judge_threshold <= 10 or n.judge_threshold != n.judge_threshold:
+        raise InvalidArgument("spec.negatives.judge_threshold", f"is {n.judge_threshold}; allowed 0..10 (0 = 6)")
+    if not 0 <= n.near_identical_threshold <= 1 or n.near_identical_threshold != n.near_identical_threshold:
+        raise InvalidArgument("spec.negatives.near_identical_threshold",
+                              f"is {n.near_identical_threshold}; allowed 0..1 (0 = 0.9)")
+    if n.max_history_turns > MAX_TURNS:
+        raise InvalidArgument("spec.negatives.max_history_turns", f"is {n.max_history_turns}; allowed 0..{MAX_TURNS}")
+    return strategies or list(STRATEGIES)
+
+
+async def _plan_negatives(spec: cpb.RunSpec, store: Any, inputs: dict) -> Plan:
+    """One unit per cleaned conversation with at least one selected follow-up query.
+
+    A unit holds the conversation, the selected queries (1-based user-turn index and the
+    detector's cues) and a distractor exchange from the next cleaned conversation (used by
+    context_misunderstanding when the history has a single exchange).
+    """
+    from parrot.analysis import is_context_dependent
+    from parrot.conversation import Role
+    from parrot.datasets import load_sharegpt
+    from parrot.datasets.capo import exchanges
+    from parrot.datasets.cleaning import CleaningConfig, clean_conversations
+
+    n = spec.negatives
+    check_negatives(spec)
+    name, data = await read_input(n.conversations, "spec.negatives.conversations", store)
+    inputs["conversations"] = (name, data)
+    records = _parse("spec.negatives.conversations", load_sharegpt, name, data)
+    records = records[: spec.limit] if spec.limit else records
+    cleaned, report = clean_conversations(records, CleaningConfig(min_user_turns=2))
+    units: list[dict[str, Any]] = []
+    without = 0
+    for pos, record in enumerate(cleaned):
+        users = [m for m in record.messages if m.role is Role.USER]
+        selected = []
+        for k, message in enumerate(users[1:], start=2):
+            verdict = is_context_dependent(message.content, k - 1)
+            if verdict.dependent or n.all_follow_ups:
+                selected.append({"turn": k, "cues": verdict.cues})
+        if n.max_queries_per_conversation:
+            selected = selected[: n.max_queries_per_conversation]
+        if not selected:
+            without += 1
+            continue
+        distractor = None
+        if len(cleaned) > 1:
+            other = cleaned[(pos + 1) % len(cleaned)]
+            first = exchanges(other.messages)[:1]
+            if first:
+                distractor = {"source_id": other.id, "messages": [m.as_dict() for m in first[0]]}
+        units.append({"id": record.id, "messages": [m.as_dict() for m in record.messages], "selected": selected,
+                      "distractor": distractor})
+    if not units:
+        raise InvalidArgument("spec.negatives.conversations",
+                              f"{name} has no context-dependent follow-up query ({report.conversations_kept} of "
+                              f"{report.conversations_in} conversations left after cleaning)")
+    notes = {"cleaning": report.as_dict(), "conversations_without_selected_query": without,
+             "queries_selected": sum(len(u["selected"]) for u in units)}
+    return Plan("negatives", units, notes)

@@ -1,0 +1,165 @@
+"""`parrot data asker|stats`: asker SFT examples from conversation logs, and dataset statistics side by side."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+
+data_app = typer.Typer(help="Data pipeline: asker training data and dataset statistics.", no_args_is_help=True)
+
+TOKENIZER = typer.Option("bundled", help="Token counter: 'bundled' (the bundled model's tokenizer), 'whitespace', or a "
+                                         "tokenizer folder.")
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def token_counter(spec: str) -> tuple[Callable[[str], int], str]:
+    """(count function, label) for --tokenizer."""
+    from parrot.datasets.cleaning import whitespace_tokens
+
+    if spec == "whitespace":
+        return whitespace_tokens, "whitespace"
+    if spec == "bundled":
+        from parrot.modelstore import bundled_model_dir
+
+        path = bundled_model_dir()
+        if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+            fail(f"--tokenizer bundled: the bundled model is not prepared ({path}); run `parrot model prepare` "
+                 "or pass --tokenizer whitespace")
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            fail(f"--tokenizer: {spec} is not a tokenizer folder (or 'bundled', 'whitespace')")
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        fail(f"--tokenizer: cannot load a tokenizer from {path}: {e}")
+
+    def count(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    return count, "tokenizer"
+
+
+def _write_atomic(path: Path, data: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(data, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_conversations(path: str, fmt: str) -> list[Any]:
+    from parrot.datasets import DatasetError
+    from parrot.datasets.conversations import load_conversations_file
+
+    try:
+        if fmt == "asker":
+            from parrot.conversation import Message
+            from services.asker.prompting import from_role_swapped
+
+            rows = load_conversations_file(path, "messages")
+            out: list[tuple[str, list[Message]]] = []
+            for cid, messages in rows:
+                try:
+                    out.append((cid, from_role_swapped(messages)[0]))
+                except ValueError as e:
+                    fail(f"{path}: record {cid}: not an asker example ({e})")
+            return out
+        return load_conversations_file(path, fmt)
+    except DatasetError as e:
+        fail(str(e))
+    return []
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
+
+    @data_app.command("asker")
+    def asker_cmd(
+        inputs: List[str] = typer.Option(..., "--input", "-i", help="ShareGPT JSON/JSONL file; repeat for several."),
+        output: str = typer.Option(..., "--output", "-o", help="Where to write the examples (JSONL)."),
+        report: Optional[str] = typer.Option(None, help="Where to write the report (default: OUTPUT.report.json)."),
+        min_user_turns: int = typer.Option(2, help="Keep only conversations with at least this many user turns."),
+        max_tokens: int = typer.Option(2048, help="Most tokens per example; older context is left out to fit."),
+        max_target_tokens: int = typer.Option(512, help="Drop target user turns longer than this."),
+        max_message_tokens: int = typer.Option(0, help="Cut conversations before a longer message (0 = no cap)."),
+        repair: bool = typer.Option(True, help="Trim leading assistant turns / cut at a wrong alternation "
+                                               "(--no-repair drops such conversations)."),
+        dedupe: bool = typer.Option(True, help="Drop duplicate conversations and examples."),
+        tokenizer: str = TOKENIZER,
+    ) -> None:
+        """Asker SFT examples (role-swapped chats: the user's turn is the assistant target) from ShareGPT logs."""
+        from parrot.logs import setup_logging
+
+        setup_logging()
+        from parrot.datasets import DatasetError, dumps_jsonl, load_sharegpt_file
+        from parrot.datasets.cleaning import CleaningConfig
+        from services.asker.training_data import AskerDataConfig, build_asker_dataset
+
+        try:
+            config = AskerDataConfig(cleaning=CleaningConfig(min_user_turns=min_user_turns, repair=repair,
+                                                             max_message_tokens=max_message_tokens, dedupe=dedupe),
+                                     max_tokens=max_tokens, max_target_tokens=max_target_tokens, dedupe_examples=dedupe)
+        except ValueError as e:
+            fail(str(e))
+        files = []
+        for path in inputs:
+            try:
+                files.append((Path(path).name, load_sharegpt_file(path)))
+            except DatasetError as e:
+                fail(str(e))
+        count, label = token_counter(tokenizer)
+        rows, rep = build_asker_dataset(files, config, count)
+        out = Path(output)
+        _write_atomic(out, dumps_jsonl(rows))
+        rep_path = Path(report) if report else out.with_name(out.name + ".report.json")
+        summary = {**rep.as_dict(), "token_counter": label, "config": {
+            "min_user_turns": min_user_turns, "max_tokens": max_tokens, "max_target_tokens": max_target_tokens,
+            "max_message_tokens": max_message_tokens, "repair": repair, "dedupe": dedupe}}
+        _write_atomic(rep_path, json.dumps(summary, indent=2) + "\n")
+        c = rep.cleaning
+        typer.echo(f"conversations: {c.conversations_in} read, {c.conversations_kept} kept")
+        typer.echo("  dropped: " + ", ".join(f"{k}={v}" for k, v in c.dropped.items()))
+        typer.echo("  repaired: " + ", ".join(f"{k}={v}" for k, v in c.repaired.items()))
+        typer.echo(f"examples: {rep.examples} written to {out} (of {rep.targets} follow-up turns; "
+                   f"{rep.context_dependent} context-dependent, {rep.context_trimmed} with context trimmed)")
+        typer.echo("  dropped: " + ", ".join(f"{k}={v}" for k, v in rep.dropped.items()))
+        typer.echo(f"  tokens ({label}): {rep.tokens} total, "
+                   f"{rep.tokens / rep.examples if rep.examples else 0:.1f} per example")
+        typer.echo(f"report: {rep_path}")
+
+    @data_app.command("stats")
+    def stats_cmd(
+        files: List[str] = typer.Argument(..., help="Conversation datasets (ShareGPT, MT-Bench questions, chat JSONL)."),
+        fmt: str = typer.Option("auto", "--format", help="auto, sharegpt, mtbench, messages, or asker (examples of "
+                                                         "`parrot data asker`, read back as conversations)."),
+        tokenizer: str = TOKENIZER,
+        as_json: bool = typer.Option(False, "--json", help="Print the full statistics as JSON."),
+    ) -> None:
+        """Statistics of conversation datasets side by side: sessions, turns, tokens, context-dependent queries, distinct-2."""
+        from parrot.logs import setup_logging
+
+        setup_logging()
+        from parrot.analysis import dataset_stats, format_stats_table
+        from parrot.datasets.conversations import CONVERSATION_FORMATS
+
+        if fmt not in (*CONVERSATION_FORMATS, "asker"):
+            fail(f"--format is {fmt!r}; allowed: {', '.join((*CONVERSATION_FORMATS, 'asker'))}")
+        count, label = token_counter(tokenizer)
+        named = []
+        for path in files:
+            conversations = [messages for _id, messages in _read_conversations(path, fmt)]
+            named.append((Path(path).name, dataset_stats(conversations, count if label == "tokenizer" else None)))
+        if as_json:
+            typer.echo(json.dumps(dict(named), indent=2))
+        else:
+            typer.echo(format_stats_table(named))
