@@ -67,7 +67,10 @@ class RunManager:
                             on_retry=lambda stage, code: m.MODEL_RETRIES.labels(stage, code).inc())
 
     def _active(self) -> int:
-        return sum(1 for t in self.tasks.values() if not t.done())
+        """Runs executing now; one that has reached its final state no longer counts (a client
+        that saw it end may start the next at once)."""
+        return sum(1 for run_id, t in self.tasks.items()
+                   if not t.done() and self.executors[run_id].run.state not in TERMINAL)
 
     async def start_run(self, spec: cpb.RunSpec) -> cpb.Run:
         async with self._start_lock:
