@@ -85,13 +85,34 @@ def serve_cmd(
     echo_delay_s: float = typer.Option(0.0, envvar="PARROT_ECHO_DELAY_S", help="echo backend: latency per call (load tests)."),
     judge_prompts: Optional[str] = typer.Option(None, envvar="PARROT_JUDGE_PROMPTS",
                                                 help="judge: extra prompt file (ours or FastChat's judge_prompts.jsonl)."),
+    tls_cert: Optional[str] = typer.Option(None, envvar="PARROT_TLS_CERT",
+                                           help="PEM certificate: serve gRPC over TLS (with --tls-key). Clients: PARROT_TLS_CA."),
+    tls_key: Optional[str] = typer.Option(None, envvar="PARROT_TLS_KEY", help="PEM private key of --tls-cert."),
+    max_messages: int = typer.Option(256, envvar="PARROT_MAX_MESSAGES", help="Upper bound on messages per conversation."),
+    max_message_bytes: Optional[int] = typer.Option(
+        None, envvar="PARROT_MAX_MESSAGE_BYTES", help="gRPC message size limit (default 16 MiB; coordinator 64 MiB)."),
+    max_turns: int = typer.Option(64, envvar="PARROT_MAX_TURNS", help="coordinator: user turns per conversation of a run."),
+    max_concurrency: int = typer.Option(1024, envvar="PARROT_MAX_CONCURRENCY",
+                                        help="coordinator: conversations in flight at once in one run."),
+    max_conversations: int = typer.Option(1_000_000, envvar="PARROT_MAX_CONVERSATIONS",
+                                          help="coordinator: conversations in one run."),
 ) -> None:
     """Serve a model service (parrot.v1 gRPC + KServe REST; the responder adds OpenAI /v1/chat/completions)
     or the coordinator (parrot.v1.Coordinator gRPC + /metrics)."""
     setup_logging()
+    from parrot.errors import ConfigError
+
     if service is ServiceName.coordinator:
+        from services.coordinator.spec import RunLimits
+
+        try:
+            limits = RunLimits(max_turns=max_turns, max_concurrency=max_concurrency, max_conversations=max_conversations,
+                               max_new_tokens=max_new_tokens)
+        except ConfigError as e:
+            _fail(str(e))
         _serve_coordinator(host, grpc_port or 50060, http_port or 8090, store_url, responder, asker, judge, max_active_runs,
-                           auth_token_file, grace_s)
+                           auth_token_file, grace_s, limits=limits, tls=(tls_cert, tls_key),
+                           max_message_bytes=max_message_bytes or 64 * 1024 * 1024)
         return
     grpc_port = grpc_port or 50051
     http_port = http_port or 8080
@@ -123,8 +144,9 @@ def serve_cmd(
         config = ServeConfig(
             services=services, host=host, grpc_port=grpc_port, http_port=http_port, backend=backend,
             backend_config=cfg_cls(**options), auth_token_file=auth_token_file, grace_s=grace_s,
-            limits=InputLimits(max_new_tokens=max_new_tokens, max_input_chars=max_input_chars),
-            judge_prompts_file=judge_prompts,
+            limits=InputLimits(max_new_tokens=max_new_tokens, max_input_chars=max_input_chars, max_messages=max_messages),
+            judge_prompts_file=judge_prompts, tls_cert_file=tls_cert, tls_key_file=tls_key,
+            max_message_bytes=max_message_bytes or 16 * 1024 * 1024,
         )
         rc = serve(config)
     except ConfigError as e:
@@ -139,7 +161,9 @@ def default_store_url() -> str:
 
 
 def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, responder: str, asker: str, judge: str,
-                       max_active_runs: int, auth_token_file: Optional[str], grace_s: float) -> None:
+                       max_active_runs: int, auth_token_file: Optional[str], grace_s: float, *, limits: Any = None,
+                       tls: tuple[Optional[str], Optional[str]] = (None, None), max_message_bytes: int = 64 * 1024 * 1024,
+                       ) -> None:
 
     from parrot.errors import ConfigError
     from parrot.server.runner import read_auth_token
@@ -153,8 +177,10 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
     cfg = CoordinatorServeConfig(
         coordinator=CoordinatorConfig(store_url=store or default_store_url(), responder=responder, asker=asker, judge=judge,
                                       max_active_runs=max_active_runs,
-                                      upstream_token=os.environ.get("PARROT_UPSTREAM_TOKEN") or token),
-        host=host, grpc_port=grpc_port, http_port=http_port, auth_token=token, grace_s=grace_s)
+                                      upstream_token=os.environ.get("PARROT_UPSTREAM_TOKEN") or token,
+                                      **({"limits": limits} if limits is not None else {})),
+        host=host, grpc_port=grpc_port, http_port=http_port, auth_token=token, grace_s=grace_s,
+        tls_cert_file=tls[0], tls_key_file=tls[1], max_message_bytes=max_message_bytes)
     try:
         rc = serve_coordinator(cfg)
     except ConfigError as e:

@@ -20,6 +20,12 @@ URL_SCHEMES = ("s3://", "file://", "runs/")
 KIND_COMMANDS = {"collection": "collect", "evaluation": "eval", "negatives": "negatives"}
 
 
+def clip(text: str) -> str:
+    from parrot.errors import clip as _clip
+
+    return _clip(text)
+
+
 def fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -45,18 +51,28 @@ def build_spec(spec_file: Optional[str], kind: str, section: dict[str, Any], com
     from parrot.v1 import coordinator_pb2 as cpb
 
     base: dict[str, Any] = {}
+    text = ""
     if spec_file:
         try:
-            base = yaml.safe_load(Path(spec_file).read_text()) or {}
+            text = Path(spec_file).read_bytes().decode("utf-8-sig")
+            base = yaml.safe_load(text) or {}
         except OSError as e:
             fail(f"--spec: cannot read {spec_file}: {e.strerror}")
+        except UnicodeDecodeError as e:
+            fail(f"--spec: {spec_file} is not UTF-8 text (byte {e.start})")
         except yaml.YAMLError as e:
-            fail(f"--spec: {spec_file} is not valid YAML: {e}")
+            fail(f"--spec: {spec_file} is not valid YAML: {clip(str(e))}")
         if not isinstance(base, dict):
             fail(f"--spec: {spec_file} must hold a mapping of RunSpec fields")
         for other, command in KIND_COMMANDS.items():
             if other != kind and other in base:
                 fail(f"--spec: {spec_file} describes a {other} run; use `parrot {command}`")
+        for name in (kind, "retry", "targets", "params", "labels"):
+            if base.get(name) is not None and not isinstance(base[name], dict):
+                fail(f"--spec: {spec_file}{_yaml_line(text, name)}: field '{name}' must be a mapping")
+        base.setdefault(kind, {})
+        if base[kind] is None:
+            base[kind] = {}
         for fld in ("seeds", "questions", "reference_answers", "conversations"):
             if isinstance(base.get(kind, {}).get(fld), str):
                 base[kind][fld] = input_file(base[kind][fld], f"--spec {kind}.{fld}")
@@ -72,8 +88,32 @@ def build_spec(spec_file: Optional[str], kind: str, section: dict[str, Any], com
             merged[k] = v
     try:
         return json_format.ParseDict(merged, cpb.RunSpec())
-    except json_format.ParseError as e:
-        fail(f"run spec: {e}")
+    except (json_format.ParseError, TypeError, ValueError) as e:
+        import re
+
+        m = re.search(r'Failed to parse (\w+) field|field named "(\w+)"', str(e))
+        where = f"{spec_file}{_yaml_line(text, m.group(1) or m.group(2))}" if (spec_file and m) else (spec_file or "flags")
+        fail(f"run spec {where}: {clip(str(e))}")
+
+
+def _yaml_line(text: str, key: str) -> str:
+    """':N' where ``key`` first appears as a mapping key in the YAML text (or '' if it cannot be found)."""
+    import yaml
+
+    try:
+        stack = [yaml.compose(text)]
+    except yaml.YAMLError:
+        return ""
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if getattr(k, "value", None) == key:
+                    return f":{k.start_mark.line + 1}"
+                stack.append(v)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return ""
 
 
 async def _rpc(target: str, token_env: str, fn: Any) -> Any:
@@ -322,6 +362,18 @@ def register(app: typer.Typer) -> None:
 
         async def fn(stub: Any, md: Any) -> None:
             print_run(await stub.CancelRun(cpb.CancelRunRequest(run_id=run_id), metadata=md))
+
+        asyncio.run(_rpc(coordinator, token_env, fn))
+
+    @runs_app.command("resume")
+    def runs_resume(run_id: str,
+                    retry_failed: bool = typer.Option(False, help="Also run again the conversations recorded as failed."),
+                    coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV) -> None:
+        """Continue a failed or cancelled run (after fixing the cause); finished conversations are kept."""
+        from parrot.v1 import coordinator_pb2 as cpb
+
+        async def fn(stub: Any, md: Any) -> None:
+            print_run(await stub.ResumeRun(cpb.ResumeRunRequest(run_id=run_id, retry_failed=retry_failed), metadata=md))
 
         asyncio.run(_rpc(coordinator, token_env, fn))
 

@@ -18,8 +18,48 @@ class ConversationFileError(ValueError):
     """A conversation file is unreadable or malformed; the message names file and field."""
 
 
+def tls_credentials(env: Any = None) -> grpc.ChannelCredentials | None:
+    """Client TLS from the environment, or None for plain-text channels.
+
+    PARROT_TLS_CA: a PEM file of the CA (or the self-signed server certificate) to trust;
+    PARROT_TLS=1: TLS with the system's roots. PARROT_TLS_SERVER_NAME overrides the name the
+    certificate is checked against (when dialling an IP the certificate does not list).
+    """
+    env = os.environ if env is None else env
+    ca = env.get("PARROT_TLS_CA", "")
+    if ca:
+        try:
+            return grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
+        except OSError as e:
+            from parrot.errors import ConfigError
+
+            raise ConfigError(f"PARROT_TLS_CA: cannot read {ca}: {e.strerror}") from e
+    if env.get("PARROT_TLS", "").strip().lower() in ("1", "true", "yes", "on"):
+        return grpc.ssl_channel_credentials()
+    return None
+
+
+def channel_options(env: Any = None) -> list[tuple[str, Any]]:
+    env = os.environ if env is None else env
+    name = env.get("PARROT_TLS_SERVER_NAME", "")
+    return [("grpc.ssl_target_name_override", name)] if name else []
+
+
 def channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    """An asyncio channel to a Parrot service: TLS when PARROT_TLS_CA / PARROT_TLS say so."""
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *channel_options()]
+    creds = tls_credentials()
+    if creds is not None:
+        return grpc.aio.secure_channel(target, creds, options=options)
+    return grpc.aio.insecure_channel(target, options=options)
+
+
+def sync_channel(target: str) -> grpc.Channel:
+    """A blocking channel with the same TLS settings as :func:`channel` (health polls, tests)."""
+    creds = tls_credentials()
+    if creds is not None:
+        return grpc.secure_channel(target, creds, options=channel_options())
+    return grpc.insecure_channel(target)
 
 
 def auth_metadata(token_env: str = "PARROT_AUTH_TOKEN") -> list[tuple[str, str]]:
@@ -98,7 +138,7 @@ def wait_until_serving(target: str, service: str, timeout: float = 240, alive: A
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as ch:
+    with sync_channel(target) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             problem = alive() if alive else None

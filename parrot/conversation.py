@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from parrot.errors import InvalidArgument
+from parrot.errors import InvalidArgument, LimitExceeded
 
 
 class Role(str, enum.Enum):
@@ -46,7 +46,8 @@ class GenerationParams:
 
 @dataclass(frozen=True)
 class InputLimits:
-    """Per-service request limits (set from the service config)."""
+    """Per-service request limits (set from the service config). Exceeding one is
+    RESOURCE_EXHAUSTED (:class:`~parrot.errors.LimitExceeded`) naming the setting to raise."""
 
     max_messages: int = 256
     max_input_chars: int = 200_000
@@ -74,7 +75,8 @@ def validate_messages(
     if not msgs:
         raise InvalidArgument(field_name, "is empty; a conversation needs at least one user message")
     if len(msgs) > limits.max_messages:
-        raise InvalidArgument(field_name, f"has {len(msgs)} messages; at most {limits.max_messages} are allowed")
+        raise LimitExceeded(field_name, f"has {len(msgs)} messages; at most {limits.max_messages} are allowed",
+                            "--max-messages / PARROT_MAX_MESSAGES")
     total = 0
     expected = Role.USER
     for i, m in enumerate(msgs):
@@ -94,7 +96,8 @@ def validate_messages(
             )
         expected = Role.ASSISTANT if expected is Role.USER else Role.USER
     if total > limits.max_input_chars:
-        raise InvalidArgument(field_name, f"has {total} characters in all; at most {limits.max_input_chars} are allowed")
+        raise LimitExceeded(field_name, f"has {total} characters in all; at most {limits.max_input_chars} are allowed",
+                            "--max-input-chars / PARROT_MAX_INPUT_CHARS")
     if not any(m.role is Role.USER for m in msgs):
         raise InvalidArgument(field_name, "has no user message")
     if last_role is not None and msgs[-1].role is not last_role:
@@ -118,7 +121,10 @@ def resolve_params(
 ) -> GenerationParams:
     """Applies defaults and checks ranges of generation parameters."""
     mt = default_max_tokens if not max_tokens else int(max_tokens)
-    if mt < 1 or mt > limits.max_new_tokens:
+    if mt > limits.max_new_tokens:
+        raise LimitExceeded(f"{field_name}.max_tokens", f"is {mt}; at most {limits.max_new_tokens} new tokens are allowed",
+                            "--max-new-tokens / PARROT_MAX_NEW_TOKENS")
+    if mt < 1:
         raise InvalidArgument(f"{field_name}.max_tokens", f"is {mt}; allowed range is 1..{limits.max_new_tokens} (0 = default)")
     t = 0.0 if temperature is None else float(temperature)
     if not math.isfinite(t) or t < 0.0 or t > 2.0:

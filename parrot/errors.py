@@ -9,6 +9,15 @@ from __future__ import annotations
 import grpc
 
 
+MAX_PROBLEM_CHARS = 500
+
+
+def clip(text: str, limit: int = MAX_PROBLEM_CHARS) -> str:
+    """An error message part cut to ``limit`` characters: a message that quotes the caller's
+    input (a 1 MB string, say) stays short enough for a status, a log line and a terminal."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 class ParrotError(Exception):
     """Base class: an error whose message is safe to show to the caller."""
 
@@ -23,9 +32,9 @@ class InvalidArgument(ParrotError):
     http_status = 400
 
     def __init__(self, field: str, problem: str):
-        self.field = field
-        self.problem = problem
-        super().__init__(f"{field}: {problem}")
+        self.field = clip(field, 200)
+        self.problem = clip(problem)
+        super().__init__(f"{self.field}: {self.problem}")
 
 
 class NotReady(ParrotError):
@@ -52,6 +61,19 @@ class ResourceExhausted(ParrotError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     http_status = 429
+
+
+class LimitExceeded(ResourceExhausted):
+    """A request is over a configured limit (turns, tokens, characters, concurrency).
+
+    Unlike a full queue this will not pass on retry: the server marks the status with the
+    trailing metadata ``parrot-limit: <setting>`` and Parrot's clients do not retry it.
+    The message names the field, the value, the limit and the setting that raises it.
+    """
+
+    def __init__(self, field: str, problem: str, setting: str):
+        self.field, self.problem, self.setting = clip(field, 200), clip(problem), setting
+        super().__init__(f"{self.field}: {self.problem} (limit set by {setting})")
 
 
 class Unsupported(ParrotError):

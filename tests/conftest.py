@@ -75,8 +75,10 @@ def wait_serving(target: str, service: str, proc: subprocess.Popen, log_path: Pa
 
 
 def start_service(tmp_dir: Path, args: list[str], env_extra: dict[str, str] | None = None,
-                  token: str | None = None, wait_for: str | None = "parrot.v1.Responder") -> ServiceProcess:
-    gport, hport = free_port(), free_port()
+                  token: str | None = None, wait_for: str | None = "parrot.v1.Responder",
+                  ports: tuple[int, int] | None = None) -> ServiceProcess:
+    """``ports`` (gRPC, HTTP) restarts a service where it was; default: free ports."""
+    gport, hport = ports or (free_port(), free_port())
     env = dict(os.environ)
     env.update({"PARROT_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
     env.pop("PARROT_AUTH_TOKEN", None)

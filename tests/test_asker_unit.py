@@ -12,7 +12,7 @@ import pytest
 
 from parrot.backends.base import GenerationRequest
 from parrot.conversation import Conversation, GenerationParams, InputLimits, Message, Role
-from parrot.errors import ConfigError, InvalidArgument, Unavailable
+from parrot.errors import ConfigError, InvalidArgument, LimitExceeded, Unavailable
 from parrot.protoconv import messages_to_pb
 from parrot.v1 import asker_pb2, conversation_pb2
 from services.asker.prompting import (
@@ -388,7 +388,7 @@ async def test_grpc_unset_temperature_takes_service_default_and_explicit_zero_is
 )
 async def test_grpc_bad_input_names_the_field(request_factory, field):
     backend = scripted(["why?"])
-    with pytest.raises(InvalidArgument) as err:
+    with pytest.raises((InvalidArgument, LimitExceeded)) as err:  # a configured limit: RESOURCE_EXHAUSTED
         await service(backend).Ask(request_factory(), None)
     assert err.value.field == field
     assert backend.requests == []
@@ -405,7 +405,7 @@ async def test_grpc_unknown_role_value_is_rejected():
 
 async def test_plain_ask_validates_too():
     svc = service(scripted(["why?"]), limits=InputLimits(max_messages=1))
-    with pytest.raises(InvalidArgument) as err:
+    with pytest.raises(LimitExceeded) as err:
         await svc.ask(conv())
     assert err.value.field == "conversation.messages"
     with pytest.raises(InvalidArgument) as err:

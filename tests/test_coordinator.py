@@ -352,7 +352,7 @@ def test_pairwise_and_failed_conversations_are_recorded(coordinator, models):
         files = results(stub, run.id)
     failures = [json.loads(x) for x in files["failures.jsonl"].decode().splitlines()]
     assert len(failures) == 1 and failures[0]["id"] == "999"
-    assert "INVALID_ARGUMENT" in failures[0]["reason"] and "characters" in failures[0]["reason"]
+    assert "RESOURCE_EXHAUSTED after 1 attempt(s)" in failures[0]["reason"] and "characters" in failures[0]["reason"]
     pairs = [json.loads(x) for x in files["pairwise.jsonl"].decode().splitlines()]
     assert len(pairs) == 4 and {p["model_2"] for p in pairs} == {"baseline-echo"}
     assert all(p["g1_winner"] in ("model_1", "model_2", "tie") and p["g2_winner"] in ("model_1", "model_2", "tie")

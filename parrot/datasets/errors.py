@@ -31,14 +31,16 @@ class DatasetError(InvalidArgument, ValueError):
     """
 
     def __init__(self, file: str, line: int | None, field: str | None, problem: str):
-        self.file = file
+        from parrot.errors import clip
+
+        self.file = clip(file, 300)
         self.line = line
-        self.field = field
-        self.problem = problem
-        where = file if line is None else f"{file}:{line}"
-        what = f"field {field!r}: " if field else ""
+        self.field = clip(field, 200) if field else field
+        self.problem = clip(problem)
+        where = self.file if line is None else f"{self.file}:{line}"
+        what = f"field {self.field!r}: " if self.field else ""
         # Skip InvalidArgument.__init__: our message has its own layout.
-        Exception.__init__(self, f"{where}: {what}{problem}")
+        Exception.__init__(self, f"{where}: {what}{self.problem}")
 
 
 def decode_text(name: str, content: str | bytes) -> str:

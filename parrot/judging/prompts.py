@@ -88,13 +88,15 @@ class PromptFileError(ConfigError):
     """A prompt file could not be read or holds a malformed record."""
 
     def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str):
+        from parrot.errors import clip
+
         self.path = str(path)
         self.line = line
-        self.field = field
-        self.problem = problem
+        self.field = clip(field, 200) if field else field
+        self.problem = clip(problem)
         where = self.path if line is None else f"{self.path}:{line}"
-        what = f"field {field!r}: " if field else ""
-        super().__init__(f"judge prompts {where}: {what}{problem}")
+        what = f"field {self.field!r}: " if self.field else ""
+        super().__init__(f"judge prompts {where}: {what}{self.problem}")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import grpc
@@ -13,6 +13,36 @@ from grpc_reflection.v1alpha import reflection
 from parrot.server.interceptors import AuthInterceptor, ErrorMappingInterceptor
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM key and certificate (chain) the gRPC port serves TLS with."""
+
+    cert: bytes = field(repr=False)
+    key: bytes = field(repr=False)
+
+    @classmethod
+    def from_files(cls, cert_file: str | None, key_file: str | None) -> "ServerTls | None":
+        """Both files, or neither (plain text). A missing or unreadable one is a ConfigError naming the setting."""
+        from pathlib import Path
+
+        from parrot.errors import ConfigError
+
+        if not cert_file and not key_file:
+            return None
+        if not cert_file or not key_file:
+            raise ConfigError("--tls-cert / PARROT_TLS_CERT and --tls-key / PARROT_TLS_KEY must be given together")
+        parts = []
+        for flag, path in (("--tls-cert / PARROT_TLS_CERT", cert_file), ("--tls-key / PARROT_TLS_KEY", key_file)):
+            try:
+                data = Path(path).read_bytes()
+            except OSError as e:
+                raise ConfigError(f"{flag}: cannot read {path}: {e.strerror}") from e
+            if b"-----BEGIN" not in data:
+                raise ConfigError(f"{flag}: {path} is not a PEM file")
+            parts.append(data)
+        return cls(cert=parts[0], key=parts[1])
 
 
 @dataclass
@@ -39,6 +69,7 @@ class GrpcServer:
         port: int,
         auth_token: str | None,
         max_message_bytes: int,
+        tls: "ServerTls | None" = None,
     ) -> None:
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if auth_token:
@@ -61,7 +92,12 @@ class GrpcServer:
         reflection.enable_server_reflection(names, self.server)
         self.services = list(services)
         self.address = f"{host}:{port}"
-        self.port = self.server.add_insecure_port(self.address)
+        if tls is not None:
+            creds = grpc.ssl_server_credentials([(tls.key, tls.cert)])
+            self.port = self.server.add_secure_port(self.address, creds)
+        else:
+            self.port = self.server.add_insecure_port(self.address)
+        self.tls = tls is not None
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {self.address}")
 
@@ -70,7 +106,7 @@ class GrpcServer:
         await self._set("", health_pb2.HealthCheckResponse.SERVING)
         for s in self.services:
             await self._set(s.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        log.info("grpc server listening", extra={"address": self.address, "port": self.port,
+        log.info("grpc server listening", extra={"address": self.address, "port": self.port, "tls": self.tls,
                                                   "services": [s.full_name for s in self.services]})
 
     async def set_serving(self, serving: bool) -> None:

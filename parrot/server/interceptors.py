@@ -14,10 +14,13 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 
-from parrot.errors import ParrotError
+from parrot.errors import InvalidArgument, LimitExceeded, ParrotError
 from parrot.metrics import RPC_LATENCY, RPC_REQUESTS
 
 log = logging.getLogger(__name__)
+
+#: Trailing metadata on RESOURCE_EXHAUSTED from a configured limit (value: the setting that raises it).
+LIMIT_TRAILER = "parrot-limit"
 
 # Always open: probes and service discovery must work without a token.
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
@@ -29,13 +32,42 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid message (say, invalid UTF-8 in a string
+    field). grpc would answer UNKNOWN if the deserializer raised; the servicer wrapper answers
+    INVALID_ARGUMENT instead."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None or getattr(deserializer, "_parrot_safe", False):
+        return deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as e:  # DecodeError, and anything else a broken payload provokes
+            return Undecodable(e)
+
+    deserialize._parrot_safe = True  # type: ignore[attr-defined]
+    return deserialize
+
+
+def _check_decoded(request: Any, service: str, name: str) -> None:
+    if isinstance(request, Undecodable):
+        raise InvalidArgument("request", f"is not a valid {service}.{name} request message "
+                              f"(a protobuf that fails to parse, or a string field that is not UTF-8): {request.error}")
+
+
 def _wrap_handler(handler: grpc.RpcMethodHandler, wrap_unary: Callable, wrap_stream: Callable) -> grpc.RpcMethodHandler:
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+            wrap_unary(handler.unary_unary), _safe(handler.request_deserializer), handler.response_serializer)
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+            wrap_stream(handler.unary_stream), _safe(handler.request_deserializer), handler.response_serializer)
     return handler  # client/bidi streaming: none in parrot.v1 today
 
 
@@ -85,6 +117,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 status: list[str] = ["OK"]
                 try:
                     with _map_errors(context, service, name, status) as abort:
+                        _check_decoded(request, service, name)
                         return await behavior(request, context)
                     await abort()
                 finally:
@@ -97,6 +130,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 status: list[str] = ["OK"]
                 try:
                     with _map_errors(context, service, name, status) as abort:
+                        _check_decoded(request, service, name)
                         async for item in behavior(request, context):
                             yield item
                     await abort()
@@ -120,6 +154,7 @@ class _ErrorMapper:
     def __init__(self, context: grpc.aio.ServicerContext, service: str, name: str, status: list[str]):
         self._context, self._service, self._name, self._status = context, service, name, status
         self._abort: tuple[grpc.StatusCode, str] | None = None
+        self._limit: str | None = None
 
     def __enter__(self) -> Callable[[], Awaitable[None]]:
         return self._do_abort
@@ -138,6 +173,8 @@ class _ErrorMapper:
             return False
         if isinstance(exc, ParrotError):
             self._abort = (exc.code, str(exc))
+            if isinstance(exc, LimitExceeded):
+                self._limit = exc.setting
         else:
             log.error("unhandled error in %s/%s", self._service, self._name, exc_info=exc)
             self._abort = (grpc.StatusCode.INTERNAL, "internal error; see the server log")
@@ -146,6 +183,8 @@ class _ErrorMapper:
 
     async def _do_abort(self) -> None:
         if self._abort is not None:
+            if self._limit is not None:  # a configured limit: clients must not retry it
+                self._context.set_trailing_metadata(((LIMIT_TRAILER, self._limit),))
             await self._context.abort(*self._abort)
 
 

@@ -37,6 +37,8 @@ class ServeConfig:
     grace_s: float = field(default=10.0, metadata={"help": "Seconds to finish calls in flight on SIGTERM."})
     limits: InputLimits = field(default_factory=InputLimits)
     judge_prompts_file: str | None = field(default=None, metadata={"help": "Extra judge prompts (ours or FastChat's format)."})
+    tls_cert_file: str | None = field(default=None, metadata={"help": "PEM certificate: serve gRPC over TLS (PARROT_TLS_CERT)."})
+    tls_key_file: str | None = field(default=None, metadata={"help": "PEM private key for --tls-cert (PARROT_TLS_KEY)."})
 
     def auth_token(self) -> str | None:
         return read_auth_token(self.auth_token_file, self.auth_token_env)
@@ -81,8 +83,11 @@ class ModelServiceProcess:
             grpc_services.append(GrpcService(descriptor.full_name, servicer,
                                              getattr(pb2_grpc, f"add_{spec.service_name}Servicer_to_server")))
             self.kserve_models.append(ParrotKServeModel(name, unary_rpcs(servicer, descriptor, pb2), spec.default_method))
+        from parrot.server.grpc_server import ServerTls
+
         self.grpc = GrpcServer(grpc_services, host=config.host, port=config.grpc_port, auth_token=token,
-                               max_message_bytes=config.max_message_bytes)
+                               max_message_bytes=config.max_message_bytes,
+                               tls=ServerTls.from_files(config.tls_cert_file, config.tls_key_file))
         self.rest = build_rest_server(self.kserve_models, config.host, config.http_port, config.grace_s)
         app = fastapi_app()
         if token:

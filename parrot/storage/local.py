@@ -121,8 +121,22 @@ class LocalStore(ObjectStore):
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, OSError) and exc.strerror:
             where = f" ({exc.filename})" if exc.filename else ""
-            return f"{exc.strerror}{where}"
+            hint = _HINTS.get(exc.errno or 0, "")
+            return f"{exc.strerror}{where}{hint}"
         return super()._describe(exc)
+
+
+#: What to check, for the permanent errors an operator can fix.
+_HINTS = {
+    errno.ENOSPC: "; the disk is full: free space, then resume the run",
+    errno.EDQUOT: "; the disk quota is used up: raise it, then resume the run",
+    errno.EFBIG: "; the file is over the size limit (RLIMIT_FSIZE or the file system's): raise it, then resume the run",
+    errno.EACCES: "; no permission to write there: fix the owner or mode of the store folder",
+    errno.EPERM: "; no permission to write there: fix the owner or mode of the store folder",
+    errno.EROFS: "; the file system is read-only",
+    errno.EEXIST: "; a file stands where the store needs a folder: move it away",
+    errno.ENOTDIR: "; a file stands where the store needs a folder: move it away",
+}
 
 
 def _fsync_dir(path: Path) -> None:

@@ -30,6 +30,12 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
 _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
+def _over_limit(e: grpc.aio.AioRpcError) -> bool:
+    """RESOURCE_EXHAUSTED because the request is over a configured limit (not a full queue): final."""
+    return e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and any(
+        k == "parrot-limit" for k, _ in (e.trailing_metadata() or ()))
+
+
 class CallFailed(ParrotError):
     """A model call failed for good (after retries, or a non-retryable status)."""
 
@@ -51,12 +57,20 @@ class Retry:
 
 
 def open_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=[
+    """A channel to a model service; TLS when PARROT_TLS_CA / PARROT_TLS are set (parrot.client)."""
+    from parrot.client import channel_options, tls_credentials
+
+    options = [
         ("grpc.service_config", _SERVICE_CONFIG),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.enable_retries", 0),  # our own retry loop, with backoff and metrics
-    ])
+        *channel_options(),
+    ]
+    creds = tls_credentials()
+    if creds is not None:
+        return grpc.aio.secure_channel(target, creds, options=options)
+    return grpc.aio.insecure_channel(target, options=options)
 
 
 async def check_reachable(target: str, service: str, timeout_s: float = 5.0) -> str | None:
@@ -103,7 +117,7 @@ class ModelClients:
                 return result
             except grpc.aio.AioRpcError as e:
                 last = e
-                if e.code() not in RETRYABLE or attempt + 1 >= self.retry.max_attempts:
+                if e.code() not in RETRYABLE or attempt + 1 >= self.retry.max_attempts or _over_limit(e):
                     break
                 if self._on_retry:
                     self._on_retry(stage, e.code().name)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from google.protobuf import json_format
 
 from parrot.v1 import coordinator_pb2 as cpb
+from parrot.errors import ParrotError
 from services.coordinator import metrics as m
 from services.coordinator.clients import CallFailed, ModelClients
 from services.coordinator.kinds import UnitContext, UnitFailed, collect_conversation, evaluate_question
@@ -54,6 +55,10 @@ class RunExecutor:
         self._elapsed_before = run.progress.elapsed_s
         self._last_saved = 0.0
         self.run.progress.total = len(plan.units)
+        self._storage_ok = asyncio.Event()  # cleared while the object store fails (the run pauses)
+        self._storage_ok.set()
+        self._probing = False
+        self._failure: BaseException | None = None
 
     # ---- events -------------------------------------------------------------------------
 
@@ -96,6 +101,48 @@ class RunExecutor:
         self._update_timing()
         await self.store.put_json(f"{run_prefix(self.run.id)}/run.json",
                                   json_format.MessageToDict(self.run, preserving_proto_field_name=True))
+        self._storage_back()
+
+    # ---- object store outages: pause, say so, go on ------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return not self._storage_ok.is_set()
+
+    def storage_retry(self, op: str, key: str, attempt: int, cause: str) -> None:
+        """The store is retrying an operation (this run's or the coordinator's): pause the run.
+
+        Workers take no new conversation until a write succeeds again; the write being
+        retried keeps its data, so nothing is lost. Said in events, the run message and metrics.
+        """
+        if self.run.state != cpb.RUN_STATE_RUNNING:
+            return
+        if not self.paused:
+            self._storage_ok.clear()
+            m.RUNS_PAUSED.inc()
+            log.warning("object store failing; run paused", extra={"run_id": self.run.id, "op": op, "key": key})
+        self.run.message = f"paused: object store failing ({op} {key}: {cause}); retrying (attempt {attempt})"
+        self.publish(cpb.RUN_EVENT_TYPE_STORAGE_RETRY, message=self.run.message)
+
+    def _storage_back(self) -> None:
+        if self.paused:
+            self._storage_ok.set()
+            m.RUNS_PAUSED.dec()
+            self.run.message = ""
+            log.info("object store is back; run continues", extra={"run_id": self.run.id})
+            self.publish(cpb.RUN_EVENT_TYPE_STATE_CHANGED, message="object store is back; run continues")
+
+    async def _wait_for_store(self) -> None:
+        """While paused, one worker probes the store by saving run.json (retried); the rest wait."""
+        while self.paused:
+            if self._probing:
+                await self._storage_ok.wait()
+                continue
+            self._probing = True
+            try:
+                await self.save()
+            finally:
+                self._probing = False
 
     async def _load_done(self) -> None:
         """Reads the unit records already persisted (a resumed run) and recounts progress."""
@@ -135,17 +182,20 @@ class RunExecutor:
             await self._load_done()
             pending = [i for i in range(len(self.plan.units)) if i not in self.units]
             self.run.state = cpb.RUN_STATE_RUNNING
+            m.RUNS_ACTIVE.inc()
+            self.run.message, self.run.finished_at = "", 0.0
             if not self.run.started_at:
                 self.run.started_at = time.time()
             await self.save()
             self.publish(cpb.RUN_EVENT_TYPE_STATE_CHANGED, message=f"running: {len(pending)} of {len(self.plan.units)} to do")
-            m.RUNS_ACTIVE.inc()
             queue: asyncio.Queue[int] = asyncio.Queue()
             for i in pending:
                 queue.put_nowait(i)
             workers = min(self.run.spec.concurrency or DEFAULT_CONCURRENCY, max(1, len(pending)))
             self._tasks = [asyncio.create_task(self._worker(queue, kind)) for _ in range(workers)]
             results = await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._failure is not None:
+                raise self._failure
             for r in results:
                 if isinstance(r, Exception) and not isinstance(r, asyncio.CancelledError):
                     raise r
@@ -167,9 +217,19 @@ class RunExecutor:
                 await self._finish(cpb.RUN_STATE_CANCELLED, "cancelled by request")
             raise
         except Exception as e:  # storage gave up, or a bug: the run can be resumed later
-            log.exception("run failed", extra={"run_id": self.run.id})
-            await self._finish(cpb.RUN_STATE_FAILED, f"run stopped: {e}")
+            log.error("run failed", exc_info=e, extra={"run_id": self.run.id})
+            from parrot.storage import StorageError, StorageUnavailable
+
+            if isinstance(e, (StorageError, StorageUnavailable)):
+                why = f"object store failed: {e}"
+            else:
+                why = str(e) if isinstance(e, ParrotError) else f"internal error ({type(e).__name__}); see the coordinator log"
+            await self._finish(cpb.RUN_STATE_FAILED, f"run stopped: {why}. Finished conversations are kept; after fixing "
+                               f"the cause, resume it: parrot runs resume {self.run.id}")
         finally:
+            if self.paused:
+                self._storage_ok.set()
+                m.RUNS_PAUSED.dec()
             await self.clients.close()
 
     async def _finish(self, state: int, message: str) -> None:
@@ -184,17 +244,28 @@ class RunExecutor:
         m.RUNS_FINISHED.labels(self.plan.kind, cpb.RunState.Name(state).removeprefix("RUN_STATE_").lower()).inc()
         try:
             await self.save()
+        except Exception as e:  # the store itself is what failed: the record stays RUNNING and resumes on restart
+            log.error("cannot record the run's final state", extra={"run_id": self.run.id, "error": str(e)})
         finally:
             self.publish(cpb.RUN_EVENT_TYPE_STATE_CHANGED, message=message)
         log.info("run ended", extra={"run_id": self.run.id, "state": cpb.RunState.Name(state), "detail": message})
 
     async def _worker(self, queue: asyncio.Queue, kind: str) -> None:
-        while not self._cancel.is_set():
-            try:
-                index = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            await self._run_unit(index, kind)
+        try:
+            while not self._cancel.is_set():
+                await self._wait_for_store()
+                try:
+                    index = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                await self._run_unit(index, kind)
+        except Exception as e:  # the store gave up (or a bug): stop the other workers, fail the run
+            if self._failure is None:
+                self._failure = e
+                for t in self._tasks:
+                    if t is not asyncio.current_task():
+                        t.cancel()
+            raise
 
     async def _run_unit(self, index: int, kind: str) -> None:
         unit = self.plan.units[index]
@@ -222,6 +293,7 @@ class RunExecutor:
         rec["elapsed_s"] = round(time.monotonic() - t0, 3)
         # Persist first; only then count. A crash between the two loses nothing: resume recounts.
         await self.store.put_json(unit_key(self.run.id, index), rec)
+        self._storage_back()
         self.units[index] = rec
         self._count(rec)
         self._session_done += 1

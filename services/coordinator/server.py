@@ -11,7 +11,7 @@ import signal
 from dataclasses import dataclass, field
 
 from parrot.metrics import MODEL_READY
-from parrot.server.grpc_server import GrpcServer, GrpcService
+from parrot.server.grpc_server import GrpcServer, GrpcService, ServerTls
 from parrot.v1 import coordinator_pb2, coordinator_pb2_grpc
 from services.coordinator.service import CoordinatorConfig, CoordinatorService, RunManager
 
@@ -28,6 +28,8 @@ class CoordinatorServeConfig:
     max_message_bytes: int = field(default=64 * 1024 * 1024, metadata={"help": "gRPC message size limit."})
     grace_s: float = field(default=10.0, metadata={"help": "Seconds to finish calls in flight on SIGTERM."})
     storage_retry_s: float = field(default=600.0, metadata={"help": "How long object-store writes are retried."})
+    tls_cert_file: str | None = field(default=None, metadata={"help": "PEM certificate: serve gRPC over TLS."})
+    tls_key_file: str | None = field(default=None, metadata={"help": "PEM private key for the certificate."})
 
 
 async def run_coordinator(cfg: CoordinatorServeConfig) -> int:
@@ -36,13 +38,21 @@ async def run_coordinator(cfg: CoordinatorServeConfig) -> int:
     from parrot.storage import open_store
     from services.coordinator import metrics as m
 
-    store = open_store(cfg.coordinator.store_url, retry_for_s=cfg.storage_retry_s,
-                       on_retry=lambda op, key, attempt, err: m.STORAGE_RETRIES.labels(op).inc())
+    manager: RunManager | None = None
+
+    def on_retry(op: str, key: str, attempt: int, err: str) -> None:
+        if manager is None:
+            m.STORAGE_RETRIES.labels(op).inc()
+        else:  # pauses the runs concerned and says so in their events
+            manager.on_storage_retry(op, key, attempt, err)
+
+    store = open_store(cfg.coordinator.store_url, retry_for_s=cfg.storage_retry_s, on_retry=on_retry)
     manager = RunManager(store, cfg.coordinator)
     descriptor = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"]
     grpc_server = GrpcServer(
         [GrpcService(descriptor.full_name, CoordinatorService(manager), coordinator_pb2_grpc.add_CoordinatorServicer_to_server)],
-        host=cfg.host, port=cfg.grpc_port, auth_token=cfg.auth_token, max_message_bytes=cfg.max_message_bytes)
+        host=cfg.host, port=cfg.grpc_port, auth_token=cfg.auth_token, max_message_bytes=cfg.max_message_bytes,
+        tls=ServerTls.from_files(cfg.tls_cert_file, cfg.tls_key_file))
     http_server, _ = start_http_server(cfg.http_port, addr=cfg.host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -16,7 +16,7 @@ from parrot.v1 import coordinator_pb2 as cpb, coordinator_pb2_grpc
 from services.coordinator import metrics as m
 from services.coordinator.clients import ModelClients, Retry, check_reachable
 from services.coordinator.executor import TERMINAL, RunExecutor, run_prefix
-from services.coordinator.spec import Plan, kind_of, plan_run
+from services.coordinator.spec import Plan, RunLimits, kind_of, plan_run
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class CoordinatorConfig:
     max_active_runs: int = field(default=4, metadata={"help": "Runs executing at once; more get RESOURCE_EXHAUSTED."})
     upstream_token: str | None = field(default=None, metadata={"help": "Bearer token sent to the model services."})
     check_targets: bool = field(default=True, metadata={"help": "Health-check a run's endpoints at StartRun."})
+    limits: RunLimits = field(default_factory=RunLimits, metadata={"help": "Limits on what one run may ask for."})
 
 
 def _roles(kind: str, spec: cpb.RunSpec) -> list[str]:
@@ -68,14 +69,15 @@ class RunManager:
                             on_retry=lambda stage, code: m.MODEL_RETRIES.labels(stage, code).inc())
 
     def _active(self) -> int:
-        return sum(1 for t in self.tasks.values() if not t.done())
+        """Runs executing now; one that has reached its final state no longer counts (a client
+        that saw it end may start the next at once)."""
+        return sum(1 for run_id, t in self.tasks.items()
+                   if not t.done() and self.executors[run_id].run.state not in TERMINAL)
 
     async def start_run(self, spec: cpb.RunSpec) -> cpb.Run:
         async with self._start_lock:
-            if self._active() >= self.config.max_active_runs:
-                raise ResourceExhausted(f"{self._active()} runs are executing; at most {self.config.max_active_runs} at once "
-                                        "(coordinator --max-active-runs); retry when one ends")
-            plan, inputs = await plan_run(spec, self.store)
+            self._check_active()
+            plan, inputs = await plan_run(spec, self.store, self.config.limits)
             kind = plan.kind
             targets = self._targets(spec)
             if self.config.check_targets:
@@ -104,10 +106,57 @@ class RunManager:
             log.info("run started", extra={"run_id": run_id, "kind": kind, "conversations": len(plan.units)})
             return run
 
+    def _check_active(self) -> None:
+        if self._active() >= self.config.max_active_runs:
+            raise ResourceExhausted(f"{self._active()} runs are executing; at most {self.config.max_active_runs} at once "
+                                    "(coordinator --max-active-runs / PARROT_MAX_ACTIVE_RUNS); retry when one ends")
+
+    def on_storage_retry(self, op: str, key: str, attempt: int, cause: str) -> None:
+        """The object store is retrying: pause the run the key belongs to (every running run when
+        the key is no run's), and say so in its events, message and metrics."""
+        m.STORAGE_RETRIES.labels(op).inc()
+        parts = key.split("/")
+        owner = parts[1] if len(parts) > 2 and parts[0] == "runs" else None
+        for run_id, ex in list(self.executors.items()):
+            if (owner is None or run_id == owner) and not self.tasks[run_id].done():
+                ex.storage_retry(op, key, attempt, cause)
+
+    async def resume(self, run_id: str, retry_failed: bool = False) -> cpb.Run:
+        """Continues a failed or cancelled run: only conversations without a record are run."""
+        async with self._start_lock:
+            run = await self.get(run_id)
+            task = self.tasks.get(run_id)
+            if (task is not None and not task.done()) or run.state not in (cpb.RUN_STATE_FAILED, cpb.RUN_STATE_CANCELLED):
+                raise FailedPrecondition(f"run {run_id} is {cpb.RunState.Name(run.state).removeprefix('RUN_STATE_').lower()}"
+                                         "; only failed or cancelled runs can be resumed")
+            self._check_active()
+            plan, _ = await plan_run(run.spec, self.store)
+            if retry_failed:
+                for key in await self.store.list(f"{run_prefix(run_id)}/units/"):
+                    if (await self.store.get_json(key)).get("status") == "failed":
+                        await self.store.delete(key)
+            resumed = cpb.Run()
+            resumed.CopyFrom(run)
+            resumed.state, resumed.message, resumed.finished_at = cpb.RUN_STATE_PENDING, "resumed by request", 0.0
+            self._launch(resumed, plan)
+            await self.executors[run_id].save()
+            m.RUNS_STARTED.labels(plan.kind, "resumed").inc()
+            log.info("run resumed by request", extra={"run_id": run_id, "retry_failed": retry_failed})
+            return resumed
+
     def _launch(self, run: cpb.Run, plan: Plan) -> None:
         ex = RunExecutor(run, plan, self.store, self._clients(run.spec))
         self.executors[run.id] = ex
-        self.tasks[run.id] = asyncio.create_task(ex.execute(), name=f"run-{run.id}")
+        task = asyncio.create_task(ex.execute(), name=f"run-{run.id}")
+        self.tasks[run.id] = task
+        task.add_done_callback(lambda t, run_id=run.id: self._forget(run_id, t))
+
+    def _forget(self, run_id: str, task: asyncio.Task) -> None:
+        """A run that ended is read from the store from now on: a long-lived coordinator keeps
+        no conversation records of finished runs in memory."""
+        if self.tasks.get(run_id) is task:
+            del self.tasks[run_id]
+            self.executors.pop(run_id, None)
 
     async def resume_all(self) -> list[str]:
         """Restarts every run the store says is pending or running (after a crash or restart), and
@@ -162,18 +211,25 @@ class RunManager:
 
     async def cancel(self, run_id: str) -> cpb.Run:
         run = await self.get(run_id)
-        ex = self.executors.get(run_id)
-        if ex is not None and run.state not in TERMINAL:
-            ex.cancel()
-            try:
-                await asyncio.wait_for(asyncio.shield(self.tasks[run_id]), timeout=30)
-            except (asyncio.CancelledError, asyncio.TimeoutError):
-                pass
-        elif run.state not in TERMINAL:  # recorded as running but not executing here: mark it
+        ex, task = self.executors.get(run_id), self.tasks.get(run_id)
+        if ex is not None and task is not None:
+            if ex.run.state not in TERMINAL:
+                ex.cancel()
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), timeout=30)
+                except (asyncio.CancelledError, asyncio.TimeoutError):
+                    pass
+        elif run.state not in TERMINAL and not await self._ended_meanwhile(run_id):  # recorded as running but not executing here: mark it
             run.state, run.message, run.finished_at = cpb.RUN_STATE_CANCELLED, "cancelled by request", time.time()
             await self.store.put_json(f"{run_prefix(run_id)}/run.json",
                                       json_format.MessageToDict(run, preserving_proto_field_name=True))
         return await self.get(run_id)
+
+    async def _ended_meanwhile(self, run_id: str) -> bool:
+        """True when the stored record says the run ended (it may have, while we looked)."""
+        stored = json_format.ParseDict(await self.store.get_json(f"{run_prefix(run_id)}/run.json"), cpb.Run(),
+                                       ignore_unknown_fields=True)
+        return stored.state in TERMINAL
 
     async def watch(self, run_id: str) -> AsyncIterator[cpb.RunEvent]:
         run = await self.get(run_id)
@@ -236,3 +292,6 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     async def GetRunResults(self, request: cpb.GetRunResultsRequest, context: Any) -> cpb.GetRunResultsResponse:
         return await self.manager.results(request.run_id, request.include_content)
+
+    async def ResumeRun(self, request: cpb.ResumeRunRequest, context: Any) -> cpb.Run:
+        return await self.manager.resume(request.run_id, request.retry_failed)

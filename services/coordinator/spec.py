@@ -6,16 +6,42 @@ INVALID_ARGUMENT naming the field (or the file, line and field of a malformed in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parrot.errors import InvalidArgument
+from parrot.errors import InvalidArgument, LimitExceeded
 from parrot.v1 import coordinator_pb2 as cpb
 
 MAX_TURNS = 64
 MAX_CONCURRENCY = 1024
 DEFAULT_CONCURRENCY = 16
+MAX_INPUT_BYTES = 1 << 30  # an input file read by URL
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """Coordinator-wide limits on what one run may ask for. Exceeding one at StartRun is
+    RESOURCE_EXHAUSTED naming the field, the limit and the setting that raises it."""
+
+    max_turns: int = field(default=MAX_TURNS, metadata={"help": "User turns per conversation (PARROT_MAX_TURNS)."})
+    max_concurrency: int = field(default=MAX_CONCURRENCY, metadata={
+        "help": "Conversations in flight at once in one run (PARROT_MAX_CONCURRENCY)."})
+    max_conversations: int = field(default=1_000_000, metadata={
+        "help": "Conversations in one run (PARROT_MAX_CONVERSATIONS)."})
+    max_new_tokens: int = field(default=2048, metadata={
+        "help": "Largest params.max_tokens / judge_max_tokens a run may ask for (PARROT_MAX_NEW_TOKENS)."})
+
+    def __post_init__(self) -> None:
+        for name in ("max_turns", "max_concurrency", "max_conversations", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                from parrot.errors import ConfigError
+
+                raise ConfigError(f"--{name.replace('_', '-')} / PARROT_{name.upper()} is {getattr(self, name)}; it must be >= 1")
+
+
+def _limit(field_name: str, problem: str, setting: str) -> LimitExceeded:
+    return LimitExceeded(field_name, problem, f"coordinator --{setting.replace('_', '-')} / PARROT_{setting.upper()}")
 
 
 @dataclass
@@ -44,14 +70,26 @@ async def read_input(f: cpb.InputFile, field: str, store: Any) -> tuple[str, byt
     if f.url.startswith("file://") or f.url.startswith("/"):
         path = Path(f.url[len("file://"):] if f.url.startswith("file://") else f.url)
         try:
-            return name, path.read_bytes()
+            if not path.is_file():  # a device or FIFO could block or never end
+                raise InvalidArgument(f"{field}.url", f"{path} is not a regular file")
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_INPUT_BYTES + 1)
+            if len(data) > MAX_INPUT_BYTES:
+                raise LimitExceeded(f"{field}.url", f"{path} is larger than {MAX_INPUT_BYTES} bytes; split it",
+                                    "the coordinator's MAX_INPUT_BYTES")
+            return name, data
         except OSError as e:
             raise InvalidArgument(f"{field}.url", f"cannot read {path}: {e.strerror}") from e
     if f.url.startswith("s3://"):
         from parrot.storage import open_store
 
+        from parrot.errors import ConfigError
+
         bucket, _, key = f.url[len("s3://"):].partition("/")
-        other = open_store(f"s3://{bucket}")
+        try:
+            other = open_store(f"s3://{bucket}")
+        except ConfigError as e:
+            raise InvalidArgument(f"{field}.url", f"cannot read {f.url}: {e}") from e
         try:
             return name, await other.get(key)
         except Exception as e:
@@ -62,9 +100,14 @@ async def read_input(f: cpb.InputFile, field: str, store: Any) -> tuple[str, byt
         raise InvalidArgument(f"{field}.url", f"no object {f.url!r} in the coordinator's store ({e})") from e
 
 
-def check_common(spec: cpb.RunSpec) -> None:
-    if spec.concurrency > MAX_CONCURRENCY:
-        raise InvalidArgument("spec.concurrency", f"is {spec.concurrency}; allowed 1..{MAX_CONCURRENCY} (0 = {DEFAULT_CONCURRENCY})")
+def check_common(spec: cpb.RunSpec, limits: RunLimits) -> None:
+    if spec.concurrency > limits.max_concurrency:
+        raise _limit("spec.concurrency", f"is {spec.concurrency}; at most {limits.max_concurrency} conversations may be "
+                     f"in flight in one run (0 = {min(DEFAULT_CONCURRENCY, limits.max_concurrency)})", "max_concurrency")
+    for name, value in (("spec.params.max_tokens", spec.params.max_tokens),
+                        ("spec.evaluation.judge_max_tokens", spec.evaluation.judge_max_tokens)):
+        if value > limits.max_new_tokens:
+            raise _limit(name, f"is {value}; at most {limits.max_new_tokens} new tokens per call", "max_new_tokens")
     r = spec.retry
     if r.max_attempts > 20:
         raise InvalidArgument("spec.retry.max_attempts", f"is {r.max_attempts}; allowed 1..20 (0 = 4)")
@@ -76,16 +119,26 @@ def check_common(spec: cpb.RunSpec) -> None:
         raise InvalidArgument("spec.name", "is longer than 200 characters")
 
 
-async def plan_run(spec: cpb.RunSpec, store: Any) -> tuple[Plan, dict[str, tuple[str, bytes]]]:
-    """Validates the spec and parses its inputs. Returns the plan and the input files read."""
-    check_common(spec)
+async def plan_run(spec: cpb.RunSpec, store: Any,
+                   limits: RunLimits | None = None) -> tuple[Plan, dict[str, tuple[str, bytes]]]:
+    """Validates the spec and parses its inputs. Returns the plan and the input files read.
+
+    ``limits`` None (a resumed run, already accepted once) checks no coordinator limits.
+    """
+    lim = limits or RunLimits(max_turns=10**6, max_concurrency=10**6, max_conversations=10**9, max_new_tokens=10**9)
+    check_common(spec, lim)
     kind = kind_of(spec)
     inputs: dict[str, tuple[str, bytes]] = {}
     if kind == "collection":
-        return await _plan_collection(spec, store, inputs), inputs
-    if kind == "negatives":
-        return await _plan_negatives(spec, store, inputs), inputs
-    return await _plan_evaluation(spec, store, inputs), inputs
+        plan = await _plan_collection(spec, store, inputs, lim)
+    elif kind == "negatives":
+        plan = await _plan_negatives(spec, store, inputs)
+    else:
+        plan = await _plan_evaluation(spec, store, inputs, lim)
+    if len(plan.units) > lim.max_conversations:
+        raise _limit(f"spec.{kind}", f"has {len(plan.units)} conversations; at most {lim.max_conversations} per run "
+                     "(use spec.limit or split the input)", "max_conversations")
+    return plan, inputs
 
 
 def _parse(field: str, fn: Any, *args: Any) -> Any:
@@ -98,7 +151,7 @@ def _parse(field: str, fn: Any, *args: Any) -> Any:
         raise InvalidArgument(field, str(e)) from e
 
 
-async def _plan_collection(spec: cpb.RunSpec, store: Any, inputs: dict) -> Plan:
+async def _plan_collection(spec: cpb.RunSpec, store: Any, inputs: dict, lim: RunLimits) -> Plan:
     from parrot.datasets import load_seeds
 
     c = spec.collection
@@ -106,8 +159,9 @@ async def _plan_collection(spec: cpb.RunSpec, store: Any, inputs: dict) -> Plan:
         raise InvalidArgument("spec.collection.min_turns", f"is {c.min_turns}; a conversation needs at least 1 user turn")
     if c.max_turns and c.max_turns < c.min_turns:
         raise InvalidArgument("spec.collection.max_turns", f"is {c.max_turns}; it must be 0 or >= min_turns ({c.min_turns})")
-    if max(c.min_turns, c.max_turns) > MAX_TURNS:
-        raise InvalidArgument("spec.collection.max_turns", f"at most {MAX_TURNS} turns per conversation")
+    if max(c.min_turns, c.max_turns) > lim.max_turns:
+        raise _limit("spec.collection.max_turns", f"is {max(c.min_turns, c.max_turns)}; at most {lim.max_turns} user turns "
+                     "per conversation", "max_turns")
     if c.seed_format not in ("", "auto", "sharegpt", "queries"):
         raise InvalidArgument("spec.collection.seed_format", f"is {c.seed_format!r}; allowed: auto, sharegpt, queries")
     if not 0 <= c.near_duplicate_threshold <= 1:
@@ -122,7 +176,7 @@ async def _plan_collection(spec: cpb.RunSpec, store: Any, inputs: dict) -> Plan:
     return Plan("collection", units, {"seeds_skipped": dict(seedset.skipped)})
 
 
-async def _plan_evaluation(spec: cpb.RunSpec, store: Any, inputs: dict) -> Plan:
+async def _plan_evaluation(spec: cpb.RunSpec, store: Any, inputs: dict, lim: RunLimits) -> Plan:
     from parrot.datasets import load_questions, load_references
 
     e = spec.evaluation
@@ -141,6 +195,9 @@ async def _plan_evaluation(spec: cpb.RunSpec, store: Any, inputs: dict) -> Plan:
         refs = _parse("spec.evaluation.reference_answers", load_references, rname, rdata)
     units = []
     for q in questions:
+        if len(q.turns) > lim.max_turns:
+            raise _limit("spec.evaluation.questions", f"{name}: question {q.question_id} has {len(q.turns)} turns; at most "
+                         f"{lim.max_turns} user turns per conversation", "max_turns")
         references = list(q.references or refs.get(q.question_id) or refs.get(str(q.question_id)) or [])
         units.append({"id": str(q.question_id), "question_id": q.question_id, "category": q.category,
                       "turns": list(q.turns), "references": references})

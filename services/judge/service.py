@@ -14,7 +14,7 @@ from typing import Sequence
 
 from parrot.backends.base import Backend
 from parrot.conversation import GenerationParams, InputLimits, Message, Role
-from parrot.errors import ConfigError, InvalidArgument
+from parrot.errors import ConfigError, InvalidArgument, LimitExceeded
 from parrot.judging.engine import JudgeEngine, PairVerdict, ScoreMethod
 from parrot.judging.prompts import (
     DEFAULT_PAIR_PROMPT,
@@ -227,7 +227,8 @@ class JudgeService(judge_pb2_grpc.JudgeServicer):
     def _check_reference(self, reference: str) -> str:
         limit = self.config.limits.max_input_chars
         if len(reference) > limit:
-            raise InvalidArgument("reference_answer", f"has {len(reference)} characters; at most {limit} are allowed")
+            raise LimitExceeded("reference_answer", f"has {len(reference)} characters; at most {limit} are allowed",
+                                "--max-input-chars / PARROT_MAX_INPUT_CHARS")
         return reference if reference.strip() else ""
 
     def _pick_prompt(self, name: str, ptype: PromptType, reference: str, *, rpc: str) -> JudgePrompt:
