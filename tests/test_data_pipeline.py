@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from parrot.conversation import Message, Role
-from parrot.datasets import DatasetError, ShareGPTRecord, load_sharegpt
+from parrot.datasets import DatasetError, ShareGPTRecord
 from parrot.datasets.capo import (
     CONTEXT_HALLUCINATION,
     CONTEXT_MISUNDERSTANDING,

@@ -138,11 +138,27 @@ def _evaluation_outputs(files: dict[str, bytes]) -> object:
     return answers, scores
 
 
+def _negatives_spec(n: int) -> cpb.RunSpec:
+    from tests.test_negatives import many_conversations, negatives_spec
+
+    return negatives_spec(many_conversations(n), concurrency=4, seed=11)
+
+
+def _negatives_outputs(files: dict[str, bytes]) -> object:
+    from parrot.datasets.capo import load_preferences
+
+    rows = load_preferences("preferences.jsonl", files["preferences.jsonl"])
+    keys = [(r["source_id"], r["turn"], r["strategy"]) for r in rows]
+    assert len(keys) == len(set(keys))  # every pair once
+    return sorted((r["source_id"], r["turn"], r["strategy"], r["chosen"][0]["content"], r["rejected"][0]["content"])
+                  for r in rows)
+
+
 #: Run kinds: how to build a spec of n conversations, and the deterministic part of its outputs.
-#: A new kind (CaPO negatives) is one more entry here.
 RUN_KINDS: dict[str, tuple[Callable[[int], cpb.RunSpec], Callable[[dict[str, bytes]], object]]] = {
     "collection": (_collection_spec, _collection_outputs),
     "evaluation": (_evaluation_spec, _evaluation_outputs),
+    "negatives": (_negatives_spec, _negatives_outputs),
 }
 
 

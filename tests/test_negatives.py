@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from pathlib import Path
 
 import grpc
 import pytest
@@ -22,7 +20,7 @@ from parrot.conversation import Message, Role
 from parrot.datasets.capo import STRATEGIES, load_preferences, strategy_messages
 from parrot.v1 import coordinator_pb2 as cpb
 from tests.conftest import PARROT, free_port, requires_model, start_service
-from tests.test_coordinator import coord_stub, jsonl, kill9, results, sharegpt, start_coordinator, wait_done
+from tests.test_coordinator import coord_stub, jsonl, results, sharegpt, start_coordinator, wait_done
 
 CONVERSATIONS = [
     sharegpt("bread", ("human", "Give me a recipe for banana bread."), ("gpt", "Mash three bananas, add flour and two eggs."),
@@ -199,34 +197,7 @@ def many_conversations(n: int) -> list[dict]:
             for i in range(n)]
 
 
-def test_sigkill_mid_run_resumes_with_each_pair_exactly_once(tmp_path, models):
-    store = (tmp_path / "store").as_uri()
-    c = start_coordinator(tmp_path, store, models.grpc_target)
-    n = 30
-    with grpc.insecure_channel(c.grpc_target) as ch:
-        run = coord_stub(ch).StartRun(cpb.StartRunRequest(spec=negatives_spec(many_conversations(n), concurrency=2)),
-                                      timeout=30)
-    assert run.progress.total == n
-    units_dir = tmp_path / "store" / "runs" / run.id / "units"
-    deadline = time.monotonic() + 60
-    while len(list(units_dir.glob("*.json"))) < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    kill9(c)
-    done_before = len(list(units_dir.glob("*.json")))
-    assert 0 < done_before < n, done_before
-    c2 = start_coordinator(tmp_path, store, models.grpc_target)
-    try:
-        with grpc.insecure_channel(c2.grpc_target) as ch:
-            final = wait_done(coord_stub(ch), run.id)
-            assert final.state == cpb.RUN_STATE_SUCCEEDED, final.message
-            assert final.progress.finished == n and final.progress.failed == 0
-            files = results(coord_stub(ch), run.id)
-        rows = load_preferences("p", files["preferences.jsonl"])
-        keys = [(r["source_id"], r["turn"], r["strategy"]) for r in rows]
-        assert len(keys) == len(set(keys)) == n * 2 * 3  # two selected queries each, three strategies, once
-        assert "run resumed" in c2.log_path.read_text()
-    finally:
-        assert c2.stop() == 0
+# The coordinator killed mid-run: tests/test_faults.py (every run kind, compared to an uninterrupted run).
 
 
 def test_cli_negatives(tmp_path, coordinator):

@@ -20,7 +20,7 @@ Asker SFT examples (``parrot data asker``) are ``messages`` records in the role-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from parrot.conversation import Message, Role
 from parrot.datasets.errors import DatasetError, decode_text, iter_records, json_type, read_file
