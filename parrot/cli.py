@@ -398,6 +398,12 @@ from parrot.cli_runs import register as _register_run_commands  # noqa: E402
 
 _register_run_commands(app)
 
+from parrot.cli_bench import register as _register_bench_commands  # noqa: E402
+from parrot.cli_report import register as _register_report_commands  # noqa: E402
+
+_register_bench_commands(app)
+_register_report_commands(app)
+
 
 def main() -> None:
     app()
