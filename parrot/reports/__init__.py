@@ -8,14 +8,17 @@ read from local folders).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import threading
 from typing import Any, Sequence
 
 from parrot.reports.data import RunData, load_run, load_run_folder, run_from_files
 
 MAX_RUNS = 16
 IMAGE = "per_turn.png"
+_render_lock = threading.Lock()  # one figure at a time: matplotlib is not documented as thread-safe
 
 __all__ = ["MAX_RUNS", "RunData", "create_report", "create_report_rpc", "load_run", "load_run_folder", "render_report",
            "report_id_for", "run_from_files"]
@@ -29,7 +32,8 @@ def render_report(runs: Sequence[RunData], title: str = "") -> dict[str, bytes]:
 
     report = build_report(runs, title, IMAGE)
     turns = len(report.data["turns"])
-    png = figure_png(per_turn_figure(runs, report.title), turns, report.title)
+    with _render_lock:
+        png = figure_png(per_turn_figure(runs, report.title), turns, report.title)
     return {"report.md": to_markdown(report).encode(), "report.html": to_html(report, {IMAGE: png}).encode(),
             IMAGE: png, "report.json": json.dumps(report.data, indent=2, default=str).encode()}
 
@@ -50,7 +54,7 @@ async def create_report(store: Any, run_ids: Sequence[str], title: str = "") -> 
     if len(set(run_ids)) != len(run_ids):
         raise InvalidArgument("run_ids", "a run is listed twice")
     runs = [await load_run(store, r) for r in run_ids]
-    files = render_report(runs, title)
+    files = await asyncio.to_thread(render_report, runs, title)  # keeps the coordinator's event loop free
     rid = report_id_for(run_ids)
     folders = []
     types = {"report.md": "text/markdown", "report.html": "text/html", IMAGE: "image/png", "report.json": "application/json"}
