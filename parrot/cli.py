@@ -439,6 +439,12 @@ from parrot.cli_negatives import register as _register_negatives_command  # noqa
 _register_data_commands(app)
 _register_negatives_command(app)
 
+from parrot.cli_bench import register as _register_bench_commands  # noqa: E402
+from parrot.cli_report import register as _register_report_commands  # noqa: E402
+
+_register_bench_commands(app)
+_register_report_commands(app)
+
 
 def main() -> None:
     app()

@@ -195,6 +195,17 @@ def print_summary(summary_json: str) -> None:
             typer.echo("\n  category      mean")
             for cat, row in sorted(cats.items()):
                 typer.echo(f"  {cat:<12}  {_f(row.get('mean'))}")
+    inst = (s.get("instructions") or {}).get("per_turn") or {}
+    if inst:
+        typer.echo("\n  instruction following (prompt strict / loose, instruction strict / loose)")
+        for turn, row in sorted(inst.items(), key=lambda kv: int(kv[0])):
+            cells = "  ".join(_f((row.get(k) or {}).get("mean")) for k in
+                              ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"))
+            typer.echo(f"  {int(turn):>4}  {cells}")
+    agree = s.get("judge_agreement")
+    if agree:
+        typer.echo(f"\n  judge agreement ({agree.get('judge_a')} vs {agree.get('judge_b')}, {agree.get('n')} turns): "
+                   f"Spearman {_f(agree.get('spearman'))}, pairwise {_f(agree.get('pairwise_agreement'))}")
     stats = s.get("stats")
     if stats:
         typer.echo("\n  " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()
@@ -262,6 +273,9 @@ def register(app: typer.Typer) -> None:
         baseline_model_id: str = typer.Option("", help="Name of the baseline in the output files."),
         responder: str = typer.Option("", help="Responder address (default: the coordinator's)."),
         judge: str = typer.Option("", help="Judge address (default: the coordinator's)."),
+        questions_format: str = typer.Option("", help="auto (default), mtbench, sessions or sharegpt."),
+        skip_judge: bool = typer.Option(False, help="Grade with the file's instruction checks only (no judge)."),
+        second_judge: str = typer.Option("", help="Address of a second judge grading every turn (judge agreement)."),
         concurrency: int = typer.Option(0, help="Sessions in flight at once (0 = 16)."),
         max_tokens: int = typer.Option(0, help="Most new tokens per answer (0 = responder default)."),
         seed: int = typer.Option(0, help="Seed for generation."),
@@ -277,7 +291,8 @@ def register(app: typer.Typer) -> None:
         section = {"questions": input_file(questions, "--questions") if questions else None,
                    "reference_answers": input_file(references, "--references") if references else None,
                    "model_id": model_id, "judge_prompt": judge_prompt, "pairwise": pairwise,
-                   "baseline_model_id": baseline_model_id, "judge_max_tokens": judge_max_tokens}
+                   "baseline_model_id": baseline_model_id, "judge_max_tokens": judge_max_tokens,
+                   "questions_format": questions_format, "skip_judge": skip_judge, "second_judge": second_judge}
         common = {"name": name, "limit": limit, "concurrency": concurrency, "seed": str(seed) if seed else None,
                   "targets": {"responder": responder, "judge": judge, "baseline_responder": baseline},
                   "params": {"max_tokens": max_tokens}}

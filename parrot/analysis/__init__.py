@@ -1,5 +1,6 @@
 """Pure analysis helpers: context-dependence detection, follow-up filters, dataset stats, bootstrap CIs."""
 
+from parrot.analysis.agreement import judge_agreement, pairwise_agreement, spearman
 from parrot.analysis.bootstrap import bootstrap_ci, score_summary
 from parrot.analysis.context import (
     ANAPHORA,
@@ -46,9 +47,12 @@ __all__ = [
     "distinct_n",
     "format_stats_table",
     "is_context_dependent",
+    "judge_agreement",
     "near_duplicate",
     "normalize",
+    "pairwise_agreement",
     "score_summary",
+    "spearman",
     "user_turns",
     "whitespace_token_count",
 ]

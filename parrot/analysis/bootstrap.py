@@ -70,6 +70,8 @@ def score_summary(
          "per_turn": {"1": {...}, "2": {...}},          # keys are turn numbers as strings
          "per_category": {"writing": {...}, ...},
          "turn_drop": {"2": mean(turn 2) - mean(turn 1), ...},   # None where a mean is missing
+         "turn_over_turn": {"2": mean(turn 2) - mean(turn 1), "3": mean(turn 3) - mean(turn 2), ...},
+         "per_category_turn": {"writing": {"1": {...}, ...}, ...},
          "counts": {"records", "scored", "judge_failures", "questions",
                     "judge_failures_per_turn": {"1": 0, ...}},
          "judge_failures": int, "confidence", "n_resamples", "seed"}
@@ -77,6 +79,7 @@ def score_summary(
     overall: list[float] = []
     per_turn: dict[int, list[float]] = defaultdict(list)
     per_category: dict[str, list[float]] = defaultdict(list)
+    per_category_turn: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     failures_per_turn: dict[int, int] = defaultdict(int)
     questions: set[Any] = set()
     n_records = 0
@@ -86,12 +89,14 @@ def score_summary(
         questions.add(qid)
         per_turn.setdefault(turn, [])
         per_category.setdefault(category, [])
+        per_category_turn[category].setdefault(turn, [])
         if score is None:
             failures_per_turn[turn] += 1
             continue
         overall.append(score)
         per_turn[turn].append(score)
         per_category[category].append(score)
+        per_category_turn[category][turn].append(score)
 
     def block(values: list[float]) -> dict[str, Any]:
         mean, low, high = bootstrap_ci(values, n_resamples, confidence, seed)
@@ -110,6 +115,12 @@ def score_summary(
             for t in turns
             if t > 1
         },
+        "turn_over_turn": {
+            str(t): (turn_means[t] - turn_means[p] if turn_means[t] is not None and turn_means[p] is not None else None)
+            for p, t in zip(turns, turns[1:])
+        },
+        "per_category_turn": {c: {str(t): block(v) for t, v in sorted(per_category_turn[c].items())}
+                              for c in sorted(per_category_turn)},
         "counts": {
             "records": n_records,
             "scored": len(overall),

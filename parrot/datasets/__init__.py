@@ -28,6 +28,14 @@ from parrot.datasets.mtbench import (
     load_references,
     load_references_file,
 )
+from parrot.datasets.sessions import (
+    SESSION_FORMATS,
+    detect_session_format,
+    load_eval_sessions,
+    load_eval_sessions_file,
+    load_sessions,
+    sessions_from_sharegpt,
+)
 from parrot.datasets.sharegpt import (
     Seed,
     SeedSet,
@@ -41,6 +49,7 @@ from parrot.datasets.sharegpt import (
 )
 
 __all__ = [
+    "SESSION_FORMATS",
     "Answer",
     "DatasetError",
     "Question",
@@ -51,17 +60,21 @@ __all__ = [
     "SingleJudgmentRecord",
     "answer_record",
     "attach_references",
+    "detect_session_format",
     "dumps_jsonl",
     "game_winner",
     "iter_jsonl",
     "iter_records",
     "load_answers",
     "load_answers_file",
+    "load_eval_sessions",
+    "load_eval_sessions_file",
     "load_questions",
     "load_questions_file",
     "load_references",
     "load_references_file",
     "load_seeds",
+    "load_sessions",
     "load_seeds_file",
     "load_sharegpt",
     "load_sharegpt_file",
@@ -70,6 +83,7 @@ __all__ = [
     "new_answer_id",
     "pairwise_judgment_record",
     "seed_queries",
+    "sessions_from_sharegpt",
     "single_judgment_record",
     "to_sharegpt_record",
 ]

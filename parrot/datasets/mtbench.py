@@ -7,7 +7,10 @@ One JSON object a line (blank lines are skipped)::
 ``question_id`` is an integer or a non-empty string, unique in the file; ``category`` is a
 required non-empty string; ``turns`` is a non-empty list of non-empty strings of any length
 (2 in MT-Bench, 8 in MT-Bench++); ``reference`` (optional) is a list of strings, one reference
-answer per turn at most. Other keys are ignored.
+answer per turn at most; ``instructions`` (optional) are verifiable instructions per turn in
+the record format of :mod:`parrot.instructions.scoring` (``instruction_id_list`` + ``kwargs``;
+checked against the registry when the file is loaded). Other keys are ignored (an extended
+file's ``turn_provenance`` is kept in ``Question.extra``).
 
 Reference answers may also come from a FastChat reference answer file (an answer file:
 ``{"question_id", "model_id"?, "choices": [{"index": 0, "turns": [...]}]}``); ``load_references``
@@ -25,19 +28,50 @@ from parrot.datasets.errors import DatasetError, iter_jsonl, json_type, read_fil
 from parrot.datasets.fastchat import QuestionId, load_answers, question_id_field
 
 
+# Keys besides the question fields that are kept on load and written back by ``as_record``.
+EXTRA_KEYS = ("turn_provenance", "source")
+
+
 @dataclass(frozen=True)
 class Question:
     question_id: QuestionId
     category: str
     turns: list[str]
     references: list[str] | None = None
+    # Per turn: the instructions given at that turn (see parrot.instructions), or None.
+    instructions: list[list[Any]] | None = None
+    # Other keys of the record (e.g. turn_provenance of an extended file).
+    extra: dict[str, Any] | None = None
 
     def as_record(self) -> dict[str, Any]:
         """The question as a FastChat question-file record."""
         record: dict[str, Any] = {"question_id": self.question_id, "category": self.category, "turns": list(self.turns)}
         if self.references is not None:
             record["reference"] = list(self.references)
+        if self.instructions is not None:
+            record["instructions"] = [instructions_record(specs) for specs in self.instructions]
+        for k, v in (self.extra or {}).items():
+            record.setdefault(k, v)
         return record
+
+
+def instructions_record(specs: list[Any]) -> dict[str, Any] | None:
+    """One turn's instructions in the file format (None when the turn adds none)."""
+    if not specs:
+        return None
+    return {"instruction_id_list": [s.instruction_id for s in specs], "kwargs": [dict(s.kwargs) for s in specs]}
+
+
+def record_instructions(name: str, line: int, record: dict[str, Any], n_turns: int) -> list[list[Any]] | None:
+    """The record's per-turn instructions, validated; errors name the file, line and field."""
+    if "instructions" not in record and not any(isinstance(k, str) and k.startswith("turn_") for k in record):
+        return None
+    from parrot.instructions import InstructionError, parse_session_instructions
+
+    try:
+        return parse_session_instructions(record, n_turns)
+    except InstructionError as e:
+        raise DatasetError(name, line, e.field, e.problem) from e
 
 
 def load_questions(name: str, text: str | bytes) -> list[Question]:
@@ -65,8 +99,11 @@ def load_questions(name: str, text: str | bytes) -> list[Question]:
                 raise DatasetError(
                     name, line, "reference", f"has {len(references)} answers for {len(turns)} turns; at most one per turn"
                 )
+        instructions = record_instructions(name, line, value, len(turns))
         seen[qid] = line
-        questions.append(Question(question_id=qid, category=category, turns=list(turns), references=references))
+        extra = {k: v for k, v in value.items() if k in EXTRA_KEYS}
+        questions.append(Question(question_id=qid, category=category, turns=list(turns), references=references,
+                                  instructions=instructions, extra=extra or None))
     if not questions:
         raise DatasetError(name, None, None, "holds no questions")
     return questions

@@ -135,14 +135,15 @@ class ModelClients:
         return await self._call("respond", lambda t: stub.Respond(req, metadata=self._metadata, timeout=t))
 
     async def ask(self, messages: list[Message], params: conversation_pb2.GenerationParams,
-                  persona: str = "") -> asker_pb2.AskResponse:
+                  persona: str = "", topic: str = "") -> asker_pb2.AskResponse:
         stub = asker_pb2_grpc.AskerStub(self._channel("asker"))
-        req = asker_pb2.AskRequest(conversation=messages_to_pb(messages), params=params, persona=persona, num_candidates=1)
+        req = asker_pb2.AskRequest(conversation=messages_to_pb(messages), params=params, persona=persona, topic=topic,
+                                   num_candidates=1)
         return await self._call("ask", lambda t: stub.Ask(req, metadata=self._metadata, timeout=t))
 
     async def grade(self, messages: list[Message], turn: int, reference: str, prompt_name: str,
-                    params: conversation_pb2.GenerationParams) -> judge_pb2.GradeSingleResponse:
-        stub = judge_pb2_grpc.JudgeStub(self._channel("judge"))
+                    params: conversation_pb2.GenerationParams, role: str = "judge") -> judge_pb2.GradeSingleResponse:
+        stub = judge_pb2_grpc.JudgeStub(self._channel(role))
         req = judge_pb2.GradeSingleRequest(conversation=messages_to_pb(messages), turn=turn, reference_answer=reference,
                                            prompt_name=prompt_name, params=params)
         return await self._call("judge", lambda t: stub.GradeSingle(req, metadata=self._metadata, timeout=t))

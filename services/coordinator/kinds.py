@@ -7,6 +7,9 @@ max_asks_per_turn), and counted by reason.
 Evaluation: the model under test answers turn by turn with its own earlier answers in context;
 then the judge grades every turn (concurrently, so a batching judge decodes them together).
 Pairwise: the baseline answers the same turns, and the judge compares each turn in both orders.
+A second judge (``second_judge``) grades every turn as well, for the judge agreement check.
+Sessions that carry per-turn instructions get the instruction checks (accumulated across
+turns, strict and loose); with ``skip_judge`` they are the only grading.
 An empty answer is stored as it is and shown to the judge and in later context as
 "(empty answer)", since a conversation message cannot be empty.
 """
@@ -128,6 +131,14 @@ async def _answer_all(ctx: UnitContext, turns: list[str], role: str, seed: int,
     return answers, messages, tokens
 
 
+def check_instructions(per_turn: list[list[dict[str, Any]]], answers: list[str]) -> list[dict[str, Any]]:
+    """Instruction checks of every answered turn against the instructions in force (accumulated)."""
+    from parrot.instructions import InstructionSpec, check_session
+
+    specs = [[InstructionSpec(i["instruction_id"], i["kwargs"], i["turn"]) for i in turn] for turn in per_turn]
+    return check_session(specs, answers)
+
+
 async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str, Any]:
     e = ctx.spec.evaluation
     turns: list[str] = unit["turns"]
@@ -136,29 +147,40 @@ async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str,
     t0 = time.monotonic()
     judge_params = conversation_pb2.GenerationParams(max_tokens=e.judge_max_tokens, temperature=0.0)
 
-    async def grade(t: int, conversation: list[Message]) -> dict[str, Any]:
+    async def grade(t: int, conversation: list[Message], role: str = "judge") -> dict[str, Any]:
         ref = refs[t - 1] if t - 1 < len(refs) else ""
         try:
-            g = await ctx.clients.grade(conversation, t, ref, e.judge_prompt, judge_params)
+            g = await ctx.clients.grade(conversation, t, ref, e.judge_prompt, judge_params, role=role)
         except CallFailed as err:
             return {"turn": t, "score": None, "error": str(err)}
-        ctx.models["judge"] = g.model
+        ctx.models[role] = g.model
         return {"turn": t, "score": g.score, "explanation": g.explanation, "raw_output": g.raw_output,
                 "prompt_name": g.prompt_name, "judge_model": g.model,
                 "method": judge_pb2.ScoreMethod.Name(g.method), "reference": ref}
 
     # Each turn is graded as soon as it is answered: the judge works while later turns are
     # answered, and turn t+1's judge prompt finds turn t's conversation in the judge's KV cache.
+    n = len(turns)
     grading: list[asyncio.Future] = []
+
+    def on_answer(t: int, conversation: list[Message]) -> None:
+        if not e.skip_judge:
+            grading.append(asyncio.ensure_future(grade(t, conversation)))
+
     try:
-        answers, messages, tokens = await _answer_all(
-            ctx, turns, "responder", seed, lambda t, conv: grading.append(asyncio.ensure_future(grade(t, conv))))
+        answers, messages, tokens = await _answer_all(ctx, turns, "responder", seed, on_answer)
         judgments = list(await asyncio.gather(*grading))
     finally:
         for task in grading:
             task.cancel()
-    record: dict[str, Any] = {"answers": answers, "judgments": judgments, "turns": len(turns), "tokens": tokens,
+    record: dict[str, Any] = {"answers": answers, "judgments": judgments, "turns": n, "tokens": tokens,
                               "judge_failures": sum(1 for j in judgments if j["score"] is None)}
+    if e.second_judge:
+        second = list(await asyncio.gather(*(grade(t, messages[: 2 * t], "second_judge") for t in range(1, n + 1))))
+        record["second_judgments"] = second
+        record["judge_failures"] += sum(1 for j in second if j["score"] is None)
+    if unit.get("instructions"):
+        record["instruction_checks"] = check_instructions(unit["instructions"], answers)
     if e.pairwise:
         base_answers, base_messages, base_tokens = await _answer_all(ctx, turns, "baseline_responder", seed)
         record["baseline_answers"] = base_answers

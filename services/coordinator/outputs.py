@@ -1,8 +1,11 @@
 """A finished run's output files, assembled from its unit records in input order.
 
 Evaluation: ``answers.jsonl`` (FastChat answer records), ``judgments.jsonl`` (FastChat single
-judgment records, one per turn), ``pairwise.jsonl`` (pairwise mode), ``summary.json`` (mean
-score per turn / category / overall with bootstrap 95% CIs, judge failures).
+judgment records, one per turn), ``scores.jsonl`` (question, category, turn, score; None for
+a judge failure: what reports read), ``pairwise.jsonl`` (pairwise mode), ``summary.json`` (mean
+score per turn / category / overall with bootstrap 95% CIs, judge failures), and where they
+apply ``instructions.jsonl`` (per-turn instruction checks; accuracy in the summary) and
+``judgments_second.jsonl`` (a second judge; agreement in the summary).
 Collection: ``dataset.jsonl`` (ShareGPT records with per-conversation metadata), ``stats.json``,
 ``summary.json`` (statistics and filter drop counts).
 Negatives: ``preferences.jsonl`` (CaPO pairs in TRL's conversational preference format,
@@ -81,7 +84,10 @@ def _evaluation_files(run: cpb.Run, plan: Any, done: list[dict[str, Any]]) -> di
                 judge_model=p["judge_model"], prompt_name=p["prompt_name"], g1_user_prompt=unit["turns"][p["turn"] - 1],
                 g1_judgment=(v.get(False) or {}).get("raw_output", ""), g2_user_prompt=unit["turns"][p["turn"] - 1],
                 g2_judgment=(v.get(True) or {}).get("raw_output", ""), turn=p["turn"], tstamp=tstamp))
-    summary: dict[str, Any] = {"model_id": model_id, "scores": score_summary(scores), "judge_failures": failures}
+    summary: dict[str, Any] = {"model_id": model_id, "scores": score_summary(scores), "judge_failures": failures,
+                               "judge_model": next((j["judge_model"] for rec in done for j in rec["data"]["judgments"]
+                                                    if j.get("judge_model")), None)}
+    extra_files = _instruction_and_second_judge(run, plan, done, summary, model_id)
     if e.pairwise:
         wins = {"model_1": 0, "model_2": 0, "tie": 0}
         for rec in done:
@@ -90,9 +96,57 @@ def _evaluation_files(run: cpb.Run, plan: Any, done: list[dict[str, Any]]) -> di
                     wins[p["winner"]] += 1
         summary["pairwise"] = {"baseline_model_id": e.baseline_model_id or "baseline", **wins}
     files = {"answers.jsonl": _jsonl(answers), "judgments.jsonl": _jsonl(judgments),
-             "summary.json": json.dumps(summary).encode()}
+             "scores.jsonl": _jsonl(scores), "summary.json": json.dumps(summary).encode()}
     if e.pairwise:
         files["pairwise.jsonl"] = _jsonl(pairwise)
+    files.update(extra_files)
+    return files
+
+
+def _instruction_and_second_judge(run: cpb.Run, plan: Any, done: list[dict[str, Any]], summary: dict[str, Any],
+                                  model_id: str) -> dict[str, bytes]:
+    """``instructions.jsonl`` + summary["instructions"] (per-turn accuracy) where sessions carry
+    instructions; ``judgments_second.jsonl`` + summary["judge_agreement"] with a second judge."""
+    from parrot.analysis import judge_agreement, score_summary
+    from parrot.datasets import fastchat
+    from parrot.instructions import instruction_summary
+
+    units = {u["id"]: u for u in plan.units}
+    files: dict[str, bytes] = {}
+    checks: list[dict[str, Any]] = []
+    for rec in done:
+        unit = units[rec["id"]]
+        for c in rec["data"].get("instruction_checks") or []:
+            if c["results"]:
+                checks.append({"question_id": unit["question_id"], "category": unit["category"], "model_id": model_id,
+                               **c})
+    if checks:
+        files["instructions.jsonl"] = _jsonl(checks)
+        summary["instructions"] = instruction_summary(checks)
+    if run.spec.evaluation.second_judge:
+        first: dict[Any, float | None] = {}
+        second: dict[Any, float | None] = {}
+        rows, scores = [], []
+        tstamp = time.time()
+        for rec in done:
+            unit = units[rec["id"]]
+            qid = unit["question_id"]
+            for j in rec["data"]["judgments"]:
+                first[(str(qid), j["turn"])] = j["score"]
+            for j in rec["data"].get("second_judgments") or []:
+                second[(str(qid), j["turn"])] = j["score"]
+                scores.append({"question_id": qid, "category": unit["category"], "turn": j["turn"], "score": j["score"]})
+                if j["score"] is not None:
+                    rows.append(fastchat.single_judgment_record(
+                        question_id=qid, model=model_id, judge_model=j["judge_model"], prompt_name=j["prompt_name"],
+                        user_prompt=unit["turns"][j["turn"] - 1], judgment=j.get("raw_output", ""), score=j["score"],
+                        turn=j["turn"], tstamp=tstamp))
+        files["judgments_second.jsonl"] = _jsonl(rows)
+        summary["second_judge"] = {"judge_model": rows[0]["judge"][0] if rows else None,
+                                   "scores": score_summary(scores)}
+        summary["judge_agreement"] = {"judge_a": summary.get("judge_model"),
+                                      "judge_b": summary["second_judge"]["judge_model"],
+                                      **judge_agreement(first, second)}
     return files
 
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 INLINE_LIMIT = 8 * 1024 * 1024
 ROLE_SERVICE = {"responder": "parrot.v1.Responder", "asker": "parrot.v1.Asker", "judge": "parrot.v1.Judge",
-                "baseline_responder": "parrot.v1.Responder"}
+                "baseline_responder": "parrot.v1.Responder", "second_judge": "parrot.v1.Judge"}
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,11 @@ def _roles(kind: str, spec: cpb.RunSpec) -> list[str]:
         return ["responder", "judge"] if spec.negatives.judge_confirm else ["responder"]
     if kind == "collection":
         return ["responder", "asker"]
-    roles = ["responder", "judge"]
+    roles = ["responder"] if spec.evaluation.skip_judge else ["responder", "judge"]
     if spec.evaluation.pairwise:
         roles.append("baseline_responder")
+    if spec.evaluation.second_judge:
+        roles.append("second_judge")
     return roles
 
 
@@ -59,7 +61,8 @@ class RunManager:
     def _targets(self, spec: cpb.RunSpec) -> dict[str, str]:
         t = spec.targets
         return {"responder": t.responder or self.config.responder, "asker": t.asker or self.config.asker,
-                "judge": t.judge or self.config.judge, "baseline_responder": t.baseline_responder}
+                "judge": t.judge or self.config.judge, "baseline_responder": t.baseline_responder,
+                "second_judge": spec.evaluation.second_judge if spec.WhichOneof("kind") == "evaluation" else ""}
 
     def _clients(self, spec: cpb.RunSpec) -> ModelClients:
         r = spec.retry
@@ -295,3 +298,10 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     async def ResumeRun(self, request: cpb.ResumeRunRequest, context: Any) -> cpb.Run:
         return await self.manager.resume(request.run_id, request.retry_failed)
+
+    async def CreateReport(self, request: Any, context: Any) -> Any:
+        from parrot.reports import create_report_rpc
+
+        for run_id in request.run_ids:
+            await self.manager.get(run_id)  # NOT_FOUND / INVALID_ARGUMENT for a bad id
+        return await create_report_rpc(self.manager.store, request)

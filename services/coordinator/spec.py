@@ -177,14 +177,19 @@ async def _plan_collection(spec: cpb.RunSpec, store: Any, inputs: dict, lim: Run
 
 
 async def _plan_evaluation(spec: cpb.RunSpec, store: Any, inputs: dict, lim: RunLimits) -> Plan:
-    from parrot.datasets import load_questions, load_references
+    from parrot.datasets import SESSION_FORMATS, load_eval_sessions, load_references
 
     e = spec.evaluation
     if e.pairwise and not spec.targets.baseline_responder:
         raise InvalidArgument("spec.targets.baseline_responder", "is required when evaluation.pairwise is set")
+    if e.questions_format not in ("",) + SESSION_FORMATS:
+        raise InvalidArgument("spec.evaluation.questions_format",
+                              f"is {e.questions_format!r}; allowed: {', '.join(SESSION_FORMATS)}")
+    if e.skip_judge and (e.pairwise or e.second_judge):
+        raise InvalidArgument("spec.evaluation.skip_judge", "cannot be combined with pairwise or second_judge")
     name, data = await read_input(e.questions, "spec.evaluation.questions", store)
     inputs["questions"] = (name, data)
-    questions = _parse("spec.evaluation.questions", load_questions, name, data)
+    questions = _parse("spec.evaluation.questions", load_eval_sessions, name, data, e.questions_format or "auto")
     questions = questions[: spec.limit] if spec.limit else questions
     if not questions:
         raise InvalidArgument("spec.evaluation.questions", f"{name} has no questions")
@@ -199,8 +204,14 @@ async def _plan_evaluation(spec: cpb.RunSpec, store: Any, inputs: dict, lim: Run
             raise _limit("spec.evaluation.questions", f"{name}: question {q.question_id} has {len(q.turns)} turns; at most "
                          f"{lim.max_turns} user turns per conversation", "max_turns")
         references = list(q.references or refs.get(q.question_id) or refs.get(str(q.question_id)) or [])
-        units.append({"id": str(q.question_id), "question_id": q.question_id, "category": q.category,
-                      "turns": list(q.turns), "references": references})
+        unit = {"id": str(q.question_id), "question_id": q.question_id, "category": q.category,
+                "turns": list(q.turns), "references": references}
+        if q.instructions:
+            unit["instructions"] = [[i.as_dict() for i in turn] for turn in q.instructions]
+        units.append(unit)
+    if e.skip_judge and not any("instructions" in u for u in units):
+        raise InvalidArgument("spec.evaluation.skip_judge", f"{name} carries no per-turn instructions, so there would be "
+                                                            "nothing to grade; drop skip_judge or add instructions")
     return Plan("evaluation", units, {"max_turns": max(len(u["turns"]) for u in units)})
 
 

@@ -1,0 +1,1 @@
+"""Building benchmarks: extend short sessions to N turns with the asker (``parrot bench extend``)."""

@@ -1,0 +1,361 @@
+"""The verifiable instructions: counts, keywords, formats, language, start/end, case, content.
+
+Ids follow the IFEval naming (``group:name``) so files written for IFEval-style evaluation load
+as they are; ``startend:start_checker`` is our own addition. Definitions used by the checks:
+
+* a *word* is a run of letters/digits, with inner apostrophes or hyphens (``don't``, ``well-known``);
+* a *sentence* ends at ``.``, ``!`` or ``?`` followed by white space or the end, or at a blank line;
+* ``number_paragraphs`` counts parts separated by a markdown divider line ``***`` (IFEval's
+  convention); ``nth_paragraph_first_word`` counts parts separated by blank lines;
+* a *bullet* is a line starting with ``*`` or ``-`` followed by a space (``**bold**`` is not one);
+* a *highlight* is ``*text*`` or ``**text**`` on one line;
+* a *placeholder* is text in square brackets, ``[address]``;
+* keywords match whole words, case-insensitively.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from parrot.instructions.registry import Instruction, Param, compare, register
+
+_WORD = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n")
+_BULLET = re.compile(r"^\s*[*\-]\s+\S", re.MULTILINE)
+_HIGHLIGHT = re.compile(r"\*\*[^\n*]+\*\*|(?<!\*)\*[^\n*]+\*(?!\*)")
+_PLACEHOLDER = re.compile(r"\[[^\[\]\n]+\]")
+_DIVIDER = re.compile(r"^\s*\*\s*\*\s*\*\s*$", re.MULTILINE)
+_TITLE = re.compile(r"<<[^\n<>]+>>")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text)
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text.strip()) if s and _WORD.search(s)]
+
+
+def _keyword_count(text: str, keyword: str) -> int:
+    pattern = r"(?<![^\W_])" + re.escape(keyword.strip()) + r"(?![^\W_])"
+    return len(re.findall(pattern, text, flags=re.IGNORECASE))
+
+
+def _relation(name: str = "relation") -> Param:
+    return Param(name, "relation", required=False, default="at least")
+
+
+# ------------------------------------------------------------------------------ lengths
+
+
+@register
+class NumberWords(Instruction):
+    id = "length_constraints:number_words"
+    params = (Param("num_words", "int", minimum=0), _relation())
+    description = "Answer with {relation} {num_words} words."
+
+    def check(self, response: str) -> bool:
+        return compare(len(words(response)), self.relation, self.num_words)
+
+
+@register
+class NumberSentences(Instruction):
+    id = "length_constraints:number_sentences"
+    params = (Param("num_sentences", "int", minimum=0), _relation())
+    description = "Answer with {relation} {num_sentences} sentences."
+
+    def check(self, response: str) -> bool:
+        return compare(len(sentences(response)), self.relation, self.num_sentences)
+
+
+@register
+class NumberParagraphs(Instruction):
+    id = "length_constraints:number_paragraphs"
+    params = (Param("num_paragraphs", "int", minimum=1),)
+    description = "Write exactly {num_paragraphs} paragraphs separated by the markdown divider ***."
+
+    def check(self, response: str) -> bool:
+        parts = _DIVIDER.split(response)
+        if any(not p.strip() for p in parts[1:-1]):  # an empty paragraph between two dividers
+            return False
+        return sum(1 for p in parts if p.strip()) == self.num_paragraphs
+
+
+@register
+class NthParagraphFirstWord(Instruction):
+    id = "length_constraints:nth_paragraph_first_word"
+    params = (Param("num_paragraphs", "int", minimum=1), Param("nth_paragraph", "int", minimum=1),
+              Param("first_word", "str"))
+    description = "Write {num_paragraphs} paragraphs separated by blank lines; paragraph {nth_paragraph} starts with '{first_word}'."
+
+    def check(self, response: str) -> bool:
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", response) if p.strip()]
+        if len(paragraphs) != self.num_paragraphs or self.nth_paragraph > len(paragraphs):
+            return False
+        first = words(paragraphs[self.nth_paragraph - 1])
+        return bool(first) and first[0].lower() == self.first_word.strip().lower()
+
+
+# ----------------------------------------------------------------------------- keywords
+
+
+@register
+class KeywordsExistence(Instruction):
+    id = "keywords:existence"
+    params = (Param("keywords", "str_list"),)
+    description = "Include the keywords {keywords}."
+
+    def check(self, response: str) -> bool:
+        return all(_keyword_count(response, k) > 0 for k in self.keywords)
+
+
+@register
+class ForbiddenWords(Instruction):
+    id = "keywords:forbidden_words"
+    params = (Param("forbidden_words", "str_list"),)
+    description = "Do not use the words {forbidden_words}."
+
+    def check(self, response: str) -> bool:
+        return all(_keyword_count(response, k) == 0 for k in self.forbidden_words)
+
+
+@register
+class KeywordFrequency(Instruction):
+    id = "keywords:frequency"
+    params = (Param("keyword", "str"), Param("frequency", "int", minimum=0), _relation())
+    description = "Use the word '{keyword}' {relation} {frequency} times."
+
+    def check(self, response: str) -> bool:
+        return compare(_keyword_count(response, self.keyword), self.relation, self.frequency)
+
+
+@register
+class LetterFrequency(Instruction):
+    id = "keywords:letter_frequency"
+    params = (Param("letter", "str"), Param("let_frequency", "int", minimum=0), _relation("let_relation"))
+    description = "Use the letter '{letter}' {let_relation} {let_frequency} times."
+
+    def check(self, response: str) -> bool:
+        return compare(response.lower().count(self.letter.strip().lower()), self.let_relation, self.let_frequency)
+
+
+# ------------------------------------------------------------------------------ formats
+
+
+def _strip_code_fence(text: str) -> str:
+    t = text.strip()
+    m = re.fullmatch(r"```[a-zA-Z]*\s*\n(.*?)\n?```", t, flags=re.DOTALL)
+    return m.group(1).strip() if m else t
+
+
+@register
+class JsonFormat(Instruction):
+    id = "detectable_format:json_format"
+    group = "whole_format"
+    description = "Answer in JSON only (a code fence around it is allowed)."
+
+    def check(self, response: str) -> bool:
+        try:
+            json.loads(_strip_code_fence(response))
+        except ValueError:
+            return False
+        return True
+
+
+@register
+class NumberBulletLists(Instruction):
+    id = "detectable_format:number_bullet_lists"
+    params = (Param("num_bullets", "int", minimum=0),)
+    description = "Answer with exactly {num_bullets} bullet points ('* ' or '- ')."
+
+    def check(self, response: str) -> bool:
+        return len(_BULLET.findall(response)) == self.num_bullets
+
+
+@register
+class NumberHighlightedSections(Instruction):
+    id = "detectable_format:number_highlighted_sections"
+    params = (Param("num_highlights", "int", minimum=1),)
+    description = "Highlight at least {num_highlights} sections with markdown, *like this*."
+
+    def check(self, response: str) -> bool:
+        found = [h for h in _HIGHLIGHT.findall(response) if h.strip("*").strip()]
+        return len(found) >= self.num_highlights
+
+
+@register
+class MultipleSections(Instruction):
+    id = "detectable_format:multiple_sections"
+    params = (Param("section_spliter", "str", required=False, default="Section"), Param("num_sections", "int", minimum=1))
+    description = "Write {num_sections} sections, each starting with '{section_spliter} X'."
+
+    def check(self, response: str) -> bool:
+        marker = re.escape(self.section_spliter.strip())
+        found = re.findall(rf"^\s*(?:#+\s*)?{marker}\s*\d+", response, flags=re.IGNORECASE | re.MULTILINE)
+        return len(found) >= self.num_sections
+
+
+@register
+class Title(Instruction):
+    id = "detectable_format:title"
+    description = "Give the answer a title in double angle brackets, <<like this>>."
+
+    def check(self, response: str) -> bool:
+        return any(t[2:-2].strip() for t in _TITLE.findall(response))
+
+
+CONSTRAINED_OPTIONS = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
+
+
+@register
+class ConstrainedResponse(Instruction):
+    id = "detectable_format:constrained_response"
+    group = "whole_format"
+    description = "Answer with one of: My answer is yes. / My answer is no. / My answer is maybe."
+
+    def check(self, response: str) -> bool:
+        return any(option in response for option in CONSTRAINED_OPTIONS)
+
+
+# ----------------------------------------------------------------------------- language
+
+
+@register
+class ResponseLanguage(Instruction):
+    id = "language:response_language"
+    params = (Param("language", "str"),)
+    group = "language"
+    description = "Answer in the language '{language}' (ISO 639-1 code)."
+
+    def check(self, response: str) -> bool:
+        from parrot.instructions.language import detect_language
+
+        detected = detect_language(response)
+        return detected is not None and detected.split("-")[0] == self.language.strip().lower().split("-")[0]
+
+
+# ---------------------------------------------------------------------------- start/end
+
+
+@register
+class StartChecker(Instruction):
+    id = "startend:start_checker"
+    params = (Param("start_phrase", "str"),)
+    group = "start"
+    description = "Start the answer with '{start_phrase}'."
+
+    def check(self, response: str) -> bool:
+        return response.strip().lower().startswith(self.start_phrase.strip().lower())
+
+
+@register
+class EndChecker(Instruction):
+    id = "startend:end_checker"
+    params = (Param("end_phrase", "str"),)
+    group = "end"
+    description = "End the answer with '{end_phrase}' and nothing after it."
+
+    def check(self, response: str) -> bool:
+        return response.strip().lower().endswith(self.end_phrase.strip().lower())
+
+
+@register
+class Quotation(Instruction):
+    id = "startend:quotation"
+    description = "Wrap the whole answer in double quotation marks."
+
+    def check(self, response: str) -> bool:
+        t = response.strip()
+        return len(t) > 1 and t[0] in "\"“" and t[-1] in "\"”"
+
+
+@register
+class RepeatPrompt(Instruction):
+    id = "combination:repeat_prompt"
+    params = (Param("prompt_to_repeat", "str"),)
+    group = "start"
+    description = "First repeat the request word for word, then answer."
+
+    def check(self, response: str) -> bool:
+        return response.strip().lower().startswith(self.prompt_to_repeat.strip().lower())
+
+
+@register
+class TwoResponses(Instruction):
+    id = "combination:two_responses"
+    group = "whole_format"
+    description = "Give two different answers separated by six asterisks (******)."
+
+    def check(self, response: str) -> bool:
+        parts = [p.strip() for p in response.split("******")]
+        return len(parts) == 2 and all(parts) and parts[0] != parts[1]
+
+
+# --------------------------------------------------------------------------------- case
+
+
+@register
+class Lowercase(Instruction):
+    id = "change_case:english_lowercase"
+    group = "case"
+    description = "Write the whole answer in lowercase letters."
+
+    def check(self, response: str) -> bool:
+        return bool(response.strip()) and response == response.lower() and any(c.isalpha() for c in response)
+
+
+@register
+class Uppercase(Instruction):
+    id = "change_case:english_capital"
+    group = "case"
+    description = "Write the whole answer in capital letters."
+
+    def check(self, response: str) -> bool:
+        return bool(response.strip()) and response == response.upper() and any(c.isalpha() for c in response)
+
+
+@register
+class CapitalWordFrequency(Instruction):
+    id = "change_case:capital_word_frequency"
+    params = (Param("capital_frequency", "int", minimum=0), _relation("capital_relation"))
+    description = "Use words in all capital letters {capital_relation} {capital_frequency} times."
+
+    def check(self, response: str) -> bool:
+        n = sum(1 for w in words(response) if any(c.isalpha() for c in w) and w == w.upper())
+        return compare(n, self.capital_relation, self.capital_frequency)
+
+
+# ------------------------------------------------------------------------ content, punctuation
+
+
+@register
+class NumberPlaceholders(Instruction):
+    id = "detectable_content:number_placeholders"
+    params = (Param("num_placeholders", "int", minimum=1),)
+    description = "Include at least {num_placeholders} placeholders in square brackets, like [address]."
+
+    def check(self, response: str) -> bool:
+        return len(_PLACEHOLDER.findall(response)) >= self.num_placeholders
+
+
+@register
+class Postscript(Instruction):
+    id = "detectable_content:postscript"
+    params = (Param("postscript_marker", "str", required=False, default="P.S."),)
+    description = "End with a postscript starting with {postscript_marker}."
+
+    def check(self, response: str) -> bool:
+        marker = re.escape(self.postscript_marker.strip())
+        return re.search(rf"(?:^|\n)\s*{marker}", response, flags=re.IGNORECASE) is not None
+
+
+@register
+class NoComma(Instruction):
+    id = "punctuation:no_comma"
+    description = "Do not use any commas."
+
+    def check(self, response: str) -> bool:
+        return "," not in response and "，" not in response
+
