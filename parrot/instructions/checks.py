@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from parrot.instructions.registry import Instruction, Param, compare, register
 
