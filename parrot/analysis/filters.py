@@ -35,7 +35,7 @@ def normalize(text: str) -> str:
     return " ".join(_NON_WORD.sub(" ", folded).replace("_", " ").split())
 
 
-@lru_cache(maxsize=8192)  # earlier turns are compared again at every later turn
+@lru_cache(maxsize=1024)  # earlier turns of the conversations in flight are compared again at every later turn
 def shingles(text: str, n: int = _SHINGLE) -> frozenset[str]:
     """The character n-grams of the normalized text (the whole text if it is shorter than n)."""
     norm = normalize(text)

@@ -100,7 +100,7 @@ def word_count(text: str) -> int:
     return len(text.split())
 
 
-@lru_cache(maxsize=8192)  # a conversation's messages come back at every later turn
+@lru_cache(maxsize=2048)  # a conversation's messages come back at every later turn
 def _normalized(text: str) -> str:
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
 

@@ -374,7 +374,7 @@ _CONTRACTIONS = (
 )
 
 
-@lru_cache(maxsize=8192)  # the same history messages are checked again at every turn
+@lru_cache(maxsize=2048)  # the same history messages are checked again at every turn
 def normalize(text: str) -> str:
     """Lower case, common contractions expanded, punctuation to spaces, whitespace collapsed.
 
