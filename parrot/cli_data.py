@@ -95,6 +95,10 @@ def register(app: typer.Typer) -> None:
         repair: bool = typer.Option(True, help="Trim leading assistant turns / cut at a wrong alternation "
                                                "(--no-repair drops such conversations)."),
         dedupe: bool = typer.Option(True, help="Drop duplicate conversations and examples."),
+        holdout: float = typer.Option(0.0, help="Fraction of sessions kept out of OUTPUT for evaluation (by a hash of "
+                                                "the session id; ShareGPT chunks of a session stay together)."),
+        holdout_output: Optional[str] = typer.Option(None, help="Where the held-out examples go (default: "
+                                                                "OUTPUT with .heldout.jsonl)."),
         tokenizer: str = TOKENIZER,
     ) -> None:
         """Asker SFT examples (role-swapped chats: the user's turn is the assistant target) from ShareGPT logs."""
@@ -103,8 +107,10 @@ def register(app: typer.Typer) -> None:
         setup_logging()
         from parrot.datasets import DatasetError, dumps_jsonl, load_sharegpt_file
         from parrot.datasets.cleaning import CleaningConfig
-        from services.asker.training_data import AskerDataConfig, build_asker_dataset
+        from services.asker.training_data import AskerDataConfig, build_asker_dataset, split_holdout
 
+        if not 0 <= holdout < 1:
+            fail(f"--holdout is {holdout}; allowed 0 <= x < 1")
         try:
             config = AskerDataConfig(cleaning=CleaningConfig(min_user_turns=min_user_turns, repair=repair,
                                                              max_message_tokens=max_message_tokens, dedupe=dedupe),
@@ -120,21 +126,34 @@ def register(app: typer.Typer) -> None:
         count, label = token_counter(tokenizer)
         rows, rep = build_asker_dataset(files, config, count)
         out = Path(output)
+        rows, held = split_holdout(rows, holdout)
+        held_path = Path(holdout_output) if holdout_output else out.with_name(out.stem + ".heldout.jsonl")
+        if holdout:
+            if held_path.resolve() == out.resolve():
+                fail("--holdout-output must differ from --output")
+            _write_atomic(held_path, dumps_jsonl(held))
         _write_atomic(out, dumps_jsonl(rows))
         rep_path = Path(report) if report else out.with_name(out.name + ".report.json")
         summary = {**rep.as_dict(), "token_counter": label, "config": {
             "min_user_turns": min_user_turns, "max_tokens": max_tokens, "max_target_tokens": max_target_tokens,
-            "max_message_tokens": max_message_tokens, "repair": repair, "dedupe": dedupe}}
+            "max_message_tokens": max_message_tokens, "repair": repair, "dedupe": dedupe, "holdout": holdout}}
+        if holdout:
+            summary["holdout"] = {"fraction": holdout, "output": str(held_path), "examples": len(held),
+                                  "sessions": len({r["id"].rsplit(":", 1)[0] for r in held}),
+                                  "training_examples": len(rows)}
         _write_atomic(rep_path, json.dumps(summary, indent=2) + "\n")
         c = rep.cleaning
         typer.echo(f"conversations: {c.conversations_in} read, {c.conversations_kept} kept")
         typer.echo("  dropped: " + ", ".join(f"{k}={v}" for k, v in c.dropped.items()))
         typer.echo("  repaired: " + ", ".join(f"{k}={v}" for k, v in c.repaired.items()))
-        typer.echo(f"examples: {rep.examples} written to {out} (of {rep.targets} follow-up turns; "
+        typer.echo(f"examples: {len(rows)} written to {out} (of {rep.examples} built from {rep.targets} follow-up turns; "
                    f"{rep.context_dependent} context-dependent, {rep.context_trimmed} with context trimmed)")
         typer.echo("  dropped: " + ", ".join(f"{k}={v}" for k, v in rep.dropped.items()))
         typer.echo(f"  tokens ({label}): {rep.tokens} total, "
                    f"{rep.tokens / rep.examples if rep.examples else 0:.1f} per example")
+        if holdout:
+            typer.echo(f"held out: {len(held)} examples of {summary['holdout']['sessions']} conversations written to "
+                       f"{held_path}; {len(rows)} left for training in {out}")
         typer.echo(f"report: {rep_path}")
 
     @data_app.command("stats")

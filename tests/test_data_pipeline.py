@@ -32,6 +32,9 @@ from services.asker.training_data import (
     AskerDataConfig,
     build_asker_dataset,
     example_to_conversation,
+    is_held_out,
+    session_key,
+    split_holdout,
     validate_example,
 )
 from tests.conftest import PARROT
@@ -174,6 +177,22 @@ def test_asker_examples_cap_tokens_trim_context_and_dedupe():
     assert [r["id"] for r in rows] == ["bread:2", "bread:3"] and rep.dropped["duplicate_example"] == 1
 
 
+def test_holdout_split_is_by_session_deterministic_and_keeps_chunks_together():
+    assert session_key("abc_12") == "abc" and session_key("abc") == "abc" and session_key("a_b") == "a_b"
+    ids = [f"s{i}_{chunk}" for i in range(200) for chunk in range(3)]
+    rows = [{"id": f"{cid}:{k}"} for cid in ids for k in (2, 3)]
+    train, held = split_holdout(rows, 0.25)
+    assert len(train) + len(held) == len(rows) and 0.15 < len(held) / len(rows) < 0.35
+    held_sessions = {session_key(r["id"].rsplit(":", 1)[0]) for r in held}
+    train_sessions = {session_key(r["id"].rsplit(":", 1)[0]) for r in train}
+    assert held_sessions and not held_sessions & train_sessions  # no session on both sides
+    assert split_holdout(list(reversed(rows)), 0.25)[1] == list(reversed(held))  # order does not matter
+    assert split_holdout(rows, 0.0) == (rows, [])
+    assert all(is_held_out(cid, 0.5) == is_held_out(cid, 0.5) for cid in ids[:10])
+    with pytest.raises(ValueError, match="holdout fraction"):
+        split_holdout(rows, 1.0)
+
+
 def test_validate_example_names_the_field():
     with pytest.raises(DatasetError, match=r"x.jsonl:3: field 'messages\[1\].role'"):
         validate_example("x.jsonl", 3, {"id": "a:2", "source": "s", "messages": [{"role": "user", "content": "q"},
@@ -312,6 +331,19 @@ def test_cli_data_asker_writes_examples_and_a_report(tmp_path):
     assert report["cleaning"]["repaired"]["leading_assistant_trimmed"] == 1
     assert report["examples"] == 3 and report["token_counter"] == "whitespace"
     assert "3 written" in r.stdout
+    # A held-out split: no conversation on both sides, together the same examples.
+    r = subprocess.run([PARROT, "data", "asker", "--input", str(src), "--output", str(tmp_path / "train.jsonl"),
+                        "--holdout", "0.7", "--tokenizer", "whitespace"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    train = [json.loads(x)["id"] for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    held = [json.loads(x)["id"] for x in (tmp_path / "train.heldout.jsonl").read_text().splitlines()]
+    # sha256 puts c2 at 0.61 and c1 at 0.82 of the hash range: c2 is held out at 0.7
+    assert train == ["c1:2", "c1:3"] and held == ["c2:2"]
+    summary = json.loads((tmp_path / "train.jsonl.report.json").read_text())["holdout"]
+    assert summary["examples"] == len(held) and summary["training_examples"] == len(train)
+    r = subprocess.run([PARROT, "data", "asker", "--input", str(src), "--output", str(out), "--holdout", "1.5"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--holdout" in r.stderr
     # Stats of the raw logs and of the examples read back as conversations, side by side.
     r = subprocess.run([PARROT, "data", "stats", str(src), "--tokenizer", "whitespace"], capture_output=True, text=True,
                        timeout=120)

@@ -128,6 +128,21 @@ def test_sft_labels_cover_exactly_the_assistant_turns(tokenizer):
 
 
 @requires_model
+def test_capo_drops_pairs_whose_prompt_fills_max_length(tokenizer):
+    from training.capo import completion_ids, pairs_within
+
+    pairs = load_preference_pairs("p.jsonl", "\n".join(json.dumps(r) for r in preference_rows(3)))
+    long_row = dict(preference_rows(1)[0], prompt=[{"role": "user", "content": "word " * 400}])
+    pairs += load_preference_pairs("q.jsonl", json.dumps(long_row))
+    starts = [completion_ids(tokenizer, p.prompt, p.chosen)[1] for p in pairs]
+    limit = max(starts[:3]) + 1  # every short prompt leaves an answer token; the long one does not
+    assert starts[3] >= limit
+    assert pairs_within(tokenizer, pairs, limit) == pairs[:3]
+    with pytest.raises(ConfigError, match="raise --max-length"):
+        pairs_within(tokenizer, pairs[3:], limit)
+
+
+@requires_model
 def test_asker_labels_cover_exactly_the_target_user_turn(tokenizer):
     text = json.dumps(asker_rows(1)[0])
     last = tokenize_example(tokenizer, load_asker_examples("a.jsonl", text)[0], 512)

@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from parrot.errors import ConfigError
 from training import metrics as m
 from training.config import STRATEGIES, CaPOConfig
 from training.data import PreferencePair, load_preference_pairs, read_input, render
@@ -36,6 +37,25 @@ def completion_ids(tokenizer: Any, prompt: Sequence[dict], answer: Sequence[dict
     prompt_ids = tokenizer(render(tokenizer, prompt, generation_prompt=True), add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(render(tokenizer, list(prompt) + list(answer)), add_special_tokens=False)["input_ids"]
     return list(full_ids), len(prompt_ids)
+
+
+def pairs_within(tokenizer: Any, pairs: Sequence[PreferencePair], max_length: int,
+                 what: str = "training") -> list[PreferencePair]:
+    """The pairs whose chosen and rejected answers both start within ``max_length`` tokens.
+
+    A pair whose prompt alone fills ``max_length`` has no answer token left after truncation: it
+    teaches nothing and would count as a wrong preference (both rewards 0) in the report. Such
+    pairs are dropped with a warning; none left is a ConfigError that names --max-length.
+    """
+    kept = [p for p in pairs
+            if all(completion_ids(tokenizer, p.prompt, answer)[1] < max_length for answer in (p.chosen, p.rejected))]
+    if len(kept) < len(pairs):
+        log.warning("dropped preference pairs whose prompt fills max_length (no answer token left)",
+                    extra={"dropped": len(pairs) - len(kept), "kept": len(kept), "max_length": max_length, "split": what})
+    if not kept:
+        raise ConfigError(f"no {what} preference pair has an answer token within max_length={max_length}; "
+                          "raise --max-length or shorten the prompts (parrot negatives --max-history-turns)")
+    return kept
 
 
 def answer_logps(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair], max_length: int,
@@ -103,9 +123,12 @@ def train(cfg: CaPOConfig) -> TrainResult:
 
         pairs = load_preference_pairs(*read_input(cfg.dataset))
         eval_pairs = load_preference_pairs(*read_input(cfg.eval_dataset)) if cfg.eval_dataset else None
+        model, tokenizer, _ = load_model_and_tokenizer(cfg.model)
+        pairs = pairs_within(tokenizer, pairs, cfg.max_length)
+        if eval_pairs is not None:
+            eval_pairs = pairs_within(tokenizer, eval_pairs, cfg.max_length, "eval")
         counts = {s: sum(1 for p in pairs if p.strategy == s) for s in STRATEGIES}
         log.info("preference pairs", extra={"pairs": len(pairs), **counts})
-        model, tokenizer, _ = load_model_and_tokenizer(cfg.model)
         ref_model = copy_model(model)  # TRL needs an explicit reference for an in-memory model
         loss = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.sft_weight]} if cfg.sft_weight > 0 \
             else {"loss_type": ["sigmoid"]}

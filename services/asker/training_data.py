@@ -29,6 +29,8 @@ dropped (``too_long``). Examples equal (normalized) to an earlier one are droppe
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -175,3 +177,29 @@ def validate_example(name: str, line: int, row: Any) -> None:
     if messages[-1]["role"] != "assistant":
         raise DatasetError(name, line, f"messages[{len(messages) - 1}].role",
                            "the last message (the target user turn) must have role 'assistant'")
+
+
+_CHUNK_SUFFIX = re.compile(r"_\d+$")
+
+
+def session_key(conversation_id: str) -> str:
+    """The id without ShareGPT's chunk suffix (``abc_3`` -> ``abc``): chunks of one session share it."""
+    return _CHUNK_SUFFIX.sub("", conversation_id)
+
+
+def is_held_out(conversation_id: str, fraction: float) -> bool:
+    """Whether the conversation's session belongs to the held-out part (deterministic, by hash)."""
+    digest = hashlib.sha256(session_key(conversation_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2 ** 64
+
+
+def split_holdout(rows: Sequence[dict[str, Any]], fraction: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training rows, held-out rows) of asker examples, split by conversation (see the module docstring)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"holdout fraction is {fraction}; allowed 0 <= x < 1")
+    train: list[dict[str, Any]] = []
+    held: list[dict[str, Any]] = []
+    for row in rows:
+        conversation_id = str(row["id"]).rsplit(":", 1)[0]
+        (held if is_held_out(conversation_id, fraction) else train).append(row)
+    return train, held
