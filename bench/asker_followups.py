@@ -32,22 +32,29 @@ from parrot.analysis import is_context_dependent
 from parrot.conversation import Message, Role
 
 
-def contexts(path: str, limit: int, max_history_turns: int) -> list[tuple[str, list[Message], str]]:
+def load_examples(path: str, limit: int) -> list[Any]:
+    """The first ``limit`` held-out examples, read and checked once by the training loader."""
+    from training.data import load_asker_examples
+
+    return load_asker_examples(path, Path(path).read_bytes())[:limit]
+
+
+def contexts(examples: list[Any], max_history_turns: int) -> list[tuple[str, list[Message], str]]:
     """(example id, context ending with an answer, the person's follow-up) per held-out example."""
-    from parrot.datasets import iter_jsonl
-    from services.asker.training_data import example_to_conversation, validate_example
+    from services.asker.training_data import example_to_conversation
 
     out = []
-    for line, row in iter_jsonl(path, Path(path).read_bytes()):
-        validate_example(path, line, row)
-        conversation = example_to_conversation(row)
+    for example in examples:
+        conversation = example_to_conversation({"messages": example.messages})
         context, target = conversation[:-1], conversation[-1]
         if max_history_turns > 0:
             context = context[-2 * max_history_turns:]
-        out.append((row["id"], context, target.content))
-        if len(out) == limit:
-            break
+        out.append((example.id, context, target.content))
     return out
+
+
+def user_turns(context: list[Message]) -> int:
+    return sum(m.role is Role.USER for m in context)
 
 
 async def ask_all(target: str, items: list[tuple[str, list[Message], str]], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -73,43 +80,45 @@ async def ask_all(target: str, items: list[tuple[str, list[Message], str]], args
                     return {"id": cid, "followup": None, "error": f"{e.code().name}: {e.details()}",
                             "context_dependent": False, "cues": [], "seconds": round(time.monotonic() - t0, 3)}
             text = r.candidates[0].text
-            verdict = is_context_dependent(text, sum(m.role is Role.USER for m in context))
+            verdict = is_context_dependent(text, user_turns(context))
             return {"id": cid, "followup": text, "context_dependent": verdict.dependent, "cues": verdict.cues,
                     "seconds": round(time.monotonic() - t0, 3), "model": r.model}
 
         return list(await asyncio.gather(*(one(i, cid, ctx) for i, (cid, ctx, _) in enumerate(items))))
 
 
-def target_nll(model_spec: str, path: str, limit: int, max_length: int) -> tuple[float, int]:
-    """(mean negative log-likelihood per target token, target tokens) of the people's follow-ups under a model.
+def target_nll(model_spec: str, examples: list[Any], max_length: int) -> tuple[float, int, int]:
+    """(mean negative log-likelihood per target token, examples scored, target tokens) of the
+    people's follow-ups under a model.
 
     The asker's own training objective on held-out data: the role-swapped example with the loss
-    only on its last message (``training.data``'s tokenization, so exactly what training sees).
+    only on its last message (``training.data``'s tokenization, so exactly what training sees);
+    examples whose target lies past ``max_length`` are left out, as training leaves them out.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from parrot.modelstore import resolve_model
-    from training.data import IGNORE, load_asker_examples, tokenize_example
+    from training.data import IGNORE, tokenize_example
 
     folder = resolve_model(model_spec)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
-    total, tokens = 0.0, 0
-    for example in load_asker_examples(path, Path(path).read_bytes())[:limit]:
+    total, scored, tokens = 0.0, 0, 0
+    for example in examples:
         enc = tokenize_example(tokenizer, example, max_length)
         if enc is None:
             continue
         ids = torch.tensor([enc["input_ids"]])
-        labels = torch.tensor([enc["labels"]])
+        target = torch.tensor(enc["labels"][1:])
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, :-1].float()
-        target = labels[0, 1:]
         keep = target != IGNORE
         logp = torch.log_softmax(logits[keep], dim=-1)
         total -= float(logp.gather(1, target[keep][:, None]).sum())
+        scored += 1
         tokens += int(keep.sum())
-    return (total / tokens if tokens else float("nan")), tokens
+    return (total / tokens if tokens else float("nan")), scored, tokens
 
 
 def row(name: str, marks: list[bool], words: list[int], seconds: float | None, failed: int = 0) -> str:
@@ -146,13 +155,12 @@ def main() -> None:
             ap.error(f"--asker {spec!r}: expected NAME=MODEL")
         askers.append((name, model))
     try:
-        items = contexts(args.examples, args.limit, args.max_history_turns)
-    except (OSError, ValueError) as e:
+        examples = load_examples(args.examples, args.limit)
+    except (OSError, ValueError) as e:  # DatasetError is a ValueError: file, line and field
         sys.exit(f"--examples: {e}")
-    if not items:
-        sys.exit(f"--examples: {args.examples} holds no examples")
+    items = contexts(examples, args.max_history_turns)
 
-    human = [is_context_dependent(t, 1).dependent for _, _, t in items]
+    human = [is_context_dependent(t, user_turns(ctx)).dependent for _, ctx, t in items]
     lines = ["| follow-ups by | contexts | no follow-up | context-dependent | fraction | words / follow-up | wall s |",
              "|---|---:|---:|---:|---:|---:|---:|",
              row("people (held-out targets)", human, [len(t.split()) for _, _, t in items], None)]
@@ -179,9 +187,9 @@ def main() -> None:
     if args.nll:
         nll_lines = ["", "| asker model | held-out examples | target tokens | NLL / token | perplexity |", "|---|---:|---:|---:|---:|"]
         for name, model in askers:
-            nll, tokens = target_nll(model, args.examples, args.limit, args.max_length)
+            nll, scored, tokens = target_nll(model, examples, args.max_length)
             report["askers"][name]["target_nll"] = nll
-            nll_lines.append(f"| {name} ({model}) | {len(items)} | {tokens} | {nll:.3f} | {math.exp(nll):.1f} |")
+            nll_lines.append(f"| {name} ({model}) | {scored} | {tokens} | {nll:.3f} | {math.exp(nll):.1f} |")
         print("\n".join(nll_lines))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -111,6 +111,10 @@ def register(app: typer.Typer) -> None:
 
         if not 0 <= holdout < 1:
             fail(f"--holdout is {holdout}; allowed 0 <= x < 1")
+        out = Path(output)
+        held_path = Path(holdout_output) if holdout_output else out.with_name(out.stem + ".heldout.jsonl")
+        if holdout and held_path.resolve() == out.resolve():
+            fail("--holdout-output must differ from --output")
         try:
             config = AskerDataConfig(cleaning=CleaningConfig(min_user_turns=min_user_turns, repair=repair,
                                                              max_message_tokens=max_message_tokens, dedupe=dedupe),
@@ -125,12 +129,8 @@ def register(app: typer.Typer) -> None:
                 fail(str(e))
         count, label = token_counter(tokenizer)
         rows, rep = build_asker_dataset(files, config, count)
-        out = Path(output)
         rows, held = split_holdout(rows, holdout)
-        held_path = Path(holdout_output) if holdout_output else out.with_name(out.stem + ".heldout.jsonl")
         if holdout:
-            if held_path.resolve() == out.resolve():
-                fail("--holdout-output must differ from --output")
             _write_atomic(held_path, dumps_jsonl(held))
         _write_atomic(out, dumps_jsonl(rows))
         rep_path = Path(report) if report else out.with_name(out.name + ".report.json")

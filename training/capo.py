@@ -31,24 +31,28 @@ from training.runtime import RunState, TrainResult, copy_model, is_main, run_tra
 log = logging.getLogger(__name__)
 
 
+def prompt_length(tokenizer: Any, prompt: Sequence[dict]) -> int:
+    """Tokens of the prompt rendered with the generation prompt: where every answer to it starts."""
+    return len(tokenizer(render(tokenizer, prompt, generation_prompt=True), add_special_tokens=False)["input_ids"])
+
+
 def completion_ids(tokenizer: Any, prompt: Sequence[dict], answer: Sequence[dict]) -> tuple[list[int], int]:
     """Token ids of prompt + answer as the chat template renders them, and where the answer starts
     (TRL's split: the prompt rendered with the generation prompt, the rest is the completion)."""
-    prompt_ids = tokenizer(render(tokenizer, prompt, generation_prompt=True), add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(render(tokenizer, list(prompt) + list(answer)), add_special_tokens=False)["input_ids"]
-    return list(full_ids), len(prompt_ids)
+    return list(full_ids), prompt_length(tokenizer, prompt)
 
 
 def pairs_within(tokenizer: Any, pairs: Sequence[PreferencePair], max_length: int,
                  what: str = "training") -> list[PreferencePair]:
-    """The pairs whose chosen and rejected answers both start within ``max_length`` tokens.
+    """The pairs whose answers start within ``max_length`` tokens (chosen and rejected share the prompt).
 
-    A pair whose prompt alone fills ``max_length`` has no answer token left after truncation: it
-    teaches nothing and would count as a wrong preference (both rewards 0) in the report. Such
-    pairs are dropped with a warning; none left is a ConfigError that names --max-length.
+    A pair whose prompt alone fills ``max_length`` has no answer token left after truncation. TRL
+    drops such "fully truncated" rows from training on its own, but the per-strategy report would
+    still score them, both rewards 0, as wrong preferences. Dropping them here keeps training and
+    report on the same pairs and says how many went; none left is a ConfigError naming --max-length.
     """
-    kept = [p for p in pairs
-            if all(completion_ids(tokenizer, p.prompt, answer)[1] < max_length for answer in (p.chosen, p.rejected))]
+    kept = [p for p in pairs if prompt_length(tokenizer, p.prompt) < max_length]
     if len(kept) < len(pairs):
         log.warning("dropped preference pairs whose prompt fills max_length (no answer token left)",
                     extra={"dropped": len(pairs) - len(kept), "kept": len(kept), "max_length": max_length, "split": what})
