@@ -1,6 +1,6 @@
 """Typed domain errors. Each names the gRPC status code it maps to; RPC bodies just raise.
 
-The server interceptor (parrot.server.interceptors) turns these into statuses; any other
+The server error mapping (parrot.server.interceptors) turns these into statuses; any other
 exception becomes INTERNAL with no detail leaked to the caller.
 """
 

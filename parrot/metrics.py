@@ -5,7 +5,18 @@ Histograms are labelled by model and stage, in the style of kserve/metrics.py.
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+
+
+@lru_cache(maxsize=4096)
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once: on hot paths (every RPC, every turn) the
+    label lookup costs more than the increment it serves."""
+    return metric.labels(*labels)
+
 
 RPC_REQUESTS = Counter(
     "parrot_rpc_requests_total",

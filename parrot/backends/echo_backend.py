@@ -44,7 +44,7 @@ from typing import Any, AsyncIterator, Sequence
 from parrot.backends.base import Backend, GenerationRequest, GenerationResult, StreamEvent, register_backend
 from parrot.conversation import Message
 from parrot.errors import ConfigError, InvalidArgument, NotReady
-from parrot.metrics import GENERATED_TOKENS, PROMPT_TOKENS
+from parrot.metrics import GENERATED_TOKENS, PROMPT_TOKENS, child
 
 
 @dataclass(frozen=True)
@@ -105,17 +105,25 @@ def _normalized(text: str) -> str:
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
 
 
+def _json(*parts: Any) -> str:
+    return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+
+
 def _digest(*parts: Any) -> int:
-    data = json.dumps(parts, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+    return int.from_bytes(hashlib.blake2b(_json(*parts).encode("utf-8"), digest_size=8).digest(), "big")
 
 
 def focus_line(content: str) -> str:
     """The line of the last message that the reply is about (see the module docstring)."""
-    lines = [line.strip() for line in content.splitlines() if _WORD.search(line)]
-    if len(lines) > 1 and lines[-1].endswith("?"):
-        lines.pop()
-    return _SPEAKER_LABEL.sub("", lines[-1]) if lines else ""
+    lines: list[str] = []  # the last two lines with a word in them, last first (a judge prompt is long)
+    for line in reversed(content.splitlines()):
+        if _WORD.search(line):
+            lines.append(line.strip())
+            if len(lines) == 2:
+                break
+    if len(lines) > 1 and lines[0].endswith("?"):
+        lines.pop(0)
+    return _SPEAKER_LABEL.sub("", lines[0]) if lines else ""
 
 
 def tail_phrase(content: str, n_words: int = TAIL_WORDS) -> str:
@@ -131,16 +139,30 @@ def echo_reply(messages: Sequence[Message], prefill: str = "", salt: str = "") -
     if not messages:
         raise InvalidArgument("messages", "is empty; the echo backend needs at least one message")
     tail = tail_phrase(messages[-1].content)
+    contents = (*(m.content for m in messages), prefill)
+    # The digest of (prompt, prefill, salt, variant) for every variant from one hashed prefix:
+    # the same bytes as _digest's JSON of the four, without encoding the prompt again per variant.
     prompt = [[m.role.value, m.content] for m in messages]
-    # Normalized message by message (cached): words never join across messages, so this equals
-    # normalizing the joined text.
-    seen = " ".join(p for p in (_normalized(x) for x in (*(m.content for m in messages), prefill)) if p)
+    head = hashlib.blake2b(_json(prompt, prefill, salt)[:-1].encode("utf-8"), digest_size=8)
+    lowered: list[str] | None = None
+    seen: str | None = None
     text = ""
     for variant in range(MAX_VARIANTS):
-        d = _digest(prompt, prefill, salt, variant)
+        h = head.copy()
+        h.update(f",{variant}]".encode())
+        d = int.from_bytes(h.digest(), "big")
         adjective = ADJECTIVES[d % len(ADJECTIVES)]
         noun = NOUNS[(d // len(ADJECTIVES)) % len(NOUNS)]
         text = f"And what about {tail} for {adjective} {noun}?"
+        # Quick test first: a reply whose adjective or noun is nowhere in the prompt cannot occur in it.
+        if lowered is None:
+            lowered = [x.lower() for x in contents]
+        if not (any(adjective in x for x in lowered) and any(noun in x for x in lowered)):
+            break
+        if seen is None:
+            # Normalized message by message (cached): words never join across messages, so this
+            # equals normalizing the joined text.
+            seen = " ".join(p for p in (_normalized(x) for x in contents) if p)
         if f" {_normalized(text)} " not in f" {seen} ":
             break
     return text
@@ -208,8 +230,8 @@ class EchoBackend(Backend):
         result = GenerationResult(
             text=text, finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=word_count(text)
         )
-        GENERATED_TOKENS.labels(self.model_name, self.name).inc(result.completion_tokens)
-        PROMPT_TOKENS.labels(self.model_name, self.name).inc(result.prompt_tokens)
+        child(GENERATED_TOKENS, self.model_name, self.name).inc(result.completion_tokens)
+        child(PROMPT_TOKENS, self.model_name, self.name).inc(result.prompt_tokens)
         return result
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
@@ -252,7 +274,7 @@ def _sampling_salt(request: GenerationRequest, occurrences: dict[int, int]) -> s
     params = request.params
     if params.greedy:
         return ""
-    key = _digest([[m.role.value, m.content] for m in request.messages], request.prefill, params.seed)
+    key = hash((tuple((m.role, m.content) for m in request.messages), request.prefill, params.seed))
     index = occurrences.get(key, 0)
     occurrences[key] = index + 1
     return f"seed={params.seed}|n={index}"

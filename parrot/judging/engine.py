@@ -37,7 +37,7 @@ from parrot.judging.scoring import (
     swap_label,
     swap_probabilities,
 )
-from parrot.metrics import STAGE_LATENCY
+from parrot.metrics import STAGE_LATENCY, child
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class JudgeEngine:
     async def _generate(self, requests: list[GenerationRequest]) -> list[str]:
         start = time.perf_counter()
         results = await self.backend.generate(requests)
-        STAGE_LATENCY.labels(self.backend.model_name, "judge_generate").observe(time.perf_counter() - start)
+        child(STAGE_LATENCY, self.backend.model_name, "judge_generate").observe(time.perf_counter() - start)
         return [r.text for r in results]
 
     async def _generate_scored(
@@ -212,7 +212,7 @@ class JudgeEngine:
         start = time.perf_counter()
         results = await self.backend.generate_scored(
             requests, lambda text: scoring_prefill(cut_at_stops(text, stops), label_prefill), continuations)
-        STAGE_LATENCY.labels(self.backend.model_name, "judge_generate").observe(time.perf_counter() - start)
+        child(STAGE_LATENCY, self.backend.model_name, "judge_generate").observe(time.perf_counter() - start)
         return [r.text for r in results], [list(r.scores or ()) for r in results]
 
 

@@ -1,4 +1,4 @@
-"""Builds the grpc.aio server every Parrot service runs on: health, reflection, limits, interceptors."""
+"""Builds the grpc.aio server every Parrot service runs on: health, reflection, limits, auth, error mapping."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from parrot.server.interceptors import AuthInterceptor, ErrorMappingInterceptor
+from parrot.server.interceptors import AuthInterceptor, MappedRegistrar
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,6 @@ class GrpcServer:
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if auth_token:
             interceptors.append(AuthInterceptor(auth_token))
-        interceptors.append(ErrorMappingInterceptor())
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -86,8 +85,12 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-        for s in services:
-            s.add_to_server(s.servicer, self.server)
+        for s in services:  # each method wrapped with the error mapping as it is registered
+            registrar = MappedRegistrar(self.server)
+            s.add_to_server(s.servicer, registrar)
+            if s.full_name not in registrar.registered:
+                raise RuntimeError(f"{s.full_name}: its add_*_to_server registered no methods "
+                                   "(generated code older than grpcio-tools 1.62?)")
             names.append(s.full_name)
         reflection.enable_server_reflection(names, self.server)
         self.services = list(services)

@@ -24,7 +24,7 @@ from prometheus_client import Counter
 from parrot.backends.base import Backend, GenerationRequest, GenerationResult
 from parrot.conversation import MAX_SEED, Conversation, GenerationParams, InputLimits, Role, validate_messages
 from parrot.errors import ConfigError, InvalidArgument, Unavailable
-from parrot.metrics import STAGE_LATENCY
+from parrot.metrics import STAGE_LATENCY, child
 from parrot.protoconv import conversation_from_pb, finish_reason_to_pb, params_from_pb, usage_to_pb
 from parrot.v1 import asker_pb2, asker_pb2_grpc
 from services.asker.prompting import (
@@ -173,7 +173,7 @@ class AskerService(asker_pb2_grpc.AskerServicer):
             results = await self.backend.generate(requests)
             for slot, result in zip(pending, results):
                 self._take(slot, result, conversation, accepted_norms)
-        STAGE_LATENCY.labels(self.backend.model_name, "ask").observe(time.perf_counter() - started)
+        child(STAGE_LATENCY, self.backend.model_name, "ask").observe(time.perf_counter() - started)
         questions = [s.accepted for s in slots if s.accepted is not None]
         if not questions:
             reasons = ", ".join(sorted({s.last_reason for s in slots}))
@@ -216,7 +216,7 @@ class AskerService(asker_pb2_grpc.AskerServicer):
         reason = rejection_reason(text, conversation.messages)
         if reason is None and normalize(text) in accepted:
             reason = "duplicate"
-        ASKER_SAMPLES.labels(self.backend.model_name, reason or "accepted").inc()
+        child(ASKER_SAMPLES, self.backend.model_name, reason or "accepted").inc()
         if reason is not None:
             slot.last_reason = reason
             logger.debug("asker sample rejected (%s) for candidate %d: %r", reason, slot.index, result.text[:200])

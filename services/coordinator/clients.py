@@ -12,13 +12,13 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
 from parrot.conversation import Message
 from parrot.errors import InvalidArgument, ParrotError
-from parrot.metrics import STAGE_LATENCY
+from parrot.metrics import STAGE_LATENCY, child
 from parrot.protoconv import messages_to_pb
 from parrot.v1 import asker_pb2, asker_pb2_grpc, judge_pb2, judge_pb2_grpc, responder_pb2, responder_pb2_grpc
 from parrot.v1 import conversation_pb2
@@ -96,6 +96,7 @@ class ModelClients:
         self.retry = retry
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
         self._channels = {k: open_channel(v) for k, v in self.targets.items()}
+        self._stubs: dict[tuple[str, type], object] = {}
         self._on_retry = on_retry
 
     async def close(self) -> None:
@@ -107,13 +108,20 @@ class ModelClients:
             raise InvalidArgument(f"spec.targets.{role}", "is required for this run")
         return self._channels[role]
 
+    def _stub(self, role: str, stub_class: type) -> Any:
+        """One stub per role and service, made on first use (a stub per call costs more than the call's own Python)."""
+        stub = self._stubs.get((role, stub_class))
+        if stub is None:
+            stub = self._stubs[(role, stub_class)] = stub_class(self._channel(role))
+        return stub
+
     async def _call(self, stage: str, fn: Callable[[float], Awaitable[T]]) -> T:
         last: grpc.aio.AioRpcError | None = None
         for attempt in range(self.retry.max_attempts):
             t0 = time.monotonic()
             try:
                 result = await fn(self.retry.call_deadline_s)
-                STAGE_LATENCY.labels("coordinator", stage).observe(time.monotonic() - t0)
+                child(STAGE_LATENCY, "coordinator", stage).observe(time.monotonic() - t0)
                 return result
             except grpc.aio.AioRpcError as e:
                 last = e
@@ -130,27 +138,27 @@ class ModelClients:
 
     async def respond(self, messages: list[Message], params: conversation_pb2.GenerationParams,
                       role: str = "responder") -> responder_pb2.RespondResponse:
-        stub = responder_pb2_grpc.ResponderStub(self._channel(role))
+        stub = self._stub(role, responder_pb2_grpc.ResponderStub)
         req = responder_pb2.RespondRequest(conversation=messages_to_pb(messages), params=params)
         return await self._call("respond", lambda t: stub.Respond(req, metadata=self._metadata, timeout=t))
 
     async def ask(self, messages: list[Message], params: conversation_pb2.GenerationParams,
                   persona: str = "", topic: str = "") -> asker_pb2.AskResponse:
-        stub = asker_pb2_grpc.AskerStub(self._channel("asker"))
+        stub = self._stub("asker", asker_pb2_grpc.AskerStub)
         req = asker_pb2.AskRequest(conversation=messages_to_pb(messages), params=params, persona=persona, topic=topic,
                                    num_candidates=1)
         return await self._call("ask", lambda t: stub.Ask(req, metadata=self._metadata, timeout=t))
 
     async def grade(self, messages: list[Message], turn: int, reference: str, prompt_name: str,
                     params: conversation_pb2.GenerationParams, role: str = "judge") -> judge_pb2.GradeSingleResponse:
-        stub = judge_pb2_grpc.JudgeStub(self._channel(role))
+        stub = self._stub(role, judge_pb2_grpc.JudgeStub)
         req = judge_pb2.GradeSingleRequest(conversation=messages_to_pb(messages), turn=turn, reference_answer=reference,
                                            prompt_name=prompt_name, params=params)
         return await self._call("judge", lambda t: stub.GradeSingle(req, metadata=self._metadata, timeout=t))
 
     async def compare(self, a: list[Message], b: list[Message], turn: int, reference: str, prompt_name: str,
                       params: conversation_pb2.GenerationParams) -> judge_pb2.ComparePairResponse:
-        stub = judge_pb2_grpc.JudgeStub(self._channel("judge"))
+        stub = self._stub("judge", judge_pb2_grpc.JudgeStub)
         req = judge_pb2.ComparePairRequest(conversation_a=messages_to_pb(a), conversation_b=messages_to_pb(b), turn=turn,
                                            reference_answer=reference, prompt_name=prompt_name, params=params)
         return await self._call("judge", lambda t: stub.ComparePair(req, metadata=self._metadata, timeout=t))

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 
 from parrot.v1 import coordinator_pb2 as cpb
 from parrot.errors import ParrotError
+from parrot.metrics import child
 from services.coordinator import metrics as m
 from services.coordinator.clients import CallFailed, ModelClients
 from services.coordinator.kinds import UnitContext, UnitFailed, collect_conversation, evaluate_question
@@ -274,10 +275,11 @@ class RunExecutor:
         m.IN_FLIGHT.inc()
         self.publish(cpb.RUN_EVENT_TYPE_CONVERSATION_STARTED, unit["id"])
         t0 = time.monotonic()
+        turns, generated = child(m.TURNS, kind), child(m.TOKENS, kind)
 
         def on_turn(tokens: int) -> None:
-            m.TURNS.labels(kind).inc()
-            m.TOKENS.labels(kind).inc(tokens)
+            turns.inc()
+            generated.inc(tokens)
 
         ctx = UnitContext(spec=self.run.spec, clients=self.clients, index=index, on_turn=on_turn)
         try:
@@ -297,8 +299,8 @@ class RunExecutor:
         self.units[index] = rec
         self._count(rec)
         self._session_done += 1
-        m.CONVERSATIONS.labels(kind, rec["status"]).inc()
-        m.STAGE.labels("conversation").observe(rec["elapsed_s"])
+        child(m.CONVERSATIONS, kind, rec["status"]).inc()
+        child(m.STAGE, "conversation").observe(rec["elapsed_s"])
         self.publish(cpb.RUN_EVENT_TYPE_CONVERSATION_FINISHED if rec["status"] == "finished"
                      else cpb.RUN_EVENT_TYPE_CONVERSATION_FAILED, unit["id"], rec.get("reason", ""))
         await self.save(force=False)

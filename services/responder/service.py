@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from parrot.backends.base import Backend, GenerationRequest, GenerationResult, StreamEvent
 from parrot.conversation import GenerationParams, InputLimits, Message, Role
-from parrot.metrics import STAGE_LATENCY
+from parrot.metrics import STAGE_LATENCY, child
 from parrot.protoconv import conversation_from_pb, finish_reason_to_pb, params_from_pb, usage_to_pb
 from parrot.v1 import responder_pb2, responder_pb2_grpc
 
@@ -34,7 +34,7 @@ class ResponderService(responder_pb2_grpc.ResponderServicer):
     async def respond(self, messages: Sequence[Message], params: GenerationParams, prefill: str = "") -> GenerationResult:
         t0 = time.monotonic()
         (result,) = await self.backend.generate([GenerationRequest(messages=list(messages), params=params, prefill=prefill)])
-        STAGE_LATENCY.labels(self.backend.model_name, "respond").observe(time.monotonic() - t0)
+        child(STAGE_LATENCY, self.backend.model_name, "respond").observe(time.monotonic() - t0)
         return result
 
     def respond_stream(self, messages: Sequence[Message], params: GenerationParams, prefill: str = "") -> AsyncIterator[StreamEvent]:
