@@ -280,6 +280,7 @@ def _sampling_salt(request: GenerationRequest, occurrences: dict[int, int]) -> s
     return f"seed={params.seed}|n={index}"
 
 
+@lru_cache(maxsize=1024)  # a judge scores the same rating labels on every call
 def continuation_logprob(continuation: str) -> float:
     """The fixed log-probability the echo backend gives a continuation (see the module docstring)."""
     m = _RATING.fullmatch(continuation)
