@@ -29,7 +29,25 @@ def start(args: list[str], service: str, env: dict[str, str] | None = None) -> t
     except (TimeoutError, RuntimeError) as e:
         proc.kill()
         raise SystemExit(str(e)) from e
+    proc.http_port = http  # type: ignore[attr-defined]  # for scraping /metrics
     return proc, target
+
+
+def scrape(proc: subprocess.Popen, prefixes: tuple[str, ...] = ("parrot_",)) -> dict[str, float]:
+    """The service's Prometheus samples whose names start with one of ``prefixes``: {'name{labels}': value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=30) as r:  # type: ignore[attr-defined]
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.startswith(prefixes):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}"] = s.value
+    return out
 
 
 def stop(*procs: subprocess.Popen) -> None:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import start, stop  # noqa: E402
+from bench.common import scrape, start, stop  # noqa: E402
 
 
 def questions(n: int, turns: int) -> bytes:
@@ -86,7 +86,7 @@ def part_echo(levels: list[int], store_dir: Path) -> list[dict]:
     return rows
 
 
-def part_model(store_dir: Path, max_tokens: int, judge_max_tokens: int) -> list[dict]:
+def part_model(store_dir: Path, max_tokens: int, judge_max_tokens: int, levels: list[int]) -> list[dict]:
     from parrot.v1 import coordinator_pb2 as cpb, conversation_pb2
 
     models, models_target = start(["all"], "parrot.v1.Judge")
@@ -94,17 +94,39 @@ def part_model(store_dir: Path, max_tokens: int, judge_max_tokens: int) -> list[
                                  "--asker", models_target, "--judge", models_target], "parrot.v1.Coordinator")
     rows = []
     try:
-        for c in (1, 10):
+        for c in levels:
             spec = cpb.RunSpec(concurrency=c, params=conversation_pb2.GenerationParams(max_tokens=max_tokens),
                                evaluation=cpb.EvaluationSpec(questions=cpb.InputFile(name="q8.jsonl", content=questions(10, 8)),
                                                              judge_max_tokens=judge_max_tokens))
             print(f"# SmolLM2 10 x 8-turn evaluation, concurrency {c} ...", file=sys.stderr)
+            before = scrape(models)
             wall, run = run_once(coord_target, spec)
+            after = scrape(models)
             rows.append({"concurrency": c, "sessions": 10, "turns": run.progress.turns, "tokens": run.progress.tokens,
-                         "wall_s": wall})
+                         "wall_s": wall, "stages": stage_totals(before, after)})
     finally:
         stop(coord, models)
     return rows
+
+
+def stage_totals(before: dict[str, float], after: dict[str, float]) -> dict[str, tuple[float, int]]:
+    """Seconds and count per backend stage of the model server during one run (its stage histograms)."""
+    out: dict[str, tuple[float, int]] = {}
+    for key, value in after.items():
+        if key.startswith("parrot_stage_latency_seconds_sum{"):
+            stage = key.split("stage=", 1)[1].rstrip("}").split(",")[0]
+            count_key = key.replace("_sum{", "_count{")
+            seconds = value - before.get(key, 0.0)
+            count = int(after.get(count_key, 0) - before.get(count_key, 0))
+            if count:
+                out[stage] = (seconds, count)
+    for name, label in (("parrot_prompt_tokens_total", "prompt tokens"),
+                        ("parrot_prefix_cache_hit_tokens_total", "of which from the prefix cache"),
+                        ("parrot_prefix_cache_evicted_tokens_total", "evicted from the prefix cache"),
+                        ("parrot_generated_tokens_total", "generated tokens (rows x steps)")):
+        total = sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(name + "{"))
+        out[label] = (float("nan"), int(total))
+    return out
 
 
 def main() -> None:
@@ -113,6 +135,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,16,64", help="Echo part: comma-separated concurrency levels.")
     ap.add_argument("--max-tokens", type=int, default=48, help="Model part: answer tokens per turn.")
     ap.add_argument("--judge-max-tokens", type=int, default=32, help="Model part: judge explanation tokens per turn.")
+    ap.add_argument("--sessions-at-once", default="1,10",
+                    help="Model part: comma-separated concurrency levels; the first is the baseline of the speed-up.")
     args = ap.parse_args()
     print(f"\nCoordinator benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, {platform.machine()}\n")
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,7 +150,8 @@ def main() -> None:
                       f"{r['turns_s']:.0f} |")
             print()
         if args.part in ("model", "both"):
-            rows = part_model(Path(tmp) / "model-store", args.max_tokens, args.judge_max_tokens)
+            rows = part_model(Path(tmp) / "model-store", args.max_tokens, args.judge_max_tokens,
+                              [int(x) for x in args.sessions_at_once.split(",")])
             print(f"SmolLM2 (bf16): 10 sessions x 8 turns, answers ({args.max_tokens} tokens) + per-turn judgments "
                   f"({args.judge_max_tokens}-token explanations)\n")
             print("| sessions at once | turns | tokens | wall s | speed-up |")
@@ -134,6 +159,15 @@ def main() -> None:
             base = rows[0]["wall_s"]
             for r in rows:
                 print(f"| {r['concurrency']} | {r['turns']} | {r['tokens']} | {r['wall_s']:.1f} | {base / r['wall_s']:.2f}x |")
+            print("\nWhere the model server's worker spent the time (stage histograms; counts are calls or tokens)\n")
+            print("| stage | " + " | ".join(f"{r['concurrency']} at once: s | count" for r in rows) + " |")
+            print("|---|" + "---:|---:|" * len(rows))
+            for stage in rows[-1]["stages"]:
+                cells = []
+                for r in rows:
+                    sec, n = r["stages"].get(stage, (0.0, 0))
+                    cells.append(f"{'' if sec != sec else f'{sec:.1f}'} | {n}")
+                print(f"| {stage} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -65,9 +65,12 @@ def serve_cmd(
     dtype: str = typer.Option("bfloat16", envvar="PARROT_DTYPE", help="transformers: bfloat16, float16 or float32."),
     device: str = typer.Option("auto", envvar="PARROT_DEVICE", help="transformers: cpu, cuda or auto."),
     max_batch_size: int = typer.Option(32, envvar="PARROT_MAX_BATCH_SIZE", help="transformers: rows decoded together."),
-    prefix_cache_tokens: int = typer.Option(16384, envvar="PARROT_PREFIX_CACHE_TOKENS",
-                                            help="transformers: KV states kept for prompts that repeat a prefix "
-                                                 "(later turns, shared system prompts); tokens, 0 = off."),
+    prefix_cache_mib: int = typer.Option(1024, envvar="PARROT_PREFIX_CACHE_MIB",
+                                         help="transformers: memory (MiB) for KV states kept for prompts that repeat "
+                                              "a prefix (later turns, shared system prompts); 0 = off."),
+    prefill_chunk_tokens: int = typer.Option(512, envvar="PARROT_PREFILL_CHUNK_TOKENS",
+                                             help="transformers: most prompt tokens fed in one batch step (bounds how "
+                                                  "long decoding rows wait for a long new prompt)."),
     base_url: str = typer.Option("", envvar="PARROT_BASE_URL", help="openai: API base URL (…/v1); tgi: server URL."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", envvar="PARROT_API_KEY_ENV", help="openai: env var with the API key."),
     api_key_file: str = typer.Option("", envvar="PARROT_API_KEY_FILE", help="openai: file with the API key (a mounted Secret)."),
@@ -128,7 +131,7 @@ def serve_cmd(
     options: dict[str, Any] = {}
     if backend == "transformers":
         options = {"model": model, "dtype": dtype, "device": device, "max_batch_size": max_batch_size,
-                   "prefix_cache_tokens": prefix_cache_tokens}
+                   "prefix_cache_mib": prefix_cache_mib, "prefill_chunk_tokens": prefill_chunk_tokens}
     elif backend == "openai":
         if not base_url:
             _fail("--base-url / PARROT_BASE_URL is required for the openai backend")

@@ -47,12 +47,19 @@ PROMPT_TOKENS = Counter(
 )
 PREFIX_CACHE_TOKENS = Counter(
     "parrot_prefix_cache_hit_tokens_total",
-    "Prompt tokens whose KV states came from the prefix cache instead of a prefill, by model.",
+    "Prompt tokens whose KV states were reused (from the prefix cache, or copied from a row being decoded) "
+    "instead of computed, by model.",
+    ["model"],
+)
+PREFIX_CACHE_EVICTED_TOKENS = Counter(
+    "parrot_prefix_cache_evicted_tokens_total",
+    "Tokens of KV states dropped from the prefix cache to stay within its budget, by model "
+    "(a steady rise during multi-turn runs means the budget is too small for the sessions in flight).",
     ["model"],
 )
 BATCH_SIZE = Histogram(
     "parrot_batch_size",
-    "Requests per batch formed by the dynamic batcher.",
+    "Rows (requests) in each forward step of the dynamic batcher.",
     ["model"],
     buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
 )

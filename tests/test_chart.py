@@ -716,7 +716,7 @@ def test_model_service_values_map_to_env_and_flags(helm):
     params = serve_params()
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     custom = {"model": "/models/m", "backend": "openai", "dtype": "float32", "device": "cpu", "maxBatchSize": 7,
-              "maxNewTokens": 99, "baseUrl": "http://llm:8000/v1"}
+              "prefixCacheMib": 64, "prefillChunkTokens": 128, "maxNewTokens": 99, "baseUrl": "http://llm:8000/v1"}
     args = [a for k, v in custom.items() for a in ("--set", f"judge.{k}={v}")]
     judge_env = env_of(predictor_container(by_kind(render(helm, *args), "InferenceService")["parrot-judge"]))
     mapped = set()

@@ -181,3 +181,89 @@ def test_later_turns_reuse_the_previous_turns_kv_and_match_a_full_prefill(backen
     ids = torch.tensor([b._prompt_ids(r2)])
     out = b._model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
     assert b.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == t2.text
+
+
+@pytest.fixture(scope="module")
+def chunked():
+    """Prompts fed 7 tokens per step, and no prefix cache: every prompt is computed from scratch."""
+    b = create_backend("transformers", model="smollm2", dtype="float32", prefill_chunk_tokens=7, prefix_cache_mib=0)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(b.load())
+    yield b, loop
+    loop.run_until_complete(b.close())
+    loop.close()
+
+
+async def gather(*coros):
+    return await asyncio.gather(*coros)
+
+
+SHARED_SYSTEM = ("You are a careful assistant for a gardening shop. Answer in plain words, keep answers short, "
+                 "never invent prices, and say when you do not know something. Customers often ask about soil, "
+                 "watering, light and pests; mention safety for children and pets where it matters. If a question "
+                 "is about a plant you do not recognise, ask for its full name or a photo before you answer.")
+
+
+def test_prompts_fed_in_chunks_give_the_same_text(backend, chunked):
+    requests = [req(p) for p in PROMPTS[:3]] + [
+        GenerationRequest([Message(Role.SYSTEM, SHARED_SYSTEM), Message(Role.USER, "How often should I water a cactus?")],
+                          GenerationParams(max_tokens=24))]
+    whole = run(backend, gather(*(backend[0].generate([r]) for r in requests)))
+    steps = chunked[0].steps
+    pieces = run(chunked, gather(*(chunked[0].generate([r]) for r in requests)))
+    assert [r[0].text for r in pieces] == [r[0].text for r in whole]
+    assert chunked[0].steps - steps > 24 + 100 // 7  # the long prompt alone took many steps
+
+
+def test_concurrent_prompts_share_a_prefix_being_computed(backend, chunked):
+    """Two prompts with the same long system message arrive together: the second waits a step and
+    copies the first one's KV states instead of computing them again; texts are unchanged."""
+    b, _ = backend
+    b._prefix_cache.clear()
+    requests = [GenerationRequest([Message(Role.SYSTEM, SHARED_SYSTEM), Message(Role.USER, q)],
+                                  GenerationParams(max_tokens=16))
+                for q in ("Which plants like shade?", "Is mint safe for cats?")]
+    before = b.stats()["prefix_hit_tokens"]
+    together = run(backend, gather(*(b.generate([r]) for r in requests)))
+    shared = len(b._encode(b.render_prompt(requests[0].messages[:1])))
+    assert b.stats()["prefix_hit_tokens"] - before >= shared - 8, "the second prompt should reuse the system prompt"
+    alone = [run(chunked, chunked[0].generate([r]))[0].text for r in requests]
+    assert [r[0].text for r in together] == alone
+
+
+def test_a_cancelled_request_frees_its_slot(backend):
+    b, loop = backend
+
+    async def cancel_one():
+        doomed = asyncio.ensure_future(b.generate([req(PROMPTS[5], max_tokens=200)]))
+        other = asyncio.ensure_future(b.generate([req(PROMPTS[0], max_tokens=12)]))
+        await asyncio.sleep(0.5)
+        doomed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        return (await other)[0]
+
+    other = run(backend, cancel_one())
+    assert other.completion_tokens > 0
+    run(backend, asyncio.sleep(0.3))
+    assert b._rows == [], "no row should be left in a slot"
+    assert b._kv.pools[0].slots == 0 and b._kv.pools[1].slots == 0, "idle pools give their memory back"
+
+
+def test_rows_of_very_different_lengths_decode_in_different_pools(backend):
+    b, _ = backend
+    long_prompt = GenerationRequest([Message(Role.SYSTEM, SHARED_SYSTEM * 4), Message(Role.USER, "Summarize the rules.")],
+                                    GenerationParams(max_tokens=12))
+    seen: list[set[int]] = []
+    original = b._step
+
+    def spy():
+        seen.append({r.pool for r in b._rows})
+        original()
+
+    b._step = spy
+    try:
+        run(backend, gather(b.generate([req(PROMPTS[4], max_tokens=12)]), b.generate([long_prompt])))
+    finally:
+        del b._step
+    assert {0, 1} in seen

@@ -51,6 +51,7 @@ class PrefixCache:
         self.hits = 0
         self.misses = 0
         self.hit_tokens = 0
+        self.evicted_tokens = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -93,6 +94,7 @@ class PrefixCache:
         while self.tokens > self.max_tokens:
             _, old = self._entries.popitem(last=False)
             self.tokens -= len(old.tokens)
+            self.evicted_tokens += len(old.tokens)
 
     def clear(self) -> None:
         self._entries.clear()

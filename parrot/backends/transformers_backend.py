@@ -1,15 +1,17 @@
 """The embedded default backend: a Hugging Face causal LM in this process, with dynamic batching.
 
-One worker thread owns the model. Requests from any number of coroutines go into a queue;
-at every decode step the worker admits waiting requests (prefills them as a small batch and
-merges their KV cache into the running batch, left-padded), runs one forward pass for all
-rows, samples one token per row with that row's own settings, and retires rows that hit EOS,
-a stop sequence or max_tokens. So a request that arrives while a batch runs joins at the next
-step instead of waiting for the batch to end. On a 2-core CPU this is the whole speed lever
+One worker thread loads and owns the model (all torch work on one thread: two threads' OpenMP
+teams competing for 2 cores made steps 1.5-1.7x slower). Requests from any number of coroutines
+go into a queue. Every step the worker admits waiting requests into free *slots* of its KV
+buffers and runs **one** forward pass for all rows together (``parrot.backends.ragged``): one
+token for each decoding row, plus the new part of each admitted prompt (whatever the prefix
+cache or a row being decoded cannot supply, in chunks of at most ``prefill_chunk_tokens`` per
+step), plus the scored prefix and rating continuations of judge rows that finished their
+explanation. It then samples one token per row with that row's own settings and retires rows
+that hit EOS, a stop sequence or max_tokens. A request that arrives while others decode joins at
+the next step, and no row waits for a separate prefill or scoring pass: on a 2-core CPU the
+weights are read once per step whatever the step holds, which is the whole speed lever
 (DESIGN.md: 29 tok/s alone, over 200 tok/s at 16 at once).
-
-Scoring jobs (judge ratings) run between decode steps on the same thread, so two forward
-passes never compete for the cores.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ from parrot.backends.base import (
     StreamEvent,
     register_backend,
 )
-from parrot.backends.prefix_cache import CachedPrefix, PrefixCache
+from parrot.backends.prefix_cache import PrefixCache, common_prefix_len
 from parrot.conversation import GenerationParams, Message
 from parrot.errors import InvalidArgument, NotReady, ResourceExhausted
 from parrot.metrics import (
     BATCH_SIZE,
     GENERATED_TOKENS,
+    PREFIX_CACHE_EVICTED_TOKENS,
     PREFIX_CACHE_TOKENS,
     PROMPT_TOKENS,
     QUEUE_DEPTH,
@@ -59,11 +62,23 @@ class TransformersBackendConfig:
     )
     max_queue: int = field(default=1024, metadata={"help": "Waiting requests beyond this get RESOURCE_EXHAUSTED."})
     num_threads: int = field(default=0, metadata={"help": "torch intra-op threads (0 = torch default)."})
-    prefix_cache_tokens: int = field(
-        default=16384,
-        metadata={"help": "KV states of finished sequences kept for reuse by prompts that share their prefix "
-                          "(later turns of a session, shared system prompts); a budget in tokens, 0 = off."},
+    prefix_cache_mib: int = field(
+        default=1024,
+        metadata={"help": "Memory for KV states of finished sequences, kept for prompts that extend them (later turns "
+                          "of a session, shared system prompts); least recently used first out; 0 = off."},
     )
+    prefill_chunk_tokens: int = field(
+        default=512,
+        metadata={"help": "Most prompt tokens fed in one step (longer prompts are fed over several steps), "
+                          "which bounds how long decoding rows wait for a new prompt."},
+    )
+
+
+# A row's phase: feeding its prompt, decoding, or feeding its scored prefix + continuation tree.
+PREFILL, DECODE, SCORE = "prefill", "decode", "score"
+# A new prompt waits one step for a prompt being fed this step when it would then reuse this many
+# more of its tokens (concurrent judge prompts share hundreds of instruction tokens).
+_WAIT_FOR_SHARED_TOKENS = 64
 
 
 @dataclass
@@ -81,29 +96,23 @@ class _Row:
     emitted: int = 0
     cancelled: bool = False
     enqueued_at: float = field(default_factory=time.monotonic)
-    # generate_scored: text -> prefix to score after, and the continuations' token ids.
-    scored_prefix: Callable[[str], str] | None = None
-    score_cont_ids: list[list[int]] | None = None
+    # Scoring: the continuation tree, and for generate_scored the full text to score given the
+    # generated text (prompt + prefill + scored prefix). A score() row has no generation.
+    tree: Any = None
+    score_text: Callable[[str], str] | None = None
+    score_only: bool = False
+    # Worker state.
+    phase: str = PREFILL
+    pool: int = 0
+    slot: int = -1
+    kv_len: int = 0  # KV columns of this row held by its slot
+    pending: list[int] = field(default_factory=list)  # tokens still to feed
+    last_token: int = -1
+    finish_reason: str = ""
 
-
-@dataclass
-class _Job:
-    """An exclusive job (scoring) run on the worker thread between steps."""
-
-    fn: Callable[[], Any]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
-
-
-class _Running:
-    """The batch being decoded: rows, their KV cache, attention mask and positions."""
-
-    def __init__(self, rows: list[_Row], cache: Any, mask: Any, next_pos: Any, last_tokens: Any):
-        self.rows = rows
-        self.cache = cache
-        self.mask = mask
-        self.next_pos = next_pos
-        self.last_tokens = last_tokens
+    def seen(self) -> list[int]:
+        """The tokens whose KV states the slot holds, in order."""
+        return (self.prompt_ids + self.gen_ids)[: self.kv_len]
 
 
 @register_backend("transformers", TransformersBackendConfig)
@@ -112,21 +121,29 @@ class TransformersBackend(Backend):
 
     def __init__(self, config: TransformersBackendConfig) -> None:
         super().__init__()
+        if config.prefill_chunk_tokens < 1:
+            raise InvalidArgument("prefill_chunk_tokens", f"is {config.prefill_chunk_tokens}; must be at least 1")
         self.config = config
         self._model: Any = None
         self._tokenizer: Any = None
         self._device: Any = None
+        self._kv: Any = None
         self._eos_ids: set[int] = set()
         self._max_context = 2048
         self._inbox: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._model_label = config.model
-        self._prefix_cache = PrefixCache(config.prefix_cache_tokens)
+        if config.prefix_cache_mib < 0:
+            raise InvalidArgument("prefix_cache_mib", f"is {config.prefix_cache_mib}; must be 0 (off) or more")
+        self._prefix_cache = PrefixCache(0)  # sized in MiB once the model's KV size per token is known
+        self._trees: dict[tuple[str, ...], Any] = {}
+        self._rows: list[_Row] = []  # admitted rows, in admission order; each holds one (pool, slot)
         # Counters read by tests and benchmarks.
         self.steps = 0
         self.batches_admitted = 0
         self.max_rows_seen = 0
+        self.reused_tokens = 0  # prompt tokens whose KV came from the prefix cache or a live row
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -135,15 +152,22 @@ class TransformersBackend(Backend):
         return self._model_label
 
     async def load(self) -> None:
-        await asyncio.to_thread(self._load_sync)
-        self._thread = threading.Thread(target=self._worker, name="parrot-batcher", daemon=True)
+        # The worker thread loads the model itself: every torch call of this backend runs on that
+        # one thread. (Torch work split over two threads ran the batcher's steps 1.5-1.7x slower
+        # on the 2-core machine: each thread gets its own OpenMP team, and the teams compete.)
+        loop = asyncio.get_running_loop()
+        loaded: asyncio.Future = loop.create_future()
+        self._thread = threading.Thread(target=self._worker, args=(loop, loaded), name="parrot-batcher", daemon=True)
         self._thread.start()
+        await loaded
         self.ready = True
 
     def _load_sync(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from parrot.backends import ragged
+        from parrot.backends.cpu_linear import pack_linear_layers
         from parrot.modelstore import BUNDLED_DIRNAME, BUNDLED_NAME, resolve_model
 
         t0 = time.monotonic()
@@ -161,8 +185,16 @@ class TransformersBackend(Backend):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtypes[self.config.dtype])
         model.to(device)
         model.eval()
+        ragged.install(model)
+        packed = pack_linear_layers(model)
         self._model = model
         self._device = torch.device(device)
+        cfg = model.config.get_text_config(decoder=True)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self._kv = ragged.SlotCache(cfg.num_hidden_layers, kv_heads, head_dim, dtypes[self.config.dtype], self._device)
+        token_bytes = cfg.num_hidden_layers * 2 * kv_heads * head_dim * dtypes[self.config.dtype].itemsize
+        self._prefix_cache = PrefixCache(self.config.prefix_cache_mib * 2**20 // token_bytes)
         eos = model.generation_config.eos_token_id
         eos_list = eos if isinstance(eos, list) else [eos]
         self._eos_ids = {int(e) for e in eos_list if e is not None}
@@ -175,7 +207,8 @@ class TransformersBackend(Backend):
         log.info(
             "model loaded",
             extra={"model": self._model_label, "folder": str(folder), "device": device, "dtype": self.config.dtype,
-                   "seconds": round(time.monotonic() - t0, 2)},
+                   "seconds": round(time.monotonic() - t0, 2), "prefix_cache_tokens": self._prefix_cache.max_tokens,
+                   "packed_linear_layers": packed},
         )
 
     async def close(self) -> None:
@@ -188,8 +221,9 @@ class TransformersBackend(Backend):
     def stats(self) -> dict[str, Any]:
         pc = self._prefix_cache
         return {"steps": self.steps, "batches_admitted": self.batches_admitted, "max_rows_seen": self.max_rows_seen,
-                "prefix_hits": pc.hits, "prefix_misses": pc.misses, "prefix_hit_tokens": pc.hit_tokens,
-                "prefix_cached_tokens": pc.tokens}
+                "prefix_hits": pc.hits, "prefix_misses": pc.misses, "prefix_hit_tokens": self.reused_tokens,
+                "prefix_cached_tokens": pc.tokens,
+                "prefix_evicted_tokens": pc.evicted_tokens}
 
     # ---- prompts -----------------------------------------------------------------------
 
@@ -208,14 +242,35 @@ class TransformersBackend(Backend):
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        ids = self._encode(self.render_prompt(request.messages, request.prefill))
-        if len(ids) + request.params.max_tokens > self._max_context:
+        return self._check_context(self._encode(self.render_prompt(request.messages, request.prefill)),
+                                   request.params.max_tokens)
+
+    def _check_context(self, ids: list[int], extra: int) -> list[int]:
+        if len(ids) + extra > self._max_context:
             raise InvalidArgument(
                 "conversation",
-                f"{len(ids)} prompt tokens + max_tokens {request.params.max_tokens} exceed the model context "
+                f"{len(ids)} prompt tokens + max_tokens {extra} exceed the model context "
                 f"of {self._max_context} tokens; shorten the conversation or lower max_tokens",
             )
         return ids
+
+    def _tree(self, continuations: Sequence[str]) -> Any:
+        """The continuation tree for these strings (cached: a judge scores the same labels every time)."""
+        from parrot.backends.ragged import ContinuationTree
+
+        if not continuations:
+            raise InvalidArgument("continuations", "is empty")
+        key = tuple(continuations)
+        tree = self._trees.get(key)
+        if tree is None:
+            ids = [self._encode(c) for c in continuations]
+            empty = [c for c, i in zip(continuations, ids) if not i]
+            if empty:
+                raise InvalidArgument("continuations", f"{empty[0]!r} has no tokens")
+            tree = ContinuationTree.build(ids)
+            if len(self._trees) < 64:
+                self._trees[key] = tree
+        return tree
 
     # ---- public API --------------------------------------------------------------------
 
@@ -223,21 +278,20 @@ class TransformersBackend(Backend):
         if not self.ready:
             raise NotReady(f"model {self._model_label} is loading")
 
-    def _submit(self, request: GenerationRequest, on_delta: Callable[[str], None] | None,
-                scored_prefix: Callable[[str], str] | None = None, score_cont_ids: list[list[int]] | None = None) -> _Row:
-        self._check_ready()
+    def _submit(self, row: _Row) -> _Row:
         if self._inbox.qsize() >= self.config.max_queue:
             raise ResourceExhausted(f"generation queue is full ({self.config.max_queue} waiting); retry later")
-        loop = asyncio.get_running_loop()
-        row = _Row(
-            prompt_ids=self._prompt_ids(request), params=request.params, loop=loop,
-            future=loop.create_future(), on_delta=on_delta, scored_prefix=scored_prefix, score_cont_ids=score_cont_ids,
-        )
         self._inbox.put(row)
         QUEUE_DEPTH.labels(self._model_label).set(self._inbox.qsize())
         return row
 
-    async def _await_row(self, row: _Row) -> GenerationResult:
+    def _row(self, request: GenerationRequest, on_delta: Callable[[str], None] | None = None, **extra: Any) -> _Row:
+        self._check_ready()
+        loop = asyncio.get_running_loop()
+        return _Row(prompt_ids=self._prompt_ids(request), params=request.params, loop=loop,
+                    future=loop.create_future(), on_delta=on_delta, **extra)
+
+    async def _await_row(self, row: _Row) -> Any:
         try:
             return await row.future
         except asyncio.CancelledError:
@@ -245,23 +299,27 @@ class TransformersBackend(Backend):
             raise
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        rows = [self._submit(r, None) for r in requests]
+        rows = [self._submit(self._row(r)) for r in requests]
         return list(await asyncio.gather(*(self._await_row(r) for r in rows)))
 
     async def generate_scored(self, requests: Sequence[GenerationRequest], scored_prefix: Callable[[str], str],
                               continuations: Sequence[str]) -> list[GenerationResult]:
-        """Generates, then scores the continuations reusing the prompt's KV cache (no second prefill)."""
-        if not continuations:
-            raise InvalidArgument("continuations", "is empty")
+        """Generates, then scores the continuations after the prompt's KV states (no second prefill):
+        the scored text shares its prompt, and usually most of the explanation, with what was generated."""
         self._check_ready()
-        cont_ids = [self._encode(c) for c in continuations]
-        rows = [self._submit(r, None, lambda text, p=r.prefill: p + scored_prefix(text), cont_ids) for r in requests]
+        tree = self._tree(continuations)
+        rows = []
+        for r in requests:
+            base = self.render_prompt(r.messages, r.prefill)
+            rows.append(self._row(r, tree=tree, score_text=lambda text, base=base: base + scored_prefix(text)))
+        for row in rows:
+            self._submit(row)
         return list(await asyncio.gather(*(self._await_row(r) for r in rows)))
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         deltas: asyncio.Queue[str] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        row = self._submit(request, lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
+        row = self._submit(self._row(request, lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d)))
         try:
             while True:
                 get = asyncio.ensure_future(deltas.get())
@@ -282,59 +340,58 @@ class TransformersBackend(Backend):
 
     async def score(self, messages: Sequence[Message], prefill: str, continuations: Sequence[str]) -> list[float]:
         self._check_ready()
-        if not continuations:
-            raise InvalidArgument("continuations", "is empty")
-        prompt_ids = self._encode(self.render_prompt(messages, prefill))
-        cont_ids = [self._encode(c) for c in continuations]
-        if len(prompt_ids) + max(len(c) for c in cont_ids) > self._max_context:
-            raise InvalidArgument("conversation", f"{len(prompt_ids)} prompt tokens exceed the model context of {self._max_context}")
+        tree = self._tree(continuations)
+        ids = self._encode(self.render_prompt(messages, prefill))
+        if not ids:
+            raise InvalidArgument("prefill", "the scored prompt is empty")
+        self._check_context(ids, max(tree.depths) + 1)
         loop = asyncio.get_running_loop()
-        job = _Job(fn=lambda: self._score_sync(prompt_ids, cont_ids), loop=loop, future=loop.create_future())
-        self._inbox.put(job)
-        return await job.future
+        row = _Row(prompt_ids=ids, params=GenerationParams(max_tokens=1), loop=loop, future=loop.create_future(),
+                   tree=tree, score_only=True)
+        return await self._await_row(self._submit(row))
 
     # ---- worker thread -------------------------------------------------------------------
 
-    def _worker(self) -> None:
+    def _worker(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future) -> None:
+        try:
+            self._load_sync()
+        except BaseException as e:
+            loop.call_soon_threadsafe(_set_exception, loaded, e)
+            return
+        loop.call_soon_threadsafe(_set_result, loaded, None)
         import torch
 
-        running: _Running | None = None
         waiting: list[_Row] = []
         with torch.inference_mode():
             while not self._stop.is_set():
-                idle = running is None and not waiting
-                jobs = self._drain_inbox(waiting, block=idle)
-                for job in jobs:
-                    self._run_job(job)
+                self._drain_inbox(waiting, block=not self._rows and not waiting)
                 waiting = [r for r in waiting if not r.cancelled]
-                if waiting and (running is None or len(running.rows) < self.config.max_batch_size):
-                    running = self._admit(running, waiting)
-                if running is not None:
+                if waiting and len(self._rows) < self.config.max_batch_size:
+                    self._admit(waiting)
+                if self._rows:
                     try:
-                        running = self._decode_step(running)
+                        self._step()
                     except Exception as e:  # fail the rows, keep serving
-                        log.exception("decode step failed")
-                        for row in running.rows:
+                        log.exception("batch step failed")
+                        for row in self._rows:
                             self._finish_error(row, e)
-                        running = None
-        for row in waiting + (running.rows if running else []):
+                        self._rows = []
+                        self._kv.release()
+        for row in waiting + self._rows:
             self._finish_error(row, NotReady("server is shutting down"))
 
-    def _drain_inbox(self, waiting: list[_Row], block: bool) -> list[_Job]:
-        jobs: list[_Job] = []
+    def _drain_inbox(self, waiting: list[_Row], block: bool) -> None:
         try:
             item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
         except queue.Empty:
-            return jobs
+            return
         first_at = time.monotonic()
         while True:
-            if isinstance(item, _Job):
-                jobs.append(item)
-            elif isinstance(item, _Row):
+            if isinstance(item, _Row):
                 waiting.append(item)
             try:
                 if block and self.config.batch_wait_ms > 0:
-                    # Idle: give concurrent requests a moment to arrive and share the prefill.
+                    # Idle: give concurrent requests a moment to arrive and share the step.
                     left = self.config.batch_wait_ms / 1000 - (time.monotonic() - first_at)
                     item = self._inbox.get(timeout=left) if left > 0 else self._inbox.get_nowait()
                 else:
@@ -342,87 +399,203 @@ class TransformersBackend(Backend):
             except queue.Empty:
                 break
         QUEUE_DEPTH.labels(self._model_label).set(len(waiting))
-        return jobs
 
-    def _run_job(self, job: _Job) -> None:
-        try:
-            out = job.fn()
-        except Exception as e:
-            job.loop.call_soon_threadsafe(_set_exception, job.future, e)
-        else:
-            job.loop.call_soon_threadsafe(_set_result, job.future, out)
-
-    def _admit(self, running: _Running | None, waiting: list[_Row]) -> _Running | None:
-        room = self.config.max_batch_size - (len(running.rows) if running else 0)
-        new, waiting[:] = waiting[:room], waiting[room:]
+    def _admit(self, waiting: list[_Row]) -> None:
+        """Gives waiting rows slots. A prompt starts from the longest prefix whose KV states exist:
+        in the prefix cache (the session's previous turn, a shared system prompt) or in a row being
+        decoded (concurrent judge prompts share their instructions); only the rest is fed. A row
+        that would share much more with a prompt still being fed waits a step for it instead."""
+        room = self.config.max_batch_size - len(self._rows)
         now = time.monotonic()
-        for r in new:
-            STAGE_LATENCY.labels(self._model_label, "queue").observe(now - r.enqueued_at)
-        # A prompt that extends a cached sequence (the session's previous turn, a shared system
-        # prompt) runs only its new suffix; the rest prefill in groups of similar prompt length, so
-        # that short prompts are not padded to the longest one (prefill dominates on CPU).
-        cold: list[_Row] = []
-        for r in new:
-            hit = self._prefix_cache.lookup(r.prompt_ids)
-            if hit is None:
-                cold.append(r)
+        admitted = 0
+        deferred: list[_Row] = []
+        for row in waiting:
+            if admitted >= room:
+                deferred.append(row)
                 continue
-            fresh = self._prefill_cached(r, *hit)
-            if fresh is not None:
-                running = fresh if running is None else self._merge(running, fresh)
-        for group in _length_groups(cold):
-            fresh = self._prefill(group)
-            if fresh is not None:
-                running = fresh if running is None else self._merge(running, fresh)
-        return running
+            source, reuse = self._best_prefix(row.prompt_ids)
+            upcoming = max((common_prefix_len(r.prompt_ids, row.prompt_ids) for r in self._rows
+                            if r.phase != DECODE and r.pending), default=0) if self._prefix_cache.enabled else 0
+            if upcoming - reuse >= _WAIT_FOR_SHARED_TOKENS:
+                deferred.append(row)
+                continue
+            STAGE_LATENCY.labels(self._model_label, "queue").observe(now - row.enqueued_at)
+            row.pool = self._pick_pool(len(row.prompt_ids))
+            row.slot = sum(1 for r in self._rows if r.pool == row.pool)
+            self._kv.reserve(row.pool, row.slot + 1, max(reuse, 1))
+            if isinstance(source, _Row):
+                self._kv.copy((source.pool, source.slot), (row.pool, row.slot), reuse)
+            elif source is not None:
+                self._kv.load(row.pool, row.slot, source.layers, reuse)
+            if reuse:
+                PREFIX_CACHE_TOKENS.labels(self._model_label).inc(reuse)
+                self.reused_tokens += reuse
+            self._rows.append(row)
+            admitted += 1
+            row.kv_len = reuse
+            row.pending = row.prompt_ids[reuse:]
+            row.phase = SCORE if row.score_only else PREFILL
+            if not row.score_only:
+                PROMPT_TOKENS.labels(self._model_label, self.name).inc(len(row.prompt_ids))
+                self._seed(row)
+        waiting[:] = deferred
+        if admitted:
+            self.batches_admitted += 1
 
-    def _prefill(self, rows: list[_Row]) -> _Running | None:
+    def _best_prefix(self, prompt: list[int]) -> tuple[Any, int]:
+        """The longest reusable prefix of ``prompt``: (a prefix-cache entry or a live row, its length)."""
+        hit = self._prefix_cache.lookup(prompt)
+        source, reuse = (hit[0], hit[1]) if hit is not None else (None, 0)
+        if self._prefix_cache.enabled:
+            for r in self._rows:
+                if r.phase == SCORE or r.kv_len <= reuse:
+                    continue  # a scoring row's columns past its prompt are being rewritten
+                n = min(common_prefix_len(r.seen(), prompt), len(prompt) - 1)
+                if n > reuse and n >= self._prefix_cache.min_match:
+                    source, reuse = r, n
+        return source, reuse
+
+    def _pick_pool(self, length: int) -> int:
+        """The pool whose decode attention grows least with this row: rows of similar length share a pool,
+        so a short answer is not padded to a long judge prompt."""
+        best, best_cost = 0, None
+        for pool in range(len(self._kv.pools)):
+            members = [r.kv_len + len(r.pending) for r in self._rows if r.pool == pool]
+            longest = max(members, default=0)
+            cost = (len(members) + 1) * max(longest, length) - len(members) * longest
+            if best_cost is None or cost < best_cost:
+                best, best_cost = pool, cost
+        return best
+
+    def _step(self) -> None:
+        """One forward pass for every admitted row, then sampling, scoring and retiring."""
         import torch
-        from transformers import DynamicCache
+
+        from parrot.backends.ragged import Segment, build_plan
 
         t0 = time.monotonic()
-        longest = max(len(r.prompt_ids) for r in rows)
-        pad = self._tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (longest - len(r.prompt_ids)) + r.prompt_ids for r in rows], device=self._device)
-        mask = torch.tensor(
-            [[0] * (longest - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows], device=self._device
-        )
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        out = self._model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                          use_cache=True, logits_to_keep=1)
+        self._drop_cancelled()
+        if not self._rows:
+            return
+        in_order = sorted(self._rows, key=lambda r: (r.pool, r.slot))
+        decode_rows = [r for r in in_order if r.phase == DECODE]
+        decode = [(r.pool, r.slot, r.last_token, r.kv_len) for r in decode_rows]
+        budget = self.config.prefill_chunk_tokens
+        fed: list[tuple[_Row, int, bool]] = []  # (row, plain tokens fed, pending done)
+        segments = []
+        for row in self._rows:
+            if row.phase == DECODE or budget <= 0:
+                continue
+            n = min(len(row.pending), budget)
+            budget -= n
+            done = n == len(row.pending)
+            tree = row.tree if done and row.phase == SCORE else None
+            segments.append(Segment(row.pool, row.slot, row.kv_len, row.pending[:n], tree))
+            fed.append((row, n, done))
+        active = [0] * len(self._kv.pools)
+        need = [0] * len(self._kv.pools)
+        for r in self._rows:
+            active[r.pool] += 1
+        for pool, _, _, length in decode:
+            need[pool] = max(need[pool], length + 1)
+        for seg in segments:
+            need[seg.pool] = max(need[seg.pool], seg.start + seg.length)
+        for pool, n in enumerate(active):
+            if n:
+                self._kv.reserve(pool, n, need[pool])
+        plan = build_plan(decode, segments, active, self._device)
+        # Logits are needed for each decoding row, the last prompt token of each finished prefill,
+        # and every node of a continuation tree (after its last prompt token).
+        keep = list(range(len(decode)))
+        where: list[tuple[int, int]] = []  # per segment: (first kept logit, how many)
+        for (first, end, *_), (row, n, done) in zip(plan.segments, fed):
+            if not done:
+                where.append((len(keep), 0))
+                continue
+            where.append((len(keep), end - first - n + 1))
+            keep.extend(range(first + n - 1, end))
+        self._kv.plan = plan
+        try:
+            out = self._model(input_ids=plan.input_ids, position_ids=plan.position_ids,
+                              attention_mask=_NO_MASK.get(self._device), past_key_values=self._kv, use_cache=True,
+                              logits_to_keep=torch.tensor(keep, dtype=torch.long, device=self._device), ragged=plan)
+        finally:
+            self._kv.plan = None
+        logits = out.logits[0]
         self.steps += 1
-        self.batches_admitted += 1
-        BATCH_SIZE.labels(self._model_label).observe(len(rows))
-        for r in rows:
-            PROMPT_TOKENS.labels(self._model_label, self.name).inc(len(r.prompt_ids))
-            self._seed(r)
-        batch = _Running(rows, out.past_key_values, mask, mask.sum(-1), None)
-        STAGE_LATENCY.labels(self._model_label, "prefill").observe(time.monotonic() - t0)
-        return self._sample_and_retire(batch, out.logits[:, -1, :])
+        self.max_rows_seen = max(self.max_rows_seen, len(decode) + len(segments))
+        BATCH_SIZE.labels(self._model_label).observe(len(decode) + len(segments))
+        stage = "score" if any(s.tree is not None for s in segments) else "prefill" if segments else "decode_step"
+        # Sample decoding rows, then rows whose prompt is now complete; score finished trees.
+        sampled: list[tuple[_Row, Any]] = []
+        for i, row in enumerate(decode_rows):
+            row.kv_len += 1
+            sampled.append((row, logits[i]))
+        for (row, n, done), (at, count) in zip(fed, where):
+            row.kv_len += n
+            row.pending = row.pending[n:]
+            if not done:
+                continue
+            if row.phase == SCORE:
+                logp = torch.log_softmax(logits[at:at + count].float(), dim=-1)
+                self._deliver_scores(row, row.tree.logprobs(logp[0], logp[1:]))
+            else:
+                row.phase = DECODE
+                sampled.append((row, logits[at]))
+        self._sample(sampled)
+        self._retire()
+        STAGE_LATENCY.labels(self._model_label, stage).observe(time.monotonic() - t0)
 
-    def _prefill_cached(self, row: _Row, entry: CachedPrefix, reuse: int) -> _Running | None:
-        """Prefills one row whose first ``reuse`` prompt tokens have cached KV states."""
+    def _sample(self, sampled: list[tuple[_Row, Any]]) -> None:
         import torch
-        from transformers import DynamicCache
 
-        t0 = time.monotonic()
-        cache = DynamicCache(ddp_cache_data=[(k[:, :, :reuse], v[:, :, :reuse]) for k, v in entry.layers])
-        total = len(row.prompt_ids)
-        ids = torch.tensor([row.prompt_ids[reuse:]], device=self._device)
-        mask = torch.ones((1, total), dtype=torch.long, device=self._device)
-        pos = torch.arange(reuse, total, device=self._device)[None]
-        out = self._model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                          use_cache=True, logits_to_keep=1)
-        self.steps += 1
-        self.batches_admitted += 1
-        BATCH_SIZE.labels(self._model_label).observe(1)
-        PROMPT_TOKENS.labels(self._model_label, self.name).inc(total)
-        PREFIX_CACHE_TOKENS.labels(self._model_label).inc(reuse)
-        self._seed(row)
-        batch = _Running([row], out.past_key_values, mask, mask.sum(-1), None)
-        STAGE_LATENCY.labels(self._model_label, "prefill").observe(time.monotonic() - t0)
-        return self._sample_and_retire(batch, out.logits[:, -1, :])
+        if not sampled:
+            return
+        stacked = torch.stack([lg for _, lg in sampled])
+        tokens = stacked.argmax(dim=-1).tolist()
+        for i, (row, lg) in enumerate(sampled):
+            if not row.params.greedy:
+                tokens[i] = _sample_token(lg.float(), row.params, row.generator)
+        for (row, _), tok in zip(sampled, tokens):
+            if row.cancelled:
+                continue
+            if tok in self._eos_ids:
+                self._end_generation(row, "stop")
+                continue
+            row.gen_ids.append(tok)
+            if self._advance_text(row):
+                continue
+            if len(row.gen_ids) >= row.params.max_tokens:
+                self._end_generation(row, "length")
+                continue
+            row.last_token = tok
+        GENERATED_TOKENS.labels(self._model_label, self.name).inc(len(sampled))
+
+    def _drop_cancelled(self) -> None:
+        if any(r.cancelled for r in self._rows):
+            for r in self._rows:
+                if r.cancelled:
+                    r.phase = ""
+            self._retire()
+
+    def _retire(self) -> None:
+        """Frees the slots of rows that are done; in each pool, rows above the new end fill the holes
+        (one copy each), so a pool's slots stay dense."""
+        live = [r for r in self._rows if r.phase in (PREFILL, DECODE, SCORE) and not r.cancelled]
+        if len(live) == len(self._rows):
+            return
+        for pool in range(len(self._kv.pools)):
+            members = [r for r in live if r.pool == pool]
+            n = len(members)
+            holes = sorted(set(range(n)) - {r.slot for r in members})
+            for row in members:
+                if row.slot >= n:
+                    dst = holes.pop(0)
+                    self._kv.copy((pool, row.slot), (pool, dst), row.kv_len)
+                    row.slot = dst
+            if not n:
+                self._kv.release(pool)
+        self._rows = live
 
     def _seed(self, row: _Row) -> None:
         import torch
@@ -432,103 +605,19 @@ class TransformersBackend(Backend):
             g.manual_seed(row.params.seed if row.params.seed is not None else int.from_bytes(_urandom8(), "little") >> 1)
             row.generator = g
 
-    def _remember(self, batch: _Running, index: int, row: _Row) -> None:
-        """Keeps the KV states of everything the model has seen for a finishing row."""
-        if not self._prefix_cache.enabled:
+    def _remember(self, row: _Row) -> None:
+        """Keeps the KV states of everything the model has seen for a row, for later prompts."""
+        if not self._prefix_cache.enabled or row.kv_len < self._prefix_cache.min_match:
             return
-        columns = batch.mask[index].nonzero().squeeze(-1)
-        fed = len(columns) - len(row.prompt_ids)  # generated tokens already run through the model
-        if fed < 0:
-            return
-        layers = [(layer.keys[index:index + 1, :, columns], layer.values[index:index + 1, :, columns])
-                  for layer in batch.cache.layers]
-        self._prefix_cache.insert(row.prompt_ids + row.gen_ids[:fed], layers)
+        try:
+            evicted = self._prefix_cache.evicted_tokens
+            self._prefix_cache.insert(row.seen(), self._kv.read(row.pool, row.slot, row.kv_len))
+            if self._prefix_cache.evicted_tokens > evicted:
+                PREFIX_CACHE_EVICTED_TOKENS.labels(self._model_label).inc(self._prefix_cache.evicted_tokens - evicted)
+        except Exception:  # a cache is an optimisation: never fail the request for it
+            log.exception("prefix cache insert failed")
 
-    def _merge(self, a: _Running, b: _Running) -> _Running:
-        """Joins two running batches: left-pads the shorter KV cache and mask, concatenates rows."""
-        import torch
-
-        la, lb = a.mask.shape[1], b.mask.shape[1]
-        length = max(la, lb)
-
-        def pad_left(t: Any, n: int, dim: int) -> Any:
-            if n == 0:
-                return t
-            shape = list(t.shape)
-            shape[dim] = n
-            return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
-
-        for layer_a, layer_b in zip(a.cache.layers, b.cache.layers):
-            layer_a.keys = torch.cat([pad_left(layer_a.keys, length - la, 2), pad_left(layer_b.keys, length - lb, 2)], 0)
-            layer_a.values = torch.cat(
-                [pad_left(layer_a.values, length - la, 2), pad_left(layer_b.values, length - lb, 2)], 0
-            )
-        mask = torch.cat([pad_left(a.mask, length - la, 1), pad_left(b.mask, length - lb, 1)], 0)
-        return _Running(
-            a.rows + b.rows, a.cache, mask, torch.cat([a.next_pos, b.next_pos]),
-            torch.cat([a.last_tokens, b.last_tokens]),
-        )
-
-    def _decode_step(self, batch: _Running) -> _Running | None:
-        import torch
-
-        t0 = time.monotonic()
-        ones = torch.ones((batch.mask.shape[0], 1), dtype=batch.mask.dtype, device=self._device)
-        batch.mask = torch.cat([batch.mask, ones], dim=1)
-        out = self._model(
-            input_ids=batch.last_tokens[:, None], attention_mask=batch.mask, position_ids=batch.next_pos[:, None],
-            past_key_values=batch.cache, use_cache=True, logits_to_keep=1,
-        )
-        self.steps += 1
-        batch.next_pos = batch.next_pos + 1
-        self.max_rows_seen = max(self.max_rows_seen, len(batch.rows))
-        STAGE_LATENCY.labels(self._model_label, "decode_step").observe(time.monotonic() - t0)
-        return self._sample_and_retire(batch, out.logits[:, -1, :])
-
-    def _sample_and_retire(self, batch: _Running, logits: Any) -> _Running | None:
-        """Samples one token per row, finishes rows that are done, and shrinks the batch."""
-        import torch
-
-        tokens = logits.argmax(dim=-1)
-        for i, row in enumerate(batch.rows):
-            if not row.params.greedy:
-                tokens[i] = _sample(logits[i].float(), row.params, row.generator)
-        token_list = tokens.tolist()
-        keep: list[int] = []
-        for i, (row, tok) in enumerate(zip(batch.rows, token_list)):
-            if row.cancelled:
-                continue
-            if tok in self._eos_ids:
-                self._finish(row, "stop", batch, i)
-                continue
-            row.gen_ids.append(tok)
-            if self._advance_text(row, batch, i):
-                continue
-            if len(row.gen_ids) >= row.params.max_tokens:
-                self._finish(row, "length", batch, i)
-                continue
-            keep.append(i)
-        GENERATED_TOKENS.labels(self._model_label, self.name).inc(len(batch.rows))
-        if not keep:
-            return None
-        if len(keep) < len(batch.rows):
-            idx = torch.tensor(keep, device=self._device)
-            batch.cache.batch_select_indices(idx)
-            batch.rows = [batch.rows[i] for i in keep]
-            batch.mask = batch.mask[idx]
-            batch.next_pos = batch.next_pos[idx]
-            tokens = tokens[idx]
-            # Drop leading columns that are padding for every remaining row.
-            first_used = int(batch.mask.any(dim=0).int().argmax())
-            if first_used > 0:
-                batch.mask = batch.mask[:, first_used:]
-                for layer in batch.cache.layers:
-                    layer.keys = layer.keys[:, :, first_used:]
-                    layer.values = layer.values[:, :, first_used:]
-        batch.last_tokens = tokens
-        return batch
-
-    def _advance_text(self, row: _Row, batch: _Running, index: int) -> bool:
+    def _advance_text(self, row: _Row) -> bool:
         """Updates the row's decoded text; finishes it on a stop sequence. Streams safe deltas."""
         row.text = self._tokenizer.decode(row.gen_ids, skip_special_tokens=True)
         stops = row.params.stop
@@ -537,7 +626,7 @@ class TransformersBackend(Backend):
             found = [h for h in hits if h >= 0]
             if found:
                 row.text = row.text[: min(found)]
-                self._finish(row, "stop", batch, index)
+                self._end_generation(row, "stop")
                 return True
         if row.on_delta is not None:
             # Hold back a possible partial stop sequence and an incomplete UTF-8 character.
@@ -549,99 +638,68 @@ class TransformersBackend(Backend):
                 row.emitted = safe
         return False
 
-    def _finish(self, row: _Row, reason: str, batch: _Running | None = None, index: int = -1) -> None:
+    def _end_generation(self, row: _Row, reason: str) -> None:
+        """The row has its text: remember its KV, then deliver it, or go on to score its rating."""
         if row.on_delta is not None and len(row.text) > row.emitted:
             row.on_delta(row.text[row.emitted:])
             row.emitted = len(row.text)
-        scores = None
-        if batch is not None:
-            try:
-                self._remember(batch, index, row)
-            except Exception:  # a cache is an optimisation: never fail the request for it
-                log.exception("prefix cache insert failed")
-        if row.scored_prefix is not None and batch is not None:
-            try:
-                scores = tuple(self._score_row(batch, index, row))
-            except Exception as e:
-                log.exception("scoring after generation failed")
-                self._finish_error(row, e)
-                return
+        self._remember(row)
+        row.finish_reason = reason
+        if row.score_text is None:
+            self._deliver(row, None)
+            return
+        try:
+            ids = self._check_context(self._encode(row.score_text(row.text)), max(row.tree.depths) + 1)
+        except Exception as e:
+            self._finish_error(row, e)
+            return
+        # Reuse the KV of the prompt and of as much of the explanation as re-tokenizes the same;
+        # at least one token is fed so that its logits give the first continuation token.
+        keep = min(common_prefix_len(row.seen(), ids), len(ids) - 1)
+        row.kv_len = keep
+        row.pending = ids[keep:]
+        row.phase = SCORE
+
+    def _deliver(self, row: _Row, scores: list[float] | None) -> None:
+        row.phase = ""
         result = GenerationResult(
-            text=row.text, finish_reason=reason, prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.gen_ids),
-            scores=scores,
+            text=row.text, finish_reason=row.finish_reason, prompt_tokens=len(row.prompt_ids),
+            completion_tokens=len(row.gen_ids), scores=None if scores is None else tuple(scores),
         )
         row.loop.call_soon_threadsafe(_set_result, row.future, result)
 
-    def _score_row(self, batch: _Running, index: int, row: _Row) -> list[float]:
-        """Scores a finished row's continuations from its prompt's KV cache, still held by the batch."""
-        from transformers import DynamicCache
-
-        assert row.scored_prefix is not None and row.score_cont_ids is not None
-        columns = batch.mask[index].nonzero().squeeze(-1)[: len(row.prompt_ids)]  # the prompt's own positions
-        cache = DynamicCache(ddp_cache_data=[
-            (layer.keys[index:index + 1, :, columns], layer.values[index:index + 1, :, columns])
-            for layer in batch.cache.layers
-        ])
-        prefix_ids = self._encode(row.scored_prefix(row.text))
-        return self._score_from(cache, len(row.prompt_ids), prefix_ids, row.score_cont_ids)
+    def _deliver_scores(self, row: _Row, scores: list[float]) -> None:
+        if row.score_only:
+            self._remember(row)
+            row.phase = ""
+            row.loop.call_soon_threadsafe(_set_result, row.future, scores)
+        else:
+            self._deliver(row, scores)
 
     def _finish_error(self, row: _Row, exc: Exception) -> None:
+        row.phase = ""
         row.loop.call_soon_threadsafe(_set_exception, row.future, exc)
 
-    def _score_sync(self, prompt_ids: list[int], cont_ids: list[list[int]]) -> list[float]:
-        """Sum of log-probabilities of each continuation after the prompt (one prefill, one batch)."""
-        from transformers import DynamicCache
 
-        return self._score_from(DynamicCache(), 0, prompt_ids, cont_ids)
+class _NoMaskCache:
+    """A 1x1x1x1 mask per device: a 4-D mask makes transformers skip building its own (ragged builds its own)."""
 
-    def _score_from(self, cache: Any, past: int, prefix_ids: list[int], cont_ids: list[list[int]]) -> list[float]:
-        """Feeds ``prefix_ids`` after ``past`` cached tokens, then scores every continuation in one batch."""
+    def __init__(self) -> None:
+        self._by_device: dict[Any, Any] = {}
+
+    def get(self, device: Any) -> Any:
         import torch
 
-        t0 = time.monotonic()
-        if not prefix_ids:
-            raise InvalidArgument("prefill", "the scored prefix is empty")
-        total = past + len(prefix_ids)
-        ids = torch.tensor([prefix_ids], device=self._device)
-        pos = torch.arange(past, total, device=self._device)[None]
-        mask = torch.ones((1, total), dtype=torch.long, device=self._device)
-        out = self._model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                          logits_to_keep=1)
-        first_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        n = len(cont_ids)
-        longest = max(len(c) for c in cont_ids)
-        scores = [float(first_logp[c[0]]) for c in cont_ids]
-        if longest > 1:
-            cache.batch_repeat_interleave(n)
-            pad = self._tokenizer.pad_token_id
-            rest = torch.tensor([c + [pad] * (longest - len(c)) for c in cont_ids], device=self._device)
-            mask2 = torch.cat(
-                [torch.ones((n, total), dtype=torch.long, device=self._device),
-                 torch.tensor([[1] * len(c) + [0] * (longest - len(c)) for c in cont_ids], device=self._device)], 1
-            )
-            pos2 = torch.arange(total, total + longest, device=self._device)[None].expand(n, -1)
-            out2 = self._model(input_ids=rest, attention_mask=mask2, position_ids=pos2, past_key_values=cache, use_cache=True)
-            logp = torch.log_softmax(out2.logits.float(), dim=-1)
-            for i, c in enumerate(cont_ids):
-                for j in range(1, len(c)):
-                    scores[i] += float(logp[i, j - 1, c[j]])
-        self.steps += 1
-        STAGE_LATENCY.labels(self._model_label, "score").observe(time.monotonic() - t0)
-        return scores
+        mask = self._by_device.get(device)
+        if mask is None:
+            mask = self._by_device[device] = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device)
+        return mask
 
 
-def _length_groups(rows: list[_Row], slack: float = 1.25, min_pad: int = 32) -> list[list[_Row]]:
-    """Splits rows into groups whose longest prompt is at most ``slack`` x the shortest (+ min_pad)."""
-    groups: list[list[_Row]] = []
-    for row in sorted(rows, key=lambda r: len(r.prompt_ids)):
-        if groups and len(row.prompt_ids) <= len(groups[-1][0].prompt_ids) * slack + min_pad:
-            groups[-1].append(row)
-        else:
-            groups.append([row])
-    return groups
+_NO_MASK = _NoMaskCache()
 
 
-def _sample(logits: Any, params: GenerationParams, generator: Any) -> int:
+def _sample_token(logits: Any, params: GenerationParams, generator: Any) -> int:
     import torch
 
     probs = torch.softmax(logits / params.temperature, dim=-1)
@@ -668,4 +726,3 @@ def _set_result(fut: asyncio.Future, value: Any) -> None:
 def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
-

@@ -9,7 +9,7 @@ Call with (dict "root" $ "name" "asker").
 
 {{/* Settings passed to `parrot serve` as PARROT_<SETTING> (value key in camelCase = flag in kebab-case). */}}
 {{- define "parrot.modelSettings" -}}
-model backend dtype device maxBatchSize maxNewTokens baseUrl
+model backend dtype device maxBatchSize prefixCacheMib prefillChunkTokens maxNewTokens baseUrl
 {{- end }}
 
 {{- define "parrot.modelService" -}}
