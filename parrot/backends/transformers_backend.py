@@ -1,17 +1,17 @@
 """The embedded default backend: a Hugging Face causal LM in this process, with dynamic batching.
 
 One worker thread loads and owns the model (all torch work on one thread: with the model loaded
-on a helper thread, the batcher's packed steps took twice as long on the 2-core machine). Requests from any number of coroutines
-go into a queue. Every step the worker admits waiting requests into free *slots* of its KV
-buffers and runs **one** forward pass for all rows together (``parrot.backends.ragged``): one
-token for each decoding row, plus the new part of each admitted prompt (whatever the prefix
-cache or a row being decoded cannot supply, in chunks of at most ``prefill_chunk_tokens`` per
-step), plus the scored prefix and rating continuations of judge rows that finished their
-explanation. It then samples one token per row with that row's own settings and retires rows
-that hit EOS, a stop sequence or max_tokens. A request that arrives while others decode joins at
-the next step, and no row waits for a separate prefill or scoring pass: on a 2-core CPU the
-weights are read once per step whatever the step holds, which is the whole speed lever
-(DESIGN.md: 29 tok/s alone, over 200 tok/s at 16 at once).
+on a helper thread, the batcher's packed steps took twice as long on the 2-core machine).
+Requests from any number of coroutines go into a queue. Every step the worker admits waiting
+requests into free *slots* of its KV buffers and runs **one** forward pass for all rows together
+(``parrot.backends.ragged``): one token for each decoding row, plus the new part of each admitted
+prompt (whatever the prefix cache or a row being decoded cannot supply, in chunks of at most
+``prefill_chunk_tokens`` per step), plus the scored prefix and rating continuations of judge
+rows that finished their explanation. It then samples one token per row with that row's own
+settings and retires rows that hit EOS, a stop sequence or max_tokens. A request that arrives
+while others decode joins at the next step, and no row waits for a separate prefill or scoring
+pass: on a 2-core CPU the weights are read once per step whatever the step holds, which is the
+whole speed lever (DESIGN.md: 29 tok/s alone, over 200 tok/s at 16 at once).
 """
 
 from __future__ import annotations
