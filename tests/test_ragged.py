@@ -52,7 +52,7 @@ def test_continuation_tree_shares_prefixes():
     assert tree.parents == (-1, 0, -1, 2, 0, 4)
     assert tree.depths == (0, 1, 0, 1, 1, 2)
     assert tree.paths == ((0, 1), (2, 3), (0, 4, 5), (0, 1))
-    mask = tree.attend()
+    mask = tree.attend
     assert mask[5].tolist() == [True, False, False, False, True, True]  # node 5 sees 0 and 4 and itself
     with pytest.raises(ValueError):
         ContinuationTree.build([[1], []])

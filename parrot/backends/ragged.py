@@ -24,6 +24,7 @@ whose ``update`` writes the step's keys and values into the slots. A forward pas
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Sequence
 
 import torch
@@ -75,8 +76,9 @@ class ContinuationTree:
             paths.append(tuple(path))
         return cls(tuple(tokens), tuple(parents), tuple(depths), tuple(paths))
 
+    @cached_property
     def attend(self) -> torch.Tensor:
-        """[nodes, nodes] bool: node i sees itself and its ancestors."""
+        """[nodes, nodes] bool: node i sees itself and its ancestors (built once per tree)."""
         n = len(self.tokens)
         mask = torch.zeros((n, n), dtype=torch.bool)
         for i in range(n):
@@ -188,7 +190,7 @@ def build_plan(decode: Sequence[tuple[int, int, int, int]], segments: Sequence[S
             full = torch.zeros((n, n), dtype=torch.bool)
             full[:n_plain, :n_plain] = intra
             full[n_plain:, :n_plain] = True
-            full[n_plain:, n_plain:] = tree.attend()
+            full[n_plain:, n_plain:] = tree.attend
             intra = full
         n = seg.length
         where[seg.pool].extend((first + i, seg.slot, seg.start + i) for i in range(n))
@@ -312,12 +314,6 @@ class SlotCache(Cache):
         # The attention function gets every pool's buffers of this layer.
         return ([p.keys[layer_idx] if p.keys else None for p in self.pools],
                 [p.values[layer_idx] if p.values else None for p in self.pools])
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0
-
-    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
-        return query_length, 0
 
 
 def ragged_attention(module: torch.nn.Module, query: torch.Tensor, key: Any, value: Any,

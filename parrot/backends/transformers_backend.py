@@ -128,6 +128,7 @@ class TransformersBackend(Backend):
         self._tokenizer: Any = None
         self._device: Any = None
         self._kv: Any = None
+        self._no_mask: Any = None  # a 4-D mask makes transformers skip building its own (ragged steps need none)
         self._eos_ids: set[int] = set()
         self._max_context = 2048
         self._inbox: queue.Queue = queue.Queue()
@@ -189,6 +190,7 @@ class TransformersBackend(Backend):
         packed = pack_linear_layers(model)
         self._model = model
         self._device = torch.device(device)
+        self._no_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self._device)
         cfg = model.config.get_text_config(decoder=True)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -517,7 +519,7 @@ class TransformersBackend(Backend):
         self._kv.plan = plan
         try:
             out = self._model(input_ids=plan.input_ids, position_ids=plan.position_ids,
-                              attention_mask=_NO_MASK.get(self._device), past_key_values=self._kv, use_cache=True,
+                              attention_mask=self._no_mask, past_key_values=self._kv, use_cache=True,
                               logits_to_keep=torch.tensor(keep, dtype=torch.long, device=self._device), ragged=plan)
         finally:
             self._kv.plan = None
@@ -679,24 +681,6 @@ class TransformersBackend(Backend):
     def _finish_error(self, row: _Row, exc: Exception) -> None:
         row.phase = ""
         row.loop.call_soon_threadsafe(_set_exception, row.future, exc)
-
-
-class _NoMaskCache:
-    """A 1x1x1x1 mask per device: a 4-D mask makes transformers skip building its own (ragged builds its own)."""
-
-    def __init__(self) -> None:
-        self._by_device: dict[Any, Any] = {}
-
-    def get(self, device: Any) -> Any:
-        import torch
-
-        mask = self._by_device.get(device)
-        if mask is None:
-            mask = self._by_device[device] = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device)
-        return mask
-
-
-_NO_MASK = _NoMaskCache()
 
 
 def _sample_token(logits: Any, params: GenerationParams, generator: Any) -> int:
