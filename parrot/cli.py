@@ -17,6 +17,8 @@ app = typer.Typer(help="Parrot: multi-turn instruction following for LLMs, as a 
                   pretty_exceptions_enable=False)
 model_app = typer.Typer(help="Model files: prepare the bundled model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+engine_app = typer.Typer(help="Inference engines: build and inspect llama.cpp's llama-server.", no_args_is_help=True)
+app.add_typer(engine_app, name="engine")
 
 
 class ServiceName(str, Enum):
@@ -51,6 +53,30 @@ def model_prepare(force: bool = typer.Option(False, help="Convert again even if 
     typer.echo(str(path))
 
 
+@engine_app.command("build")
+def engine_build(force: bool = typer.Option(False, help="Build again even if the cached binary is complete.")) -> None:
+    """Build llama-server once from the pinned llama-cpp-python sdist (MIT) into the engine cache."""
+    setup_logging()
+    from parrot.engines.llamacpp import build_server
+    from parrot.errors import ConfigError
+
+    try:
+        path = build_server(force=force)
+    except ConfigError as e:
+        _fail(str(e))
+    typer.echo(str(path))
+
+
+@engine_app.command("info")
+def engine_info() -> None:
+    """Where llama-server is (or why not), its source, the cache, and the default GGUF type."""
+    import json
+
+    from parrot.engines.llamacpp import describe
+
+    typer.echo(json.dumps(describe(), indent=2))
+
+
 @app.command("serve")
 def serve_cmd(
     service: ServiceName = typer.Argument(..., help="asker, responder, judge, all (the three, one shared model), or coordinator."),
@@ -59,10 +85,22 @@ def serve_cmd(
                                             help="gRPC port (default 50051; coordinator 50060)."),
     http_port: Optional[int] = typer.Option(None, envvar="PARROT_HTTP_PORT",
                                             help="HTTP port: KServe REST, OpenAI, /metrics (default 8080; coordinator 8090)."),
-    backend: str = typer.Option("transformers", envvar="PARROT_BACKEND", help="transformers (default), tgi, openai, or echo (instant, no model; for load tests)."),
+    backend: str = typer.Option("auto", envvar="PARROT_BACKEND",
+                                help="auto (llamacpp when llama-server is built, else transformers), llamacpp (a "
+                                     "llama-server child), engine (any OpenAI-compatible engine: llama-server, vLLM, "
+                                     "SGLang), transformers (in-process), tgi, openai, or echo (instant, no model)."),
     model: str = typer.Option("smollm2", envvar="PARROT_MODEL",
-                              help="transformers: 'smollm2', a model folder, or an object-store URL of one (s3://, file://; e.g. a training checkpoint); openai: model name; tgi: label."),
-    dtype: str = typer.Option("bfloat16", envvar="PARROT_DTYPE", help="transformers: bfloat16, float16 or float32."),
+                              help="llamacpp/transformers: 'smollm2', a model folder, or an object-store URL of one (s3://, file://; e.g. a training checkpoint); engine/openai: model name; tgi: label."),
+    dtype: str = typer.Option("auto", envvar="PARROT_DTYPE",
+                              help="transformers: auto (bf16 where the CPU has native bf16 or on CUDA, else float32), bfloat16, float16 or float32."),
+    gguf_type: str = typer.Option("q8_0", envvar="PARROT_GGUF_TYPE",
+                                  help="llamacpp: GGUF weights a model folder is converted to (q8_0, bf16, f16, f32; 'bundled' = the shipped Q4_1)."),
+    engine_parallel: int = typer.Option(16, envvar="PARROT_ENGINE_PARALLEL", help="llamacpp: engine slots (sequences decoded together)."),
+    engine_ctx_per_slot: int = typer.Option(4096, envvar="PARROT_ENGINE_CTX_PER_SLOT", help="llamacpp: context tokens per slot."),
+    engine_tokenizer: str = typer.Option("", envvar="PARROT_ENGINE_TOKENIZER",
+                                         help="engine: Hugging Face folder whose chat template renders prompts (needed for judge scores and prefill)."),
+    engine_scoring: str = typer.Option("logprobs", envvar="PARROT_ENGINE_SCORING",
+                                       help="engine: judge scores from the engine's logprobs, or 'parsed' ([[N]] in the text) for engines without them."),
     device: str = typer.Option("auto", envvar="PARROT_DEVICE", help="transformers: cpu, cuda or auto."),
     max_batch_size: int = typer.Option(32, envvar="PARROT_MAX_BATCH_SIZE", help="transformers: rows decoded together."),
     prefix_cache_mib: int = typer.Option(1024, envvar="PARROT_PREFIX_CACHE_MIB",
@@ -124,12 +162,31 @@ def serve_cmd(
     from parrot.errors import ConfigError, InvalidArgument
     from parrot.server.runner import ServeConfig, serve
 
+    if backend == "auto":
+        from parrot.engines.llamacpp import auto_backend
+
+        backend = auto_backend()
     try:
         cfg_cls = backend_config_class(backend)
     except InvalidArgument as e:
         _fail(f"--backend: {e.problem}")
     options: dict[str, Any] = {}
-    if backend == "transformers":
+    if backend == "llamacpp":
+        from parrot.engines.llamacpp import LlamaServerSettings, require_server
+
+        try:
+            require_server()  # fail before binding ports: the binary is missing or misnamed
+        except ConfigError as e:
+            _fail(str(e))
+        options = {"model": model, "gguf_type": gguf_type,
+                   "server": LlamaServerSettings(parallel=engine_parallel, ctx_per_slot=engine_ctx_per_slot)}
+    elif backend == "engine":
+        if not base_url:
+            _fail("--base-url / PARROT_BASE_URL is required for the engine backend (the engine's …/v1 URL)")
+        options = {"base_url": base_url.rstrip("/"), "model": "" if model == "smollm2" else model,
+                   "tokenizer": engine_tokenizer, "scoring": engine_scoring, "api_key_env": api_key_env,
+                   "api_key_file": api_key_file}
+    elif backend == "transformers":
         options = {"model": model, "dtype": dtype, "device": device, "max_batch_size": max_batch_size,
                    "prefix_cache_mib": prefix_cache_mib, "prefill_chunk_tokens": prefill_chunk_tokens}
     elif backend == "openai":
@@ -193,7 +250,9 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
 
 @app.command("up")
 def up_cmd(
-    backend: str = typer.Option("transformers", envvar="PARROT_BACKEND", help="Backend of the model services."),
+    backend: str = typer.Option("auto", envvar="PARROT_BACKEND",
+                                help="Backend of the model services (auto: llamacpp when llama-server is built, "
+                                     "else transformers)."),
     model: str = typer.Option("smollm2", envvar="PARROT_MODEL", help="Model of the model services."),
     grpc_port: int = typer.Option(50051, help="Model services' gRPC port."),
     http_port: int = typer.Option(8080, help="Model services' HTTP port (KServe REST, OpenAI, /metrics)."),
@@ -205,6 +264,12 @@ def up_cmd(
 ) -> None:
     """Start the local stack: asker+responder+judge (one shared model) and the coordinator. Ctrl-C stops it."""
     setup_logging()
+    if backend == "auto":
+        from parrot.engines.llamacpp import auto_backend
+
+        backend = auto_backend()
+    typer.secho(f"[up] model services: backend {backend}, model {model} (the engine and model file are logged below)",
+                err=True)
     import signal
     import subprocess
     import time
@@ -247,7 +312,7 @@ def up_cmd(
         if str(e) == "stopping":
             raise typer.Exit(0)
         _fail(str(e))
-    typer.secho(f"parrot is up: models {models_target} (HTTP {http_port}), coordinator 127.0.0.1:{coordinator_port} "
+    typer.secho(f"parrot is up: models {models_target} (HTTP {http_port}, backend {backend}), coordinator 127.0.0.1:{coordinator_port} "
                 f"(metrics {coordinator_http_port}). Ctrl-C to stop.", fg=typer.colors.GREEN, err=True)
     rc = 0
     while not stopping:

@@ -31,4 +31,7 @@ scripts/get_helm.sh .venv/bin/python || echo "[setup] warning: no helm; chart te
 # A real Prometheus for the metrics integration tests (Debian's package; needs root for apt).
 scripts/get_prometheus.sh || echo "[setup] warning: no prometheus; its tests will skip (and fail in CI)"
 .venv/bin/parrot model prepare
+# llama.cpp's llama-server, the CPU engine of the embedded default: built once per machine from the
+# pinned llama-cpp-python sdist (MIT) into ~/.cache/parrot-engines (about 4-7 min on 2 cores; reused after).
+.venv/bin/parrot engine build || echo "[setup] warning: llama-server could not be built; the services fall back to the in-process engine (and its tests fail in CI)"
 echo "[setup] done. Activate with: source .venv/bin/activate"

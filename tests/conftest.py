@@ -30,6 +30,18 @@ requires_model = pytest.mark.skipif(
 )
 
 
+def llama_server_available() -> bool:
+    from parrot.engines.llamacpp import find_server
+
+    return find_server() is not None
+
+
+requires_llama_server = pytest.mark.skipif(
+    not os.environ.get("CI") and not llama_server_available(),
+    reason="llama-server not built (run `parrot engine build`; scripts/setup.sh does); in CI this is a failure",
+)
+
+
 @dataclass
 class ServiceProcess:
     proc: subprocess.Popen

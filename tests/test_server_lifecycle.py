@@ -97,8 +97,9 @@ async def test_unavailable_while_loading_then_serving_then_graceful_stop():
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["serve", "responder", "--backend", "nope"], "unknown backend 'nope'; allowed: echo, openai, tgi, transformers"),
+    (["serve", "responder", "--backend", "nope"], "unknown backend 'nope'; allowed: echo, engine, llamacpp, openai, tgi, transformers"),
     (["serve", "responder", "--backend", "openai"], "--base-url / PARROT_BASE_URL is required"),
+    (["serve", "responder", "--backend", "engine"], "--base-url / PARROT_BASE_URL is required for the engine backend"),
     (["serve", "responder", "--auth-token-file", "/nonexistent/token"], "cannot read /nonexistent/token"),
     (["serve", "wizard"], "Invalid value"),
 ])

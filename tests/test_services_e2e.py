@@ -1,5 +1,8 @@
 """The real entry point: `parrot serve all` with SmolLM2 on loopback, called as users would.
 
+Every test runs on both engines: llama.cpp's llama-server (the default where it is built) and
+the in-process transformers engine.
+
 Checks: gRPC answers are real model text, streaming works, KServe REST v1/v2 and readiness,
 the OpenAI endpoint with the official client, the openai backend against it, metrics move,
 bad input gives INVALID_ARGUMENT naming the field and the server keeps serving, auth rejects
@@ -25,7 +28,7 @@ from parrot.v1 import (
     responder_pb2,
     responder_pb2_grpc,
 )
-from tests.conftest import requires_model, start_service
+from tests.conftest import requires_llama_server, requires_model, start_service
 
 pytestmark = [requires_model]
 
@@ -41,9 +44,9 @@ def greedy(max_tokens: int = 24) -> cpb.GenerationParams:
     return cpb.GenerationParams(max_tokens=max_tokens, temperature=0.0)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    sp = start_service(tmp_path_factory.mktemp("stack"), ["all"], token=TOKEN,
+@pytest.fixture(scope="module", params=[pytest.param("llamacpp", marks=requires_llama_server), "transformers"])
+def stack(request, tmp_path_factory):
+    sp = start_service(tmp_path_factory.mktemp("stack"), ["all", "--backend", request.param], token=TOKEN,
                        env_extra={"PARROT_MAX_INPUT_CHARS": "20000", "PARROT_MAX_NEW_TOKENS": "512"})
     yield sp
     rc = sp.stop()

@@ -53,6 +53,9 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self.ready = False
+        # Set by the server before ``load`` when a judge is served: a backend that scores with an
+        # engine's log-probabilities checks at load that it gets them.
+        self.needs_scoring = False
 
     @property
     @abc.abstractmethod
@@ -140,4 +143,5 @@ def create_backend(name: str, config: Any = None, **overrides: Any) -> Backend:
 
 def _import_builtin_backends() -> None:
     # Imported lazily so that `parrot --help` does not import torch.
-    from parrot.backends import echo_backend, openai_backend, tgi_backend, transformers_backend  # noqa: F401
+    from parrot.backends import (  # noqa: F401
+        echo_backend, engine_backend, openai_backend, tgi_backend, transformers_backend)

@@ -53,7 +53,9 @@ class TransformersBackendConfig:
         default="smollm2",
         metadata={"help": "'smollm2' (the bundled SmolLM2-135M-Instruct) or a Hugging Face model folder."},
     )
-    dtype: str = field(default="bfloat16", metadata={"help": "bfloat16, float16 or float32."})
+    dtype: str = field(default="auto", metadata={
+        "help": "auto, bfloat16, float16 or float32. auto: bfloat16 on CUDA and on CPUs with native bf16 (AMX, "
+                "AVX512-BF16), else float32 (bf16 without native support was 2.8x slower on an AVX2 EPYC)."})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when available)."})
     max_batch_size: int = field(default=32, metadata={"help": "Most sequences decoded together in one step."})
     batch_wait_ms: float = field(
@@ -72,6 +74,26 @@ class TransformersBackendConfig:
         metadata={"help": "Most prompt tokens fed in one step (longer prompts are fed over several steps), "
                           "which bounds how long decoding rows wait for a new prompt."},
     )
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16), from /proc/cpuinfo's flags."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto`` -> bfloat16 on CUDA or a CPU with native bf16, else float32 (logged); others unchanged."""
+    if dtype != "auto":
+        return dtype
+    chosen = "bfloat16" if device.startswith("cuda") or native_bf16() else "float32"
+    log.info("dtype auto: %s (%s)", chosen, "CUDA" if device.startswith("cuda") else
+             "CPU has native bf16" if chosen == "bfloat16" else "CPU has no native bf16 (no AMX / AVX512-BF16)")
+    return chosen
 
 
 # A row's phase: feeding its prompt, decoding, or feeding its scored prefix + continuation tree.
@@ -124,6 +146,7 @@ class TransformersBackend(Backend):
         if config.prefill_chunk_tokens < 1:
             raise InvalidArgument("prefill_chunk_tokens", f"is {config.prefill_chunk_tokens}; must be at least 1")
         self.config = config
+        self.dtype = config.dtype  # resolved at load ("auto" -> bfloat16 or float32)
         self._model: Any = None
         self._tokenizer: Any = None
         self._device: Any = None
@@ -175,15 +198,16 @@ class TransformersBackend(Backend):
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
         dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-        if self.config.dtype not in dtypes:
-            raise InvalidArgument("dtype", f"is {self.config.dtype!r}; allowed: {', '.join(dtypes)}")
+        if self.config.dtype not in (*dtypes, "auto"):
+            raise InvalidArgument("dtype", f"is {self.config.dtype!r}; allowed: auto, {', '.join(dtypes)}")
         device = self.config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dtype = resolve_dtype(self.config.dtype, device)
         folder = resolve_model(self.config.model)
         self._model_label = BUNDLED_DIRNAME if self.config.model == BUNDLED_NAME else folder.name
         self._tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtypes[self.config.dtype])
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtypes[self.dtype])
         model.to(device)
         model.eval()
         ragged.install(model)
@@ -194,8 +218,8 @@ class TransformersBackend(Backend):
         cfg = model.config.get_text_config(decoder=True)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        self._kv = ragged.SlotCache(cfg.num_hidden_layers, kv_heads, head_dim, dtypes[self.config.dtype], self._device)
-        token_bytes = cfg.num_hidden_layers * 2 * kv_heads * head_dim * dtypes[self.config.dtype].itemsize
+        self._kv = ragged.SlotCache(cfg.num_hidden_layers, kv_heads, head_dim, dtypes[self.dtype], self._device)
+        token_bytes = cfg.num_hidden_layers * 2 * kv_heads * head_dim * dtypes[self.dtype].itemsize
         self._prefix_cache = PrefixCache(self.config.prefix_cache_mib * 2**20 // token_bytes)
         eos = model.generation_config.eos_token_id
         eos_list = eos if isinstance(eos, list) else [eos]
@@ -208,7 +232,7 @@ class TransformersBackend(Backend):
         STAGE_LATENCY.labels(self._model_label, "load").observe(time.monotonic() - t0)
         log.info(
             "model loaded",
-            extra={"model": self._model_label, "folder": str(folder), "device": device, "dtype": self.config.dtype,
+            extra={"model": self._model_label, "folder": str(folder), "device": device, "dtype": self.dtype,
                    "seconds": round(time.monotonic() - t0, 2), "prefix_cache_tokens": self._prefix_cache.max_tokens,
                    "packed_linear_layers": packed},
         )

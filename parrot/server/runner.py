@@ -128,6 +128,7 @@ class ModelServiceProcess:
         t0 = time.monotonic()
         for name in self.config.services:
             MODEL_READY.labels(self.backend.model_name, name).set(0)
+        self.backend.needs_scoring = "judge" in self.config.services
         await self.backend.load()
         for m in self.kserve_models:
             m.ready = True
