@@ -11,8 +11,9 @@ Rows (each its own server, started and stopped here, all on loopback):
   platform OpenAI route  `parrot serve responder --backend llamacpp`, its /v1/chat/completions
   platform gRPC          the same process, parrot.v1.Responder/Respond
   in-process (auto)      `parrot serve responder --backend transformers` (dtype auto), gRPC
-Then the quality guard: held-out NLL of MT-Bench's reference answers under each GGUF's weights
-(de-quantized by transformers' GGUF loader) against bf16.
+Then the quality guard: NLL per token of MT-Bench's reference answers under each GGUF, measured by
+llama.cpp's own llama-perplexity (the engine's numerics), against bf16; with flash attention off (the
+platform's setting) and on.
 
     .venv/bin/python bench/engines.py                       # everything (about 15 min on 2 cores)
     .venv/bin/python bench/engines.py --rows platform-grpc,llama-default --sessions 16
@@ -102,8 +103,8 @@ async def run_grpc(target: str, work: list[list[str]], max_tokens: int) -> tuple
         return total, time.perf_counter() - t0
 
 
-def start_llama_server(gguf: Path, parallel: int) -> tuple[subprocess.Popen, str]:
-    """llama-server as a user would start it for this workload: defaults plus --parallel."""
+def start_llama_server(gguf: Path, parallel: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """llama-server as a user would start it for this workload: defaults plus --parallel (and ``extra``)."""
     import httpx
 
     from parrot.client import free_port
@@ -113,7 +114,7 @@ def start_llama_server(gguf: Path, parallel: int) -> tuple[subprocess.Popen, str
     threads = str(os.cpu_count() or 2)
     proc = subprocess.Popen([str(require_server()), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
                              "--parallel", str(parallel), "-c", str(parallel * 4096), "--threads", threads,
-                             "--no-webui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--no-webui", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(600):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
@@ -136,41 +137,34 @@ def measure(name: str, runner, work16, work1) -> dict:
     return row
 
 
-def quality(types: list[str], limit: int) -> dict[str, float]:
-    """Mean NLL per token of MT-Bench reference answers (given their question) under each GGUF's weights."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def quality(types: list[str], limit: int, flash_attn: str) -> dict[str, float]:
+    """Mean NLL per token of MT-Bench's reference answers under each GGUF, by llama.cpp's own llama-perplexity.
 
-    from parrot.engines.llamacpp import gguf_for
+    The engine's numerics, not only the weights: a kernel that computes wrongly shows here.
+    """
+    import re
+    import tempfile
+
+    from parrot.engines.llamacpp import gguf_for, require_server
 
     refs = REPO.parent / "shared" / "data" / "mt_bench" / "reference_answer_gpt-4.jsonl"
-    qs = REPO.parent / "shared" / "data" / "mt_bench" / "question.jsonl"
     if not refs.is_file():
         return {}
-    questions = {json.loads(x)["question_id"]: json.loads(x)["turns"][0] for x in qs.read_text().splitlines() if x}
-    pairs = []
-    for line in refs.read_text().splitlines()[:limit]:
-        rec = json.loads(line)
-        pairs.append((questions[rec["question_id"]], rec["choices"][0]["turns"][0]))
+    text = "\n\n".join(json.loads(line)["choices"][0]["turns"][0] for line in refs.read_text().splitlines()[:limit])
+    tool = require_server().parent / "llama-perplexity"
     out = {}
-    for t in types:
-        gguf, folder = gguf_for("smollm2", t)
-        tok = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
-        nll, n = 0.0, 0
-        with torch.inference_mode():
-            for q, a in pairs:
-                prompt = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                 add_generation_prompt=True)
-                p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-                a_ids = tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"][:512]
-                ids = torch.tensor([p_ids + a_ids])
-                logits = model(ids).logits[0, len(p_ids) - 1:-1].float()
-                lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(a_ids)[:, None])
-                nll -= lp.sum().item()
-                n += len(a_ids)
-        out[t] = nll / n
-        del model
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+        f.write(text)
+        f.flush()
+        for t in types:
+            gguf, _ = gguf_for("smollm2", t)
+            run = subprocess.run([str(tool), "-m", str(gguf), "-f", f.name, "-c", "512", "-b", "512",
+                                  "--threads", str(os.cpu_count() or 2), "-fa", flash_attn],
+                                 capture_output=True, text=True)
+            m = re.search(r"Final estimate: PPL = ([0-9.]+)", run.stdout + run.stderr)
+            if not m:
+                raise SystemExit(f"llama-perplexity failed on {t}:\n{(run.stdout + run.stderr)[-2000:]}")
+            out[t] = math.log(float(m.group(1)))
     return out
 
 
@@ -194,13 +188,16 @@ def main() -> None:
     results = []
     print(f"# engines: {args.sessions} sessions x {args.turns} turns, greedy, {mt} new tokens; then 1 session",
           flush=True)
+    # bf16 runs with llama-server's defaults; quantized GGUFs with -fa off, since its CPU flash attention
+    # wrote wrong text with them here (see the quality guard below).
     for gtype, row in (("bf16", "llama-bf16"), (default, "llama-default")):
         if row not in rows:
             continue
         gguf, _ = gguf_for("smollm2", gtype)
-        proc, url = start_llama_server(gguf, args.sessions)
+        extra = () if gtype in ("bf16", "f16", "f32") else ("-fa", "off")
+        proc, url = start_llama_server(gguf, args.sessions, extra)
         try:
-            results.append(measure(f"llama-server direct, {gtype} GGUF", lambda w: asyncio.run(
+            results.append(measure(f"llama-server direct, {gtype} GGUF{' -fa off' if extra else ''}", lambda w: asyncio.run(
                 run_openai(url, "m", w, mt)), work16, work1))
         finally:
             proc.terminate()
@@ -242,11 +239,13 @@ def main() -> None:
               f"{grpc_row['tok_s_16'] / direct['tok_s_16']:.3f}x at {args.sessions} sessions, "
               f"{grpc_row['tok_s_1'] / direct['tok_s_1']:.3f}x alone")
     if args.quality_refs:
-        nll = quality(["bf16", default], args.quality_refs)
-        if nll:
-            print(f"\nquality guard: mean NLL/token of {args.quality_refs} MT-Bench reference answers: " + ", ".join(
-                f"{t} {v:.4f} ({(v / nll['bf16'] - 1) * 100:+.2f}% vs bf16, ppl {math.exp(v):.2f})"
-                for t, v in nll.items()))
+        types = list(dict.fromkeys(["bf16", default, "bundled"]))
+        for fa in ("off", "on"):
+            nll = quality(types, args.quality_refs, fa)
+            if nll:
+                print(f"\nquality guard (llama-perplexity -fa {fa}): mean NLL/token of {args.quality_refs} MT-Bench "
+                      "reference answers: " + ", ".join(
+                          f"{t} {v:.4f} ({(v / nll['bf16'] - 1) * 100:+.2f}% vs bf16)" for t, v in nll.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -63,6 +63,8 @@ async def slots(b: LlamaCppBackend) -> list[dict]:
 @requires_model
 @requires_llama_server
 async def test_responder_text_length_and_stop(llama):
+    (paris,) = await llama.generate([GenerationRequest(msgs((U, "What is the capital of France?")), greedy(16))])
+    assert "Paris" in paris.text  # the default GGUF under the engine's kernels writes sense (not -fa on here)
     q = msgs((U, "List the days of the week, one per line."))
     (r,) = await llama.generate([GenerationRequest(q, greedy(8))])
     assert r.text.strip() and r.finish_reason == "length" and r.completion_tokens == 8 and r.prompt_tokens > 10
@@ -130,8 +132,8 @@ async def test_rating_scores_agree_with_the_in_process_engine(llama):
     exact_mass = sum(math.exp(x) for x in exact)
     # Q8_0 weights under llama.cpp against float32 in process: the same distribution, up to rounding.
     assert abs(mass - exact_mass) < 0.05, (ours, exact)
-    assert max(abs(a - b) for a, b in zip(ours, exact)) < 0.5, (ours, exact)
     p, q = normalize_logprobs(ours), normalize_logprobs(exact)
+    assert max(abs(a - b) for a, b in zip(p, q)) < 0.05, (p, q)
     expected = sum((i + 1) * x for i, x in enumerate(p))
     expected_exact = sum((i + 1) * x for i, x in enumerate(q))
     assert abs(expected - expected_exact) < 0.25, (p, q)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # The llama-cpp-python sdist whose vendor/llama.cpp we build (its server, its converter).
 SDIST_VERSION = "0.3.36"
 # Bumped when our build options change (the cache key includes it).
-BUILD_REVISION = 2
+BUILD_REVISION = 3
 # ggml's AMX kernels crashed (SIGSEGV in ggml_backend_amx_mul_mat, Q8_0 and Q4_1 weights) on the
 # Sapphire Rapids development VM, so the native build leaves AMX out (GCC's explicit -mno-* flags
 # win over -march=native); AVX-512 / AVX2 kernels remain. CPUs without AMX lose nothing.
@@ -112,12 +112,14 @@ def build_server(force: bool = False, python: str = sys.executable) -> Path:
                "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
                "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_BUILD_TESTS=OFF",
                "-DLLAMA_BUILD_EXAMPLES=OFF"], work / "cmake.log", "cmake configure")
-        _step(["cmake", "--build", str(work / "build"), "--target", "llama-server", "-j", str(os.cpu_count() or 2)],
-              work / "build.log", "cmake build")
+        # llama-perplexity too: the quality guard of bench/engines.py measures GGUFs with the engine's own numerics.
+        _step(["cmake", "--build", str(work / "build"), "--target", "llama-server", "llama-perplexity",
+               "-j", str(os.cpu_count() or 2)], work / "build.log", "cmake build")
         staged = out.with_name(out.name + f".tmp{os.getpid()}")
         shutil.rmtree(staged, ignore_errors=True)
         (staged / "bin").mkdir(parents=True)
-        shutil.copy2(work / "build" / "bin" / "llama-server", staged / "bin" / "llama-server")
+        for binary in ("llama-server", "llama-perplexity"):
+            shutil.copy2(work / "build" / "bin" / binary, staged / "bin" / binary)
         # The converter (HF folder -> GGUF) with the gguf-py library of the same tree.
         shutil.copy2(src / "convert_hf_to_gguf.py", staged / "convert_hf_to_gguf.py")
         for name in ("gguf-py", "conversion"):
@@ -214,6 +216,9 @@ class LlamaServerSettings:
     ctx_per_slot: int = field(default=4096, metadata={"help": "Context tokens per slot (total = parallel x this)."})
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = all cores)."})
     cache_ram_mib: int = field(default=1024, metadata={"help": "Host memory for prompts of idle slots (later turns)."})
+    flash_attn: str = field(default="off", metadata={
+        "help": "llama-server -fa: on, off or auto. Off by default: with Q8_0 / Q4_1 weights the CPU flash-attention "
+                "path of this build wrote wrong text on the AVX-512 Xeon (bf16 was right)."})
     start_timeout_s: float = field(default=120.0, metadata={"help": "How long to wait for the engine to be healthy."})
     extra_args: tuple[str, ...] = field(default=(), metadata={"help": "More llama-server arguments."})
 
@@ -237,7 +242,7 @@ class LlamaServer:
         return [str(self.binary), "-m", str(self.gguf), "--host", "127.0.0.1", "--port", str(self.port),
                 "--alias", self.alias, "--parallel", str(s.parallel), "-c", str(s.parallel * s.ctx_per_slot),
                 "--threads", str(threads), "--threads-batch", str(threads), "--cont-batching", "--metrics",
-                "--cache-ram", str(s.cache_ram_mib), "--no-webui", *s.extra_args]
+                "--cache-ram", str(s.cache_ram_mib), "-fa", s.flash_attn, "--no-webui", *s.extra_args]
 
     async def start(self) -> None:
         from parrot.client import free_port
