@@ -97,6 +97,7 @@ def serve_cmd(
                                   help="llamacpp: GGUF weights a model folder is converted to (q8_0, bf16, f16, f32; 'bundled' = the shipped Q4_1)."),
     engine_parallel: int = typer.Option(16, envvar="PARROT_ENGINE_PARALLEL", help="llamacpp: engine slots (sequences decoded together)."),
     engine_ctx_per_slot: int = typer.Option(4096, envvar="PARROT_ENGINE_CTX_PER_SLOT", help="llamacpp: context tokens per slot."),
+    engine_threads: int = typer.Option(0, envvar="PARROT_ENGINE_THREADS", help="llamacpp: CPU threads (0 = all cores)."),
     engine_tokenizer: str = typer.Option("", envvar="PARROT_ENGINE_TOKENIZER",
                                          help="engine: Hugging Face folder whose chat template renders prompts (needed for judge scores and prefill)."),
     engine_scoring: str = typer.Option("logprobs", envvar="PARROT_ENGINE_SCORING",
@@ -123,6 +124,9 @@ def serve_cmd(
     asker: str = typer.Option("127.0.0.1:50051", envvar="PARROT_ASKER", help="coordinator: default asker address."),
     judge: str = typer.Option("127.0.0.1:50051", envvar="PARROT_JUDGE", help="coordinator: default judge address."),
     max_active_runs: int = typer.Option(4, envvar="PARROT_MAX_ACTIVE_RUNS", help="coordinator: runs executing at once."),
+    routing: str = typer.Option("affinity", envvar="PARROT_ROUTING",
+                                help="coordinator: affinity (a session's turns to the same listed replica, for the "
+                                     "engine's prompt cache; a failed replica's sessions move on) or round_robin."),
     echo_delay_s: float = typer.Option(0.0, envvar="PARROT_ECHO_DELAY_S", help="echo backend: latency per call (load tests)."),
     judge_prompts: Optional[str] = typer.Option(None, envvar="PARROT_JUDGE_PROMPTS",
                                                 help="judge: extra prompt file (ours or FastChat's judge_prompts.jsonl)."),
@@ -151,8 +155,10 @@ def serve_cmd(
                                max_new_tokens=max_new_tokens)
         except ConfigError as e:
             _fail(str(e))
+        if routing not in ("affinity", "round_robin"):
+            _fail(f"--routing / PARROT_ROUTING is {routing!r}; allowed: affinity, round_robin")
         _serve_coordinator(host, grpc_port or 50060, http_port or 8090, store_url, responder, asker, judge, max_active_runs,
-                           auth_token_file, grace_s, limits=limits, tls=(tls_cert, tls_key),
+                           auth_token_file, grace_s, limits=limits, routing=routing, tls=(tls_cert, tls_key),
                            max_message_bytes=max_message_bytes or 64 * 1024 * 1024)
         return
     grpc_port = grpc_port or 50051
@@ -179,7 +185,8 @@ def serve_cmd(
         except ConfigError as e:
             _fail(str(e))
         options = {"model": model, "gguf_type": gguf_type,
-                   "server": LlamaServerSettings(parallel=engine_parallel, ctx_per_slot=engine_ctx_per_slot)}
+                   "server": LlamaServerSettings(parallel=engine_parallel, ctx_per_slot=engine_ctx_per_slot,
+                                                 threads=engine_threads)}
     elif backend == "engine":
         if not base_url:
             _fail("--base-url / PARROT_BASE_URL is required for the engine backend (the engine's …/v1 URL)")
@@ -222,6 +229,7 @@ def default_store_url() -> str:
 
 def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, responder: str, asker: str, judge: str,
                        max_active_runs: int, auth_token_file: Optional[str], grace_s: float, *, limits: Any = None,
+                       routing: str = "affinity",
                        tls: tuple[Optional[str], Optional[str]] = (None, None), max_message_bytes: int = 64 * 1024 * 1024,
                        ) -> None:
 
@@ -236,7 +244,7 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
         _fail(str(e))
     cfg = CoordinatorServeConfig(
         coordinator=CoordinatorConfig(store_url=store or default_store_url(), responder=responder, asker=asker, judge=judge,
-                                      max_active_runs=max_active_runs,
+                                      max_active_runs=max_active_runs, routing=routing,
                                       upstream_token=os.environ.get("PARROT_UPSTREAM_TOKEN") or token,
                                       **({"limits": limits} if limits is not None else {})),
         host=host, grpc_port=grpc_port, http_port=http_port, auth_token=token, grace_s=grace_s,

@@ -23,6 +23,12 @@ until grep -q "parrot is up" "$LOG"; do
   sleep 1
 done
 
+ENGINE_LINE=$(grep -m1 '"msg": "engine: llama.cpp llama-server"' "$LOG" || true)
+if [ -n "$ENGINE_LINE" ]; then
+  echo "[demo] engine: llama.cpp llama-server, model file $(printf '%s' "$ENGINE_LINE" | sed -n 's/.*"model_file": "\([^"]*\)".*/\1/p')"
+else
+  echo "[demo] engine: the in-process transformers engine (llama-server is not built: run 'parrot engine build')"
+fi
 echo; echo "[demo] chat with the responder:"
 parrot chat "In one sentence, what is a multi-turn conversation?" -t 127.0.0.1:50051 --max-tokens 48
 

@@ -71,3 +71,72 @@ def test_backoff_has_full_jitter_and_a_cap():
     samples = [r.backoff(a) for a in range(8) for _ in range(50)]
     assert all(0 <= s <= 4.0 for s in samples)
     assert len({round(s, 6) for s in samples}) > 300  # jittered, not fixed steps
+
+
+class Recorder(responder_pb2_grpc.ResponderServicer):
+    """Remembers the first user message of every conversation it answered."""
+
+    def __init__(self):
+        self.sessions: list[str] = []
+
+    async def Respond(self, request, context):
+        self.sessions.append(request.conversation.messages[0].content)
+        return responder_pb2.RespondResponse(text="ok", model="rec")
+
+
+def session(i: int, turns: int) -> list[Message]:
+    msgs = []
+    for t in range(turns):
+        msgs += [Message(Role.USER, f"session {i} turn {t}"), Message(Role.ASSISTANT, "ok")]
+    return msgs[:-1]
+
+
+def test_replica_addresses_and_session_keys():
+    from services.coordinator.clients import replica_addresses, session_key
+
+    assert replica_addresses("ipv4:127.0.0.1:1,127.0.0.1:2") == ["127.0.0.1:1", "127.0.0.1:2"]
+    assert replica_addresses("127.0.0.1:1") == replica_addresses("dns:///svc:50051") == []
+    assert replica_addresses("ipv4:127.0.0.1:1") == []  # one address: nothing to choose
+    # The same session at every turn; different sessions differ.
+    assert session_key(session(1, 1)) == session_key(session(1, 4)) != session_key(session(2, 4))
+    with pytest.raises(Exception, match="routing"):
+        ModelClients({"responder": "127.0.0.1:1"}, FAST, None, routing="random")
+
+
+@pytest.mark.parametrize("routing", ["affinity", "round_robin"])
+async def test_affinity_keeps_each_session_on_one_replica(routing):
+    recs = [Recorder(), Recorder()]
+    servers = [await serve(r) for r in recs]
+    target = "ipv4:" + ",".join(f"127.0.0.1:{s.port}" for s in servers)
+    clients = ModelClients({"responder": target}, FAST, None, routing=routing)
+    try:
+        for turn in range(1, 5):
+            for i in range(8):
+                await clients.respond(session(i, turn), conversation_pb2.GenerationParams(max_tokens=4))
+    finally:
+        await clients.close()
+        for s in servers:
+            await s.stop(0)
+    on = [{s for s in r.sessions} for r in recs]
+    assert sum(len(r.sessions) for r in recs) == 32
+    if routing == "affinity":
+        assert not on[0] & on[1] and on[0] and on[1]  # every session on one replica; both replicas used
+
+
+async def test_a_failed_replicas_sessions_move_on():
+    recs = [Recorder(), Recorder()]
+    servers = [await serve(r) for r in recs]
+    target = "ipv4:" + ",".join(f"127.0.0.1:{s.port}" for s in servers)
+    clients = ModelClients({"responder": target}, FAST, None)
+    params = conversation_pb2.GenerationParams(max_tokens=4)
+    try:
+        for i in range(8):
+            await clients.respond(session(i, 1), params)
+        await servers[0].stop(0)
+        before = len(recs[1].sessions)
+        for i in range(8):
+            await clients.respond(session(i, 2), params)  # all 8 answered: the first replica's move on
+        assert len(recs[1].sessions) == before + 8
+    finally:
+        await clients.close()
+        await servers[1].stop(0)

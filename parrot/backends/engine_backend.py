@@ -34,7 +34,7 @@ from parrot.backends.http_common import loggable_url, read_api_key, sampling_fie
 from parrot.conversation import Message, Role
 from parrot.engines.llamacpp import DEFAULT_GGUF_TYPE, GGUF_TYPES, LlamaServer, LlamaServerSettings
 from parrot.errors import ConfigError, InvalidArgument, Unavailable
-from parrot.metrics import GENERATED_TOKENS, PROMPT_TOKENS, child
+from parrot.metrics import GENERATED_TOKENS, PREFIX_CACHE_TOKENS, PROMPT_TOKENS, child
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class EngineBackend(Backend):
         self._model = config.model
         self.engine_label = "engine"
         self.requests_sent = 0
+        self.cached_prompt_tokens = 0
 
     @property
     def model_name(self) -> str:
@@ -173,7 +174,7 @@ class EngineBackend(Backend):
         result = GenerationResult(text=text, finish_reason=_finish(r.choices[0].finish_reason),
                                   prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
                                   completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
-        self._count(result)
+        self._count(result, usage)
         return result
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
@@ -211,7 +212,7 @@ class EngineBackend(Backend):
         result = GenerationResult(text="".join(parts), finish_reason=_finish(reason),
                                   prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
                                   completion_tokens=int(getattr(usage, "completion_tokens", 0) or len(parts)))
-        self._count(result)
+        self._count(result, usage)
         yield StreamEvent(delta="", result=result)
 
     # ---- judge scores ----------------------------------------------------------------------
@@ -284,9 +285,16 @@ class EngineBackend(Backend):
         if self._tokenizer is None:
             raise ConfigError(f"the engine backend needs --engine-tokenizer (a Hugging Face folder) to {what}")
 
-    def _count(self, result: GenerationResult) -> None:
+    def _count(self, result: GenerationResult, usage: Any) -> None:
         child(GENERATED_TOKENS, self.model_name, self.name).inc(result.completion_tokens)
         child(PROMPT_TOKENS, self.model_name, self.name).inc(result.prompt_tokens)
+        # Prompt tokens the engine took from its cache (llama-server, vLLM with prefix caching): computed
+        # prompt tokens = parrot_prompt_tokens_total - parrot_prefix_cache_hit_tokens_total.
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = int(getattr(details, "cached_tokens", 0) or 0)
+        if cached:
+            child(PREFIX_CACHE_TOKENS, self.model_name).inc(cached)
+        self.cached_prompt_tokens += cached
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -307,7 +315,7 @@ class EngineBackend(Backend):
             raise Unavailable(f"{where}: {what} failed (HTTP {e.status_code}): {_detail(e)}") from None
 
     def stats(self) -> dict[str, Any]:
-        return {"requests_sent": self.requests_sent}
+        return {"requests_sent": self.requests_sent, "cached_prompt_tokens": self.cached_prompt_tokens}
 
 
 def parse_top_logprobs(logprobs: Any) -> dict[int | str, float]:

@@ -1,12 +1,18 @@
-"""Calls to the model services from a run: deadlines, retries with jittered backoff, round-robin.
+"""Calls to the model services from a run: deadlines, retries with jittered backoff, session routing.
 
 A target may list replicas ("ipv4:127.0.0.1:5001,127.0.0.1:5002") or be a DNS name
-("dns:///responder:50051"); the channel resolves every address and spreads calls round-robin.
+("dns:///responder:50051"). With ``routing="affinity"`` (the default) every turn of a session goes
+to the same listed replica: the session key is a hash of its opening messages (the same at every
+turn), so the replica's engine finds the earlier turns in its prompt cache instead of computing
+the whole history again. A replica that answers UNAVAILABLE is skipped for a while and its
+sessions move to the next one. ``routing="round_robin"`` (and any DNS name) lets gRPC spread the
+calls round-robin over the resolved addresses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -16,7 +22,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
-from parrot.conversation import Message
+from parrot.conversation import Message, Role
 from parrot.errors import InvalidArgument, ParrotError
 from parrot.metrics import STAGE_LATENCY, child
 from parrot.protoconv import messages_to_pb
@@ -28,6 +34,52 @@ T = TypeVar("T")
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+ROUTINGS = ("affinity", "round_robin")
+# How long a replica that answered UNAVAILABLE is passed over by session routing.
+REPLICA_DOWN_S = 10.0
+
+
+def replica_addresses(target: str) -> list[str]:
+    """The addresses an ``ipv4:`` / ``ipv6:`` target lists (one per replica); [] for other targets."""
+    scheme, sep, rest = target.partition(":")
+    if not sep or scheme not in ("ipv4", "ipv6") or "," not in rest:
+        return []
+    return [a.strip() for a in rest.split(",") if a.strip()]
+
+
+def session_key(messages: list[Message]) -> int:
+    """A stable hash of a session's opening (any system message and the first user turn): the same at every turn."""
+    h = hashlib.blake2b(digest_size=8)
+    for m in messages:
+        h.update(m.role.value.encode())
+        h.update(b"\0")
+        h.update(m.content.encode("utf-8", "replace"))
+        h.update(b"\0")
+        if m.role is Role.USER:
+            break
+    return int.from_bytes(h.digest(), "big")
+
+
+class _Route:
+    """One role's channels: one per listed replica (affinity), or one round-robin channel."""
+
+    def __init__(self, target: str, routing: str) -> None:
+        addresses = replica_addresses(target) if routing == "affinity" else []
+        self.channels = [open_channel(a) for a in addresses] if addresses else [open_channel(target)]
+        self._down_until = [0.0] * len(self.channels)
+
+    def pick(self, key: int, attempt: int) -> int:
+        """The replica for a session on this attempt: its own, else the next one not marked down."""
+        n = len(self.channels)
+        if n == 1:
+            return 0
+        now = time.monotonic()
+        order = [(key + attempt + i) % n for i in range(n)]
+        return next((i for i in order if self._down_until[i] <= now), order[0])
+
+    def mark_down(self, index: int) -> None:
+        if len(self.channels) > 1:
+            self._down_until[index] = time.monotonic() + REPLICA_DOWN_S
 
 
 def _over_limit(e: grpc.aio.AioRpcError) -> bool:
@@ -91,40 +143,49 @@ class ModelClients:
     """The asker, responder(s) and judge one run talks to."""
 
     def __init__(self, targets: dict[str, str], retry: Retry, token: str | None,
-                 on_retry: Callable[[str, str], None] | None = None) -> None:
+                 on_retry: Callable[[str, str], None] | None = None, routing: str = "affinity") -> None:
+        if routing not in ROUTINGS:
+            raise InvalidArgument("routing", f"is {routing!r}; allowed: {', '.join(ROUTINGS)}")
         self.targets = {k: v for k, v in targets.items() if v}
         self.retry = retry
+        self.routing = routing
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
-        self._channels = {k: open_channel(v) for k, v in self.targets.items()}
-        self._stubs: dict[tuple[str, type], object] = {}
+        self._routes = {k: _Route(v, routing) for k, v in self.targets.items()}
+        self._stubs: dict[tuple[str, type, int], object] = {}
         self._on_retry = on_retry
 
     async def close(self) -> None:
-        for ch in self._channels.values():
-            await ch.close()
+        for route in self._routes.values():
+            for ch in route.channels:
+                await ch.close()
 
-    def _channel(self, role: str) -> grpc.aio.Channel:
-        if role not in self._channels:
+    def _route(self, role: str) -> _Route:
+        if role not in self._routes:
             raise InvalidArgument(f"spec.targets.{role}", "is required for this run")
-        return self._channels[role]
+        return self._routes[role]
 
-    def _stub(self, role: str, stub_class: type) -> Any:
-        """One stub per role and service, made on first use (a stub per call costs more than the call's own Python)."""
-        stub = self._stubs.get((role, stub_class))
+    def _stub(self, role: str, stub_class: type, replica: int = 0) -> Any:
+        """One stub per role, service and replica, made on first use (a stub per call costs more than the call's own Python)."""
+        stub = self._stubs.get((role, stub_class, replica))
         if stub is None:
-            stub = self._stubs[(role, stub_class)] = stub_class(self._channel(role))
+            stub = self._stubs[(role, stub_class, replica)] = stub_class(self._route(role).channels[replica])
         return stub
 
-    async def _call(self, stage: str, fn: Callable[[float], Awaitable[T]]) -> T:
+    async def _call(self, stage: str, role: str, stub_class: type, key: int,
+                    fn: Callable[[Any, float], Awaitable[T]]) -> T:
+        route = self._route(role)
         last: grpc.aio.AioRpcError | None = None
         for attempt in range(self.retry.max_attempts):
             t0 = time.monotonic()
+            replica = route.pick(key, attempt)
             try:
-                result = await fn(self.retry.call_deadline_s)
+                result = await fn(self._stub(role, stub_class, replica), self.retry.call_deadline_s)
                 child(STAGE_LATENCY, "coordinator", stage).observe(time.monotonic() - t0)
                 return result
             except grpc.aio.AioRpcError as e:
                 last = e
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    route.mark_down(replica)  # its sessions move on to the next replica
                 if e.code() not in RETRYABLE or attempt + 1 >= self.retry.max_attempts or _over_limit(e):
                     break
                 if self._on_retry:
@@ -138,27 +199,27 @@ class ModelClients:
 
     async def respond(self, messages: list[Message], params: conversation_pb2.GenerationParams,
                       role: str = "responder") -> responder_pb2.RespondResponse:
-        stub = self._stub(role, responder_pb2_grpc.ResponderStub)
         req = responder_pb2.RespondRequest(conversation=messages_to_pb(messages), params=params)
-        return await self._call("respond", lambda t: stub.Respond(req, metadata=self._metadata, timeout=t))
+        return await self._call("respond", role, responder_pb2_grpc.ResponderStub, session_key(messages),
+                                lambda stub, t: stub.Respond(req, metadata=self._metadata, timeout=t))
 
     async def ask(self, messages: list[Message], params: conversation_pb2.GenerationParams,
                   persona: str = "", topic: str = "") -> asker_pb2.AskResponse:
-        stub = self._stub("asker", asker_pb2_grpc.AskerStub)
         req = asker_pb2.AskRequest(conversation=messages_to_pb(messages), params=params, persona=persona, topic=topic,
                                    num_candidates=1)
-        return await self._call("ask", lambda t: stub.Ask(req, metadata=self._metadata, timeout=t))
+        return await self._call("ask", "asker", asker_pb2_grpc.AskerStub, session_key(messages),
+                                lambda stub, t: stub.Ask(req, metadata=self._metadata, timeout=t))
 
     async def grade(self, messages: list[Message], turn: int, reference: str, prompt_name: str,
                     params: conversation_pb2.GenerationParams, role: str = "judge") -> judge_pb2.GradeSingleResponse:
-        stub = self._stub(role, judge_pb2_grpc.JudgeStub)
         req = judge_pb2.GradeSingleRequest(conversation=messages_to_pb(messages), turn=turn, reference_answer=reference,
                                            prompt_name=prompt_name, params=params)
-        return await self._call("judge", lambda t: stub.GradeSingle(req, metadata=self._metadata, timeout=t))
+        return await self._call("judge", role, judge_pb2_grpc.JudgeStub, session_key(messages),
+                                lambda stub, t: stub.GradeSingle(req, metadata=self._metadata, timeout=t))
 
     async def compare(self, a: list[Message], b: list[Message], turn: int, reference: str, prompt_name: str,
                       params: conversation_pb2.GenerationParams) -> judge_pb2.ComparePairResponse:
-        stub = self._stub("judge", judge_pb2_grpc.JudgeStub)
         req = judge_pb2.ComparePairRequest(conversation_a=messages_to_pb(a), conversation_b=messages_to_pb(b), turn=turn,
                                            reference_answer=reference, prompt_name=prompt_name, params=params)
-        return await self._call("judge", lambda t: stub.ComparePair(req, metadata=self._metadata, timeout=t))
+        return await self._call("judge", "judge", judge_pb2_grpc.JudgeStub, session_key(a),
+                                lambda stub, t: stub.ComparePair(req, metadata=self._metadata, timeout=t))

@@ -34,6 +34,8 @@ class CoordinatorConfig:
     max_active_runs: int = field(default=4, metadata={"help": "Runs executing at once; more get RESOURCE_EXHAUSTED."})
     upstream_token: str | None = field(default=None, metadata={"help": "Bearer token sent to the model services."})
     check_targets: bool = field(default=True, metadata={"help": "Health-check a run's endpoints at StartRun."})
+    routing: str = field(default="affinity", metadata={
+        "help": "affinity (every turn of a session to the same listed replica, for its prompt cache) or round_robin."})
     limits: RunLimits = field(default_factory=RunLimits, metadata={"help": "Limits on what one run may ask for."})
 
 
@@ -69,7 +71,8 @@ class RunManager:
         retry = Retry(max_attempts=r.max_attempts or 4, initial_backoff_s=r.initial_backoff_s or 0.5,
                       max_backoff_s=r.max_backoff_s or 10.0, call_deadline_s=r.call_deadline_s or 300.0)
         return ModelClients(self._targets(spec), retry, self.config.upstream_token,
-                            on_retry=lambda stage, code: m.MODEL_RETRIES.labels(stage, code).inc())
+                            on_retry=lambda stage, code: m.MODEL_RETRIES.labels(stage, code).inc(),
+                            routing=self.config.routing)
 
     def _active(self) -> int:
         """Runs executing now; one that has reached its final state no longer counts (a client
