@@ -100,6 +100,8 @@ def serve_cmd(
     engine_threads: int = typer.Option(0, envvar="PARROT_ENGINE_THREADS", help="llamacpp: CPU threads (0 = all cores)."),
     engine_tokenizer: str = typer.Option("", envvar="PARROT_ENGINE_TOKENIZER",
                                          help="engine: Hugging Face folder whose chat template renders prompts (needed for judge scores and prefill)."),
+    engine_wait_s: float = typer.Option(0.0, envvar="PARROT_ENGINE_WAIT_S",
+                                        help="engine: how long to wait at start for an engine that is not up yet (a sidecar loading its model)."),
     engine_scoring: str = typer.Option("logprobs", envvar="PARROT_ENGINE_SCORING",
                                        help="engine: judge scores from the engine's logprobs, or 'parsed' ([[N]] in the text) for engines without them."),
     device: str = typer.Option("auto", envvar="PARROT_DEVICE", help="transformers: cpu, cuda or auto."),
@@ -191,7 +193,8 @@ def serve_cmd(
         if not base_url:
             _fail("--base-url / PARROT_BASE_URL is required for the engine backend (the engine's …/v1 URL)")
         options = {"base_url": base_url.rstrip("/"), "model": "" if model == "smollm2" else model,
-                   "tokenizer": engine_tokenizer, "scoring": engine_scoring, "api_key_env": api_key_env,
+                   "tokenizer": engine_tokenizer, "scoring": engine_scoring, "wait_s": engine_wait_s,
+                   "api_key_env": api_key_env,
                    "api_key_file": api_key_file}
     elif backend == "transformers":
         options = {"model": model, "dtype": dtype, "device": device, "max_batch_size": max_batch_size,

@@ -119,7 +119,8 @@ def pod_specs(docs: list[dict]) -> Iterator[tuple[str, dict, dict]]:
 
 
 def predictor_container(isvc: dict) -> dict:
-    (c,) = isvc["spec"]["predictor"]["containers"]
+    """The parrot container (KServe's kserve-container); a vLLM sidecar may sit beside it."""
+    (c,) = [c for c in isvc["spec"]["predictor"]["containers"] if c["name"] == "kserve-container"]
     return c
 
 
@@ -434,21 +435,24 @@ def test_model_services_are_inference_services(helm, name):
         assert (p["minReplicas"], p["maxReplicas"], p["scaleMetric"]) == (1, 1, "cpu")
         assert p["serviceAccountName"] == "parrot-models"
         env = env_of(c)
-        assert env["PARROT_MODEL"] == "smollm2" and env["PARROT_BACKEND"] == "transformers"
+        if name == "gpu":  # vLLM sidecars are the engines
+            assert env["PARROT_MODEL"] == m and env["PARROT_BACKEND"] == "engine"
+        else:
+            assert env["PARROT_MODEL"] == "smollm2" and env["PARROT_BACKEND"] == "transformers"
         assert "STORAGE_URI" not in env and "PARROT_AUTH_TOKEN_FILE" not in env
         # the chart's Service reaches the predictor pods on both ports
         svc = services[f"parrot-{m}"]
         assert svc["spec"]["selector"].items() <= p["labels"].items()
         assert {q["name"]: (q["port"], q["targetPort"]) for q in svc["spec"]["ports"]} == {
             "grpc": (GRPC_PORT, GRPC_PORT), "http": (HTTP_PORT, HTTP_PORT)}
+        assert not any("gpu" in k for k in c["resources"]["limits"]), "the parrot container needs no GPU"
         if name == "gpu":
-            assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and env["PARROT_DEVICE"] == "cuda"
+            (vllm,) = [x for x in p["containers"] if x["name"] == "vllm"]
+            assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
             assert any(t["key"] == "nvidia.com/gpu" for t in p["tolerations"])
         else:
-            assert not any("gpu" in k for k in c["resources"]["limits"]) and env["PARROT_DEVICE"] == "auto"
+            assert [x["name"] for x in p["containers"]] == ["kserve-container"] and env["PARROT_DEVICE"] == "auto"
             assert "tolerations" not in p
-    if name == "gpu":
-        assert env_of(predictor_container(isvcs["parrot-responder"]))["PARROT_MAX_BATCH_SIZE"] == "64"
 
 
 def test_serverless_mode(helm):
@@ -510,6 +514,43 @@ def test_tgi_responder(helm):
     np = by_kind(docs, "NetworkPolicy")["parrot-tgi"]
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "parrot", "app.kubernetes.io/instance": "parrot",
                                             "app.kubernetes.io/component": "responder"}}} in np["spec"]["ingress"][0]["from"]
+
+
+def test_vllm_sidecar_is_each_services_engine(helm):
+    docs = variant(helm, "gpu")
+    for m in MODELS:
+        isvc = by_kind(docs, "InferenceService")[f"parrot-{m}"]
+        kserve, vllm = isvc["spec"]["predictor"]["containers"]
+        assert kserve["name"] == "kserve-container" and vllm["name"] == "vllm"
+        env = env_of(kserve)
+        assert env["PARROT_BACKEND"] == "engine" and env["PARROT_BASE_URL"] == "http://127.0.0.1:8000/v1"
+        assert env["PARROT_MODEL"] == m and env["PARROT_ENGINE_TOKENIZER"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert float(env["PARROT_ENGINE_WAIT_S"]) >= 600, "the service waits for the engine to load its model"
+        args = vllm["args"]
+        assert args[args.index("--model") + 1] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert args[args.index("--served-model-name") + 1] == m and args[args.index("--host") + 1] == "127.0.0.1"
+        assert int(args[args.index("--max-logprobs") + 1]) >= 20, "the judge reads the top-20 logprobs"
+        assert "ports" not in vllm, "only the parrot container serves (Knative allows one)"
+        assert vllm["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+        assert {v["mountPath"] for v in vllm["volumeMounts"]} == {"/tmp", "/cache"}
+        # The serve command reads every env var the chart sets.
+        assert {"PARROT_ENGINE_TOKENIZER", "PARROT_ENGINE_WAIT_S"} <= serve_env_vars()
+    # Refused: two engines for the responder, and a storageUri the sidecar cannot see.
+    for args, message in (
+        (("--set", "responder.vllm.enabled=true", "--set", "responder.tgi.enabled=true"), "pick one engine"),
+        (("--set", "asker.vllm.enabled=true", "--set", "asker.storageUri=s3://m/a"), "does not see asker.storageUri"),
+    ):
+        out = subprocess.run([helm, "template", "parrot", str(CHART), *args], capture_output=True, text=True)
+        assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+def serve_env_vars() -> set[str]:
+    import typer
+
+    from parrot.cli import app
+
+    serve = typer.main.get_command(app).commands["serve"]
+    return {p.envvar for p in serve.params if isinstance(getattr(p, "envvar", None), str)}
 
 
 def test_external_judge(helm):

@@ -284,3 +284,23 @@ def test_dtype_auto_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(tb, "native_bf16", lambda: True)
     assert tb.resolve_dtype("auto", "cpu") == "bfloat16"
     assert tb.resolve_dtype("float16", "cpu") == "float16"
+
+
+async def test_load_waits_for_an_engine_that_comes_up_later():
+    """A sidecar engine loading its model: the service waits up to wait_s instead of failing."""
+    from parrot.client import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    b = EngineBackend(EngineBackendConfig(base_url=url, max_retries=0, timeout_s=2, wait_s=30))
+    loading = asyncio.create_task(b.load())
+    await asyncio.sleep(2.5)
+    assert not loading.done()  # still waiting, not failed
+    srv = ThreadingHTTPServer(("127.0.0.1", port), _NoLogprobsEngine)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        await asyncio.wait_for(loading, 15)
+        assert b.ready and b.model_name == "m"
+        await b.close()
+    finally:
+        srv.shutdown()

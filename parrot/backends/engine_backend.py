@@ -61,6 +61,9 @@ class EngineBackendConfig:
     api_key_file: str = field(default="", metadata={"help": "File with the engine's API key (wins over the env var)."})
     timeout_s: float = field(default=300.0, metadata={"help": "Per-request timeout in seconds."})
     max_retries: int = field(default=4, metadata={"help": "Retries after 429, 5xx, timeouts and connection errors."})
+    wait_s: float = field(default=0.0, metadata={
+        "help": "At load, how long to wait for an engine that is not reachable yet (a sidecar still loading "
+                "its model); 0 = fail at once."})
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORING_MODES:
@@ -99,8 +102,7 @@ class EngineBackend(Backend):
         key = read_api_key(key_file=self.config.api_key_file, key_env=self.config.api_key_env, backend=self.name)
         self._client = openai.AsyncOpenAI(base_url=self._base_url, api_key=key or "none",
                                           timeout=self.config.timeout_s, max_retries=self.config.max_retries)
-        with self._errors("GET /models"):
-            models = [m.id async for m in self._client.models.list()]
+        models = await self._list_models()
         if not self._model:
             if not models:
                 raise Unavailable(f"engine at {loggable_url(self._base_url)} serves no model (GET /models is empty)")
@@ -112,6 +114,19 @@ class EngineBackend(Backend):
         self.ready = True
         log.info("engine backend ready", extra={"engine": self.engine_label, "url": loggable_url(self._base_url),
                                                 "model": self._model, "prompts": self._route()})
+
+    async def _list_models(self) -> list[str]:
+        """GET /models; while the engine is unreachable, retried every 2 s for up to ``wait_s``."""
+        deadline = time.monotonic() + self.config.wait_s
+        while True:
+            try:
+                with self._errors("GET /models"):
+                    return [m.id async for m in self._client.models.list()]
+            except Unavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("engine not reachable yet; waiting", extra={"url": loggable_url(self._base_url)})
+                await asyncio.sleep(2.0)
 
     async def close(self) -> None:
         if self._client is not None:

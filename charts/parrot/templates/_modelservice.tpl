@@ -46,10 +46,22 @@ model backend dtype device maxBatchSize prefixCacheMib prefillChunkTokens maxNew
 {{- if $svc.storageUri }}
 {{- $_ := set $settings "model" "/mnt/models" }}
 {{- end }}
+{{- $vllm := $svc.vllm }}
+{{- if $vllm.enabled }}
+{{- if and (eq $name "responder") $svc.tgi.enabled }}
+{{- fail "responder.vllm.enabled and responder.tgi.enabled: pick one engine" }}
+{{- end }}
+{{- if $svc.storageUri }}
+{{- fail (printf "%s.vllm.enabled: the vLLM sidecar does not see %s.storageUri's /mnt/models; name the model in %s.vllm.model (a Hugging Face id or a path in the vLLM image)" $name $name $name) }}
+{{- end }}
+{{- $_ := set $settings "backend" "engine" }}
+{{- $_ := set $settings "baseUrl" (printf "http://127.0.0.1:%d/v1" (int $vllm.port)) }}
+{{- $_ := set $settings "model" $name }}
+{{- end }}
 {{- if and (ne $settings.backend "transformers") (not $settings.baseUrl) }}
 {{- fail (printf "%s.baseUrl is required for backend %s" $name $settings.backend) }}
 {{- end }}
-{{- $reserved := list "PARROT_GRPC_PORT" "PARROT_HTTP_PORT" "PARROT_AUTH_TOKEN_FILE" "PARROT_API_KEY_FILE" "STORAGE_URI" }}
+{{- $reserved := list "PARROT_GRPC_PORT" "PARROT_HTTP_PORT" "PARROT_AUTH_TOKEN_FILE" "PARROT_API_KEY_FILE" "STORAGE_URI" "PARROT_ENGINE_TOKENIZER" "PARROT_ENGINE_WAIT_S" "HF_HOME" }}
 {{- range $key := keys $settings }}
 {{- $reserved = append $reserved (printf "PARROT_%s" ($key | snakecase | upper)) }}
 {{- end }}
@@ -132,6 +144,23 @@ spec:
           - name: PARROT_API_KEY_FILE
             value: /var/run/secrets/parrot/api-key/key
           {{- end }}
+          {{- if $vllm.enabled }}
+          # prompts are rendered with the served model's chat template (tokenizer downloaded to /tmp)
+          - name: PARROT_ENGINE_TOKENIZER
+            value: {{ $vllm.model | quote }}
+          # wait for the vLLM sidecar to load its model before failing
+          - name: PARROT_ENGINE_WAIT_S
+            value: "1800"
+          - name: HF_HOME
+            value: /tmp/hf
+          {{- if $vllm.hfTokenSecret }}
+          - name: HF_TOKEN
+            valueFrom:
+              secretKeyRef:
+                name: {{ $vllm.hfTokenSecret }}
+                key: HF_TOKEN
+          {{- end }}
+          {{- end }}
           {{- with (include "parrot.authEnv" $root) }}{{ . | trim | nindent 10 }}{{ end }}
           {{- with (include "parrot.plainEnv" (dict "root" $root "env" $svc.env "reserved" $reserved "owner" $name)) }}{{ . | trim | nindent 10 }}{{ end }}
         startupProbe:
@@ -171,10 +200,80 @@ spec:
             mountPath: /var/run/secrets/parrot/api-key
             readOnly: true
           {{- end }}
+      {{- if $vllm.enabled }}
+      # The engine: vLLM's OpenAI-compatible server on the pod's loopback, with logprobs for the judge's
+      # probability-weighted score and prefix caching for later turns. No ports: only the parrot
+      # container is reached from outside (Knative allows one serving container).
+      - name: vllm
+        image: {{ $vllm.image | quote }}
+        imagePullPolicy: IfNotPresent
+        args:
+          - --model
+          - {{ $vllm.model | quote }}
+          - --served-model-name
+          - {{ $name | quote }}
+          - --host
+          - "127.0.0.1"
+          - --port
+          - {{ $vllm.port | toString | quote }}
+          - --max-logprobs
+          - "20"
+          - --enable-prefix-caching
+          {{- range $vllm.extraArgs }}
+          - {{ . | quote }}
+          {{- end }}
+        env:
+          - name: HOME
+            value: /cache
+          - name: HF_HOME
+            value: /cache/hf
+          {{- if $vllm.hfTokenSecret }}
+          - name: HF_TOKEN
+            valueFrom:
+              secretKeyRef:
+                name: {{ $vllm.hfTokenSecret }}
+                key: HF_TOKEN
+          {{- end }}
+        # Serverless (Knative) needs its multi-container-probing feature flag for these probes.
+        startupProbe:
+          httpGet:
+            path: /health
+            port: {{ $vllm.port }}
+          periodSeconds: 10
+          failureThreshold: 180
+        livenessProbe:
+          httpGet:
+            path: /health
+            port: {{ $vllm.port }}
+          periodSeconds: 15
+          timeoutSeconds: 5
+          failureThreshold: 4
+        readinessProbe:
+          httpGet:
+            path: /health
+            port: {{ $vllm.port }}
+          periodSeconds: 10
+          timeoutSeconds: 5
+          failureThreshold: 3
+        securityContext:
+          {{- include "parrot.containerSecurityContext" $root | nindent 10 }}
+        resources:
+          {{- toYaml $vllm.resources | nindent 10 }}
+        volumeMounts:
+          - name: tmp
+            mountPath: /tmp
+          - name: vllm-cache
+            mountPath: /cache
+      {{- end }}
     volumes:
       - name: tmp
         emptyDir:
           sizeLimit: {{ $values.tmpSizeLimit }}
+      {{- if $vllm.enabled }}
+      - name: vllm-cache
+        emptyDir:
+          sizeLimit: {{ $vllm.cacheSizeLimit }}
+      {{- end }}
       {{- with (include "parrot.authVolume" $root) }}{{ . | trim | nindent 6 }}{{ end }}
       {{- if $apiKeySecret.name }}
       - name: api-key
