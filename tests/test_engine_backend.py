@@ -178,6 +178,28 @@ async def test_cancelled_stream_frees_the_engine_slot(llama):
     assert decoded < 400, decoded  # stopped soon after the client went away, not at 1500 tokens
 
 
+@requires_model
+@requires_llama_server
+async def test_cancelled_generate_frees_the_engine_slot(llama):
+    """A unary call whose caller goes away (a gRPC deadline, a cancelled run) stops the engine too."""
+    q = msgs((U, "Count from 1 to 500, separated by commas, and say nothing else."))
+    task = asyncio.create_task(llama.generate([GenerationRequest(q, greedy(1500))]))
+    for _ in range(50):
+        if any(s.get("is_processing") for s in await slots(llama)):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        busy = [s for s in await slots(llama) if s.get("is_processing")]
+        if not busy:
+            break
+        await asyncio.sleep(0.1)
+    assert not busy, busy
+
+
 # ---------------------------------------------------------------------------------- bad input
 
 class _NoLogprobsEngine(BaseHTTPRequestHandler):
