@@ -60,6 +60,16 @@ async def slots(b: LlamaCppBackend) -> list[dict]:
         return (await c.get(f"{b.server.base_url}/slots", timeout=10)).json()
 
 
+async def busy_slots_after(b: LlamaCppBackend, seconds: float) -> list[dict]:
+    """The engine's slots still processing after waiting up to ``seconds`` for all to be idle."""
+    for _ in range(int(seconds * 10)):
+        busy = [s for s in await slots(b) if s.get("is_processing")]
+        if not busy:
+            return []
+        await asyncio.sleep(0.1)
+    return busy
+
+
 @requires_model
 @requires_llama_server
 async def test_responder_text_length_and_stop(llama):
@@ -167,12 +177,7 @@ async def test_cancelled_stream_frees_the_engine_slot(llama):
         if got == 5:
             break
     await gen.aclose()
-    for _ in range(50):
-        busy = [s for s in await slots(llama) if s.get("is_processing")]
-        if not busy:
-            break
-        await asyncio.sleep(0.1)
-    assert not busy, busy
+    assert not await busy_slots_after(llama, 5)
     decoded = max(s.get("next_token", [{}])[0].get("n_decoded", 0) if isinstance(s.get("next_token"), list)
                   else s.get("next_token", {}).get("n_decoded", 0) for s in await slots(llama))
     assert decoded < 400, decoded  # stopped soon after the client went away, not at 1500 tokens
@@ -192,12 +197,7 @@ async def test_cancelled_generate_frees_the_engine_slot(llama):
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    for _ in range(50):
-        busy = [s for s in await slots(llama) if s.get("is_processing")]
-        if not busy:
-            break
-        await asyncio.sleep(0.1)
-    assert not busy, busy
+    assert not await busy_slots_after(llama, 5)  # finishing would take about 25 s
 
 
 # ---------------------------------------------------------------------------------- bad input

@@ -10,10 +10,12 @@ import abc
 import asyncio
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, ClassVar, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar, Sequence, TypeVar
 
 from parrot.conversation import GenerationParams, Message
 from parrot.errors import InvalidArgument, Unsupported
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,18 @@ class Backend(abc.ABC):
     def stats(self) -> dict[str, Any]:
         """Backend-specific counters (for tests and debugging)."""
         return {}
+
+
+async def gather_all_or_cancel(coros: Sequence[Awaitable[T]]) -> list[T]:
+    """Runs ``coros`` concurrently; if one fails (or the caller is cancelled), cancels the rest first."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 _REGISTRY: dict[str, tuple[type[Backend], type]] = {}

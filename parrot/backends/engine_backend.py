@@ -29,7 +29,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
-from parrot.backends.base import Backend, GenerationRequest, GenerationResult, StreamEvent, register_backend
+from parrot.backends.base import (
+    Backend,
+    GenerationRequest,
+    GenerationResult,
+    StreamEvent,
+    gather_all_or_cancel,
+    register_backend,
+)
 from parrot.backends.http_common import loggable_url, read_api_key, sampling_fields
 from parrot.conversation import Message, Role
 from parrot.engines.llamacpp import DEFAULT_GGUF_TYPE, GGUF_TYPES, LlamaServer, LlamaServerSettings
@@ -162,14 +169,7 @@ class EngineBackend(Backend):
         return messages, extra
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        tasks = [asyncio.ensure_future(self._generate_one(r)) for r in requests]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        return await gather_all_or_cancel([self._generate_one(r) for r in requests])
 
     async def _generate_one(self, request: GenerationRequest) -> GenerationResult:
         self._check_ready()

@@ -28,7 +28,7 @@ from typing import Any, AsyncIterator, ClassVar, Mapping, Sequence
 
 import httpx
 
-from parrot.backends.base import Backend, GenerationRequest, GenerationResult, StreamEvent
+from parrot.backends.base import Backend, GenerationRequest, GenerationResult, StreamEvent, gather_all_or_cancel
 from parrot.conversation import GenerationParams
 from parrot.errors import ConfigError, InvalidArgument, Unavailable
 from parrot.metrics import BACKEND_RETRIES, GENERATED_TOKENS, PROMPT_TOKENS
@@ -482,14 +482,7 @@ class ChatCompletionsBackend(Backend):
         """Runs the requests concurrently (bounded by ``max_concurrency``)."""
         for r in requests:
             self._check_request(r)
-        tasks = [asyncio.create_task(self._generate_one(r)) for r in requests]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        return await gather_all_or_cancel([self._generate_one(r) for r in requests])
 
     async def _generate_one(self, request: GenerationRequest) -> GenerationResult:
         http = await self._client()
