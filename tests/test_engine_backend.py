@@ -239,6 +239,11 @@ async def test_judge_refuses_an_engine_without_logprobs():
         with pytest.raises(ConfigError) as e:
             await b.load()
         assert url in str(e.value) and "--engine-scoring parsed" in str(e.value) and "logprobs" in str(e.value)
+        no_tokenizer = EngineBackend(EngineBackendConfig(base_url=url, max_retries=0))
+        no_tokenizer.needs_scoring = True
+        with pytest.raises(ConfigError, match="--engine-tokenizer"):
+            await no_tokenizer.load()
+        await no_tokenizer.close()
         # A responder on the same engine loads: it needs no log-probabilities.
         r = EngineBackend(EngineBackendConfig(base_url=url, tokenizer=str(bundled_model_dir()), max_retries=0))
         await r.load()

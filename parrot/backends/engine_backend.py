@@ -117,6 +117,10 @@ class EngineBackend(Backend):
         if self.config.tokenizer:
             self._tokenizer = await asyncio.to_thread(_load_tokenizer, self.config.tokenizer)
         if self.needs_scoring and self.supports_scoring:
+            if self._tokenizer is None:
+                raise ConfigError("a judge on the engine backend scores rating labels after its own prompt text: give "
+                                  "--engine-tokenizer (the served model's Hugging Face folder or id), or --engine-scoring "
+                                  "parsed")
             await self._check_logprobs()
         self.ready = True
         log.info("engine backend ready", extra={"engine": self.engine_label, "url": loggable_url(self._base_url),
@@ -142,7 +146,7 @@ class EngineBackend(Backend):
         self.ready = False
 
     async def _check_logprobs(self) -> None:
-        top = await self._top_logprobs(self._render([Message(Role.USER, "Say yes.")], "") if self._tokenizer else "Yes")
+        top = await self._top_logprobs(self._render([Message(Role.USER, "Say yes.")], ""))
         if not top:
             raise ConfigError(
                 f"the judge needs token log-probabilities, and the {self.engine_label} engine at "
