@@ -17,6 +17,8 @@ platform's setting) and on.
 
     .venv/bin/python bench/engines.py                       # everything (about 15 min on 2 cores)
     .venv/bin/python bench/engines.py --rows platform-grpc,llama-default --sessions 16
+    # an engine you run (vLLM on a GPU: vllm serve MODEL --max-logprobs 20): direct vs the platform on it
+    .venv/bin/python bench/engines.py --rows external --engine-url http://127.0.0.1:8000/v1 --engine-tokenizer MODEL
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ OWN_TOPICS = [
     ["Explain what an API is.", "How is that different from a library?"],
     ["Why does sourdough bread rise?", "Mine came out flat. Why?"],
 ]
-ROWS = ("llama-bf16", "llama-default", "platform-openai", "platform-grpc", "inprocess")
+ROWS = ("llama-bf16", "llama-default", "platform-openai", "platform-grpc", "inprocess", "external")
 
 
 def sessions(n: int, turns: int) -> list[list[str]]:
@@ -101,6 +103,14 @@ async def run_grpc(target: str, work: list[list[str]], max_tokens: int) -> tuple
         t0 = time.perf_counter()
         total = sum(await asyncio.gather(*(one(s) for s in work)))
         return total, time.perf_counter() - t0
+
+
+async def _first_model(openai, url: str) -> str:
+    client = openai.AsyncOpenAI(base_url=url, api_key="none")
+    try:
+        return [m.id async for m in client.models.list()][0]
+    finally:
+        await client.close()
 
 
 def start_llama_server(gguf: Path, parallel: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
@@ -176,6 +186,8 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
     ap.add_argument("--gguf-type", default=None, help="the platform's GGUF (default: the platform default)")
     ap.add_argument("--quality-refs", type=int, default=30, help="reference answers for the NLL guard (0 = skip)")
+    ap.add_argument("--engine-url", help="row 'external': an engine's OpenAI …/v1 URL (vLLM, SGLang, llama-server)")
+    ap.add_argument("--engine-tokenizer", default="", help="row 'external': the served model's Hugging Face folder or id")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
 
@@ -183,6 +195,8 @@ def main() -> None:
 
     default = args.gguf_type or DEFAULT_GGUF_TYPE
     rows = args.rows.split(",")
+    if "external" in rows and not args.engine_url:
+        raise SystemExit("row 'external' needs --engine-url")
     work16, work1 = sessions(args.sessions, args.turns), sessions(1, args.turns)
     mt = args.max_tokens
     results = []
@@ -223,6 +237,20 @@ def main() -> None:
         finally:
             stop(proc)
 
+    if "external" in rows:
+        import openai
+
+        served = asyncio.run(_first_model(openai, args.engine_url))
+        results.append(measure(f"engine direct ({served} at {args.engine_url})", lambda w: asyncio.run(
+            run_openai(args.engine_url, served, w, mt)), work16, work1))
+        proc, target = start(["responder", "--backend", "engine", "--base-url", args.engine_url, "--model", served,
+                              "--engine-tokenizer", args.engine_tokenizer], "parrot.v1.Responder")
+        try:
+            results.append(measure("platform on that engine, parrot.v1 gRPC", lambda w: asyncio.run(
+                run_grpc(target, w, mt)), work16, work1))
+        finally:
+            stop(proc)
+
     base = next((r for r in results if r["row"].startswith("llama-server direct, bf16")), None)
     print(f"\n{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores\n")
     print(f"| server | {args.sessions} sessions: tok/s | turns/s | x llama-server bf16 | 1 session: tok/s "
@@ -238,6 +266,11 @@ def main() -> None:
         print(f"\nadapter: platform gRPC / llama-server direct on the same {default} GGUF: "
               f"{grpc_row['tok_s_16'] / direct['tok_s_16']:.3f}x at {args.sessions} sessions, "
               f"{grpc_row['tok_s_1'] / direct['tok_s_1']:.3f}x alone")
+    ext = [r for r in results if r["row"].startswith(("engine direct", "platform on that engine"))]
+    if len(ext) == 2:
+        print(f"\nadapter on the external engine: platform gRPC / engine direct: "
+              f"{ext[1]['tok_s_16'] / ext[0]['tok_s_16']:.3f}x at {args.sessions} sessions, "
+              f"{ext[1]['tok_s_1'] / ext[0]['tok_s_1']:.3f}x alone")
     if args.quality_refs:
         types = list(dict.fromkeys(["bf16", default, "bundled"]))
         for fa in ("off", "on"):

@@ -23,7 +23,8 @@ def _asker(backend: Backend, config: Any) -> Any:
 
     # A trained asker checkpoint is a folder (its parrot_model.json says so); the bundled model is not.
     # A checkpoint given by URL is fetched into the cache here (the backend's load then reuses the copy).
-    model = getattr(getattr(backend, "config", None), "model", None)
+    # The model the backend serves as the user named it (llamacpp keeps it beside its engine client's config).
+    model = getattr(backend, "model_spec", None) or getattr(getattr(backend, "config", None), "model", None)
     model_dir = None if model in (None, "", BUNDLED_NAME) else model
     if model_dir and is_model_url(model_dir):
         model_dir = str(resolve_model(model_dir))
