@@ -99,7 +99,7 @@ def build_server(force: bool = False, python: str = sys.executable) -> Path:
     with tempfile.TemporaryDirectory(prefix="parrot-llama-") as tmp:
         work = Path(tmp)
         log.info("building llama-server", extra={"source": f"llama-cpp-python=={SDIST_VERSION} (sdist, MIT)",
-                                                   "into": str(out), "expect": "about 7 min on 2 cores"})
+                                                   "into": str(out), "expect": "4-7 min on 2 cores"})
         t0 = time.monotonic()
         _step([python, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
                f"llama-cpp-python=={SDIST_VERSION}", "-d", str(work)], work / "download.log", "downloading the sdist")
