@@ -322,6 +322,8 @@ PROMETHEUS_RULE_SCHEMA = {
 def test_monitoring_resources(helm):
     import jsonschema
 
+    from tests.kserve_admission import selects
+
     docs = variant(helm, "monitoring")
     monitors = by_kind(docs, "ServiceMonitor")
     assert set(monitors) == {"parrot", "parrot-minio", "parrot-tgi"}
@@ -330,8 +332,7 @@ def test_monitoring_resources(helm):
         jsonschema.validate(sm, SERVICE_MONITOR_SCHEMA)
         assert sm["metadata"]["labels"]["release"] == "prom", "monitoring.serviceMonitor.labels reach the ServiceMonitor"
         sel = sm["spec"]["selector"]
-        matched = [s for s in services.values() if sel.get("matchLabels", {}).items() <= s["metadata"]["labels"].items()
-                   and all(s["metadata"]["labels"].get(e["key"]) in e["values"] for e in sel.get("matchExpressions", []))]
+        matched = [s for s in services.values() if selects(sel, s["metadata"]["labels"])]
         assert matched, f"ServiceMonitor {name} selects no Service"
         for svc in matched:
             ports = {p["name"] for p in svc["spec"]["ports"]}
@@ -384,12 +385,13 @@ def test_alerts_use_metrics_the_services_export():
 
 
 def check_security(kind_name: str, spec: dict) -> None:
-    psc = spec["securityContext"]
-    assert psc["runAsNonRoot"] is True and psc["runAsUser"] == UID, kind_name
-    assert psc["seccompProfile"]["type"] == "RuntimeDefault", kind_name
+    psc = spec.get("securityContext", {})  # a Knative pod may carry these on each container instead
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     for c in spec["containers"]:
         sc = c["securityContext"]
+        effective = {**psc, **sc}
+        assert effective["runAsNonRoot"] is True and effective["runAsUser"] == UID, f"{kind_name}/{c['name']}"
+        assert effective["seccompProfile"]["type"] == "RuntimeDefault", f"{kind_name}/{c['name']}"
         assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, f"{kind_name}/{c['name']}"
         assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"], f"{kind_name}/{c['name']}"
         for part in ("requests", "limits"):
@@ -423,7 +425,7 @@ def test_model_services_are_inference_services(helm, name):
     assert not [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] in MODELS]
     for m in MODELS:
         isvc = isvcs[f"parrot-{m}"]
-        assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"  # KServe 0.21's name
         p = isvc["spec"]["predictor"]
         c = predictor_container(isvc)
         assert c["name"] == "kserve-container", "KServe attaches the storage initializer and ports to this container"
@@ -460,7 +462,7 @@ def test_serverless_mode(helm):
     isvcs = by_kind(docs, "InferenceService")
     for m in MODELS:
         isvc = isvcs[f"parrot-{m}"]
-        assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"  # KServe 0.21's name
         c = predictor_container(isvc)
         assert [(q["name"], q["containerPort"]) for q in c["ports"]] == [("h2c", GRPC_PORT)], "Knative routes one port"
         assert c["readinessProbe"]["grpc"] == {"port": GRPC_PORT, "service": f"parrot.v1.{m.capitalize()}"}
@@ -471,6 +473,120 @@ def test_serverless_mode(helm):
     np = by_kind(docs, "NetworkPolicy")["parrot-responder"]
     peers = [p for rule in np["spec"]["ingress"] for p in rule["from"]]
     assert any("knative-serving" in str(p) for p in peers), "Knative's activator must reach the pods"
+
+
+# --- admission: what KServe's and Knative's webhooks accept (tests/kserve_admission.py) ----------------
+
+KSERVE_VERSIONS = ("0.13", "0.15", "0.16", "0.17", "0.21")
+
+
+@pytest.mark.parametrize("version", KSERVE_VERSIONS)
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_documented_configuration_passes_admission(helm, name, version):
+    from tests.kserve_admission import double_scrapes, inference_service_errors
+
+    docs = render(helm, *VARIANTS[name], "--set", f"kserve.version={version}")
+    errors = [e for isvc in by_kind(docs, "InferenceService").values() for e in inference_service_errors(isvc, version)]
+    assert not errors + double_scrapes(docs)
+
+
+def test_admission_rules_catch_the_mistakes_they_encode():
+    from tests.kserve_admission import double_scrapes, inference_service_errors
+
+    def isvc(mode, metric, **pod):
+        return {"metadata": {"name": "m", "annotations": {"serving.kserve.io/deploymentMode": mode,
+                                                          "serving.kserve.io/enable-prometheus-scraping": "true"}},
+                "spec": {"predictor": {"scaleMetric": metric, "containers": [{"name": "c"}], **pod}}}
+
+    assert "does not know deployment mode RawDeployment" in " ".join(inference_service_errors(isvc("RawDeployment", "cpu"), "0.16"))
+    assert "does not know deployment mode Standard" in " ".join(inference_service_errors(isvc("Standard", "cpu"), "0.15"))
+    assert not inference_service_errors(isvc("RawDeployment", "cpu"), "0.17")
+    errors = " ".join(inference_service_errors(isvc("Knative", "cpu", terminationGracePeriodSeconds=30,
+                                                    tolerations=[{"key": "g"}]), "0.21"))
+    for expected in ("[cpu] is not a supported metric", "refuses pod field terminationGracePeriodSeconds",
+                     "kubernetes.podspec-tolerations", "without metric aggregation"):
+        assert expected in errors
+    assert not [e for e in inference_service_errors(isvc("Knative", "rps", tolerations=[{"key": "g"}]), "0.21",
+                                                    frozenset({"kubernetes.podspec-tolerations"}))
+                if "toleration" in e]
+    svc = {"kind": "Service", "spec": {"selector": {"app": "x"}, "ports": [{"name": "s3"}]}}
+    sm = {"kind": "ServiceMonitor", "metadata": {"name": "sm"},
+          "spec": {"selector": {"matchLabels": {"app": "x"}}, "endpoints": [{"port": "s3"}]}}
+    twins = [dict(svc, metadata={"name": n, "labels": {"app": "x"}}) for n in ("a", "a-headless")]
+    assert double_scrapes([*twins, sm]) and not double_scrapes([twins[0], sm])
+
+
+def test_serverless_default_values_use_a_knative_metric(helm):
+    """Point 1: Serverless with no other value set used to keep scaleMetric cpu, which KServe refuses there."""
+    docs = render(helm, "--set", "kserve.deploymentMode=Serverless")
+    assert {i["spec"]["predictor"]["scaleMetric"] for i in by_kind(docs, "InferenceService").values()} == {"concurrency"}
+    assert {i["spec"]["predictor"]["scaleMetric"] for i in by_kind(variant(helm, "default"), "InferenceService").values()} == {"cpu"}
+    for bad, mode in (("cpu", "Serverless"), ("concurrency", "RawDeployment")):
+        out = subprocess.run([helm, "template", "parrot", str(CHART), "--set", f"kserve.deploymentMode={mode}",
+                              "--set", f"responder.scaleMetric={bad}"], capture_output=True, text=True)
+        assert out.returncode != 0 and "/responder/scaleMetric" in out.stderr, out.stderr  # the schema refuses it
+
+
+@pytest.mark.parametrize("version,raw,serverless", [("0.13", "RawDeployment", "Serverless"), ("0.15", "RawDeployment", "Serverless"),
+                                                    ("0.16", "Standard", "Knative"), ("0.21", "Standard", "Knative")])
+def test_mode_names_follow_the_kserve_version(helm, version, raw, serverless):
+    """Point 2: KServe 0.16 knows only Standard / Knative; releases before 0.16 only RawDeployment / Serverless."""
+    for given, expected in (("RawDeployment", raw), ("Standard", raw), ("Serverless", serverless), ("Knative", serverless)):
+        docs = render(helm, "--set", f"kserve.version={version}", "--set", f"kserve.deploymentMode={given}")
+        modes = {i["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+                 for i in by_kind(docs, "InferenceService").values()}
+        assert modes == {expected}, (given, modes)
+
+
+def test_serverless_pod_specs_are_what_knative_accepts(helm):
+    """Point 3: Knative refuses terminationGracePeriodSeconds, and the pod securityContext, tolerations,
+    nodeSelector and affinity unless their feature flags are on."""
+    from tests.kserve_admission import KNATIVE_FLAGGED_POD_FIELDS, inference_service_errors
+
+    docs = render(helm, "--set", "kserve.deploymentMode=Serverless")
+    for isvc in by_kind(docs, "InferenceService").values():
+        p = isvc["spec"]["predictor"]
+        assert "terminationGracePeriodSeconds" not in p and not set(KNATIVE_FLAGGED_POD_FIELDS) & set(p)
+        c = predictor_container(isvc)
+        # non-root all the same: the pod's settings moved onto the container
+        assert c["securityContext"]["runAsUser"] == 1000 and c["securityContext"]["runAsNonRoot"] is True
+        assert c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # With the flags declared on, the fields stay, and pass admission with those flags.
+    flags = ("--set", "kserve.deploymentMode=Serverless", "--set", "kserve.knativeFeatures.podspecSecurityContext=true",
+             "--set", "kserve.knativeFeatures.podspecTolerations=true", "--set", "kserve.knativeFeatures.multiContainerProbing=true")
+    docs = render(helm, "-f", str(CHART / "values-gpu.yaml"), *flags, "--set", "responder.scaleMetric=rps")
+    features = frozenset({"kubernetes.podspec-securitycontext", "kubernetes.podspec-tolerations", "multi-container-probing"})
+    for isvc in by_kind(docs, "InferenceService").values():
+        p = isvc["spec"]["predictor"]
+        assert p["securityContext"]["fsGroup"] == 1000 and p["tolerations"]
+        assert not inference_service_errors(isvc, "0.21", features)
+    # A value that needs a flag that is off fails rendering and names the flag.
+    for args, flag in ((("-f", str(CHART / "values-gpu.yaml")), "kubernetes.podspec-tolerations"),
+                       (("--set", "judge.nodeSelector.gpu=a100"), "kubernetes.podspec-nodeselector"),
+                       (("--set", "affinity.podAntiAffinity.x=y"), "kubernetes.podspec-affinity"),
+                       (("--set", "asker.vllm.enabled=true"), "multi-container-probing")):
+        out = subprocess.run([helm, "template", "parrot", str(CHART), "--set", "kserve.deploymentMode=Serverless", *args],
+                             capture_output=True, text=True)
+        assert out.returncode != 0 and flag in out.stderr, out.stderr
+
+
+def test_serverless_model_metrics_are_aggregated(helm):
+    """Point 4: without enable-metric-aggregation KServe points prometheus.io/port at queue-proxy only."""
+    for isvc in by_kind(variant(helm, "serverless"), "InferenceService").values():
+        ann = isvc["metadata"]["annotations"]
+        assert ann["serving.kserve.io/enable-prometheus-scraping"] == "true"
+        assert ann["serving.kserve.io/enable-metric-aggregation"] == "true"
+
+
+def test_minio_is_scraped_once_per_pod(helm):
+    """Point 5: the MinIO ServiceMonitor selected the MinIO Service and its headless twin."""
+    from tests.kserve_admission import double_scrapes, selects
+
+    docs = variant(helm, "monitoring")
+    sm = by_kind(docs, "ServiceMonitor")["parrot-minio"]
+    chosen = [n for n, s in by_kind(docs, "Service").items()
+              if selects(sm["spec"]["selector"], s["metadata"].get("labels", {}))]
+    assert chosen == ["parrot-minio"] and not double_scrapes(docs)
 
 
 def test_storage_uri_and_auth(helm):

@@ -87,6 +87,18 @@ capabilities:
 {{- end }}
 
 {{/*
+The container security context of a Knative pod without kubernetes.podspec-securitycontext: Knative
+refuses the pod-level one, so its user, group and seccomp profile go on the container (allowed).
+*/}}
+{{- define "parrot.knativeContainerSecurityContext" -}}
+{{ include "parrot.containerSecurityContext" . }}
+runAsUser: 1000
+runAsGroup: 1000
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
 Plain env of a parrot container: .Values.env merged with the component's own env (which wins),
 refusing names in "reserved" (set by the chart from other values).
 Call with (dict "root" $ "env" .Values.asker.env "reserved" (list ...) "owner" "asker").
@@ -135,6 +147,15 @@ Call with (dict "root" $ "env" .Values.asker.env "reserved" (list ...) "owner" "
 {{/* true when the model services run under Knative (KServe Serverless / Knative mode). */}}
 {{- define "parrot.serverless" -}}
 {{- if has .Values.kserve.deploymentMode (list "Serverless" "Knative") }}true{{ end }}
+{{- end }}
+
+{{/*
+The deployment-mode name the cluster's KServe accepts (kserve.version): RawDeployment / Serverless
+before 0.16; Standard / Knative from 0.16 (0.16's webhook knows only these; 0.17+ also renames the old ones).
+*/}}
+{{- define "parrot.kserveMode" -}}
+{{- $new := semverCompare ">=0.16-0" (printf "%s.0" .Values.kserve.version) }}
+{{- if include "parrot.serverless" . }}{{ ternary "Knative" "Serverless" $new }}{{ else }}{{ ternary "Standard" "RawDeployment" $new }}{{ end }}
 {{- end }}
 
 {{/*

@@ -20,6 +20,27 @@ model backend dtype device maxBatchSize prefixCacheMib prefillChunkTokens maxNew
 {{- $fullname := include "parrot.componentName" (dict "root" $root "component" $name) }}
 {{- $ctx := dict "root" $root "component" $name }}
 {{- $serverless := include "parrot.serverless" $root }}
+{{- $kn := $values.kserve.knativeFeatures }}
+{{- /* KServe's webhook: HPA metrics in RawDeployment/Standard, Knative's in Serverless/Knative */}}
+{{- $scaleMetric := default (ternary "concurrency" "cpu" (not (empty $serverless))) $svc.scaleMetric }}
+{{- if and $serverless (not (has $scaleMetric (list "concurrency" "rps"))) }}
+{{- fail (printf "%s.scaleMetric %s: KServe accepts only concurrency or rps in Serverless (Knative) mode" $name $scaleMetric) }}
+{{- end }}
+{{- if and (not $serverless) (not (has $scaleMetric (list "cpu" "memory"))) }}
+{{- fail (printf "%s.scaleMetric %s: KServe accepts only cpu or memory in RawDeployment (Standard) mode" $name $scaleMetric) }}
+{{- end }}
+{{- /* Knative drops pod fields it does not know unless their feature flag is on: refuse rather than lose them */}}
+{{- if $serverless }}
+{{- range $field := list (list "nodeSelector" "podspecNodeSelector" "kubernetes.podspec-nodeselector") (list "tolerations" "podspecTolerations" "kubernetes.podspec-tolerations") (list "affinity" "podspecAffinity" "kubernetes.podspec-affinity") }}
+{{- if and (default (index $values (index $field 0)) (index $svc (index $field 0))) (not (index $kn (index $field 1))) }}
+{{- fail (printf "%s: %s in Serverless mode needs Knative's %s feature flag; enable it in knative-serving/config-features and set kserve.knativeFeatures.%s=true" $name (index $field 0) (index $field 2) (index $field 1)) }}
+{{- end }}
+{{- end }}
+{{- if and $svc.vllm.enabled (not $kn.multiContainerProbing) }}
+{{- fail (printf "%s.vllm in Serverless mode: the sidecar's probes need Knative's multi-container-probing feature flag; enable it and set kserve.knativeFeatures.multiContainerProbing=true" $name) }}
+{{- end }}
+{{- end }}
+{{- $podSecurityContext := or (not $serverless) $kn.podspecSecurityContext }}
 {{- if eq (int $values.ports.grpc) (int $values.ports.http) }}
 {{- fail "ports.grpc and ports.http must differ" }}
 {{- end }}
@@ -72,10 +93,12 @@ metadata:
   labels:
     {{- include "parrot.labels" $ctx | nindent 4 }}
   annotations:
-    serving.kserve.io/deploymentMode: {{ $values.kserve.deploymentMode }}
+    serving.kserve.io/deploymentMode: {{ include "parrot.kserveMode" $root }}
     {{- if $serverless }}
-    # Knative: metrics of the user container, aggregated by KServe next to queue-proxy's
+    # Knative: KServe points prometheus.io/port at queue-proxy; with aggregation on, queue-proxy
+    # serves the model's own metrics beside its own there
     serving.kserve.io/enable-prometheus-scraping: "true"
+    serving.kserve.io/enable-metric-aggregation: "true"
     {{- end }}
     {{- with $values.kserve.annotations }}
     {{- toYaml . | nindent 4 }}
@@ -87,7 +110,7 @@ spec:
     {{- if gt (int $svc.minReplicas) (int $svc.maxReplicas) }}
     {{- fail (printf "%s.minReplicas (%d) is above %s.maxReplicas (%d)" $name (int $svc.minReplicas) $name (int $svc.maxReplicas)) }}
     {{- end }}
-    scaleMetric: {{ $svc.scaleMetric }}
+    scaleMetric: {{ $scaleMetric }}
     scaleTarget: {{ $svc.scaleTarget }}
     labels:
       {{- include "parrot.labels" $ctx | nindent 6 }}
@@ -99,9 +122,14 @@ spec:
     # The model services never call the Kubernetes API.
     automountServiceAccountToken: false
     enableServiceLinks: false
+    {{- if not $serverless }}
+    # (Knative refuses this field and always gives its pods their own grace period)
     terminationGracePeriodSeconds: {{ $values.terminationGracePeriodSeconds }}
+    {{- end }}
+    {{- if $podSecurityContext }}
     securityContext:
       {{- include "parrot.podSecurityContext" $root | nindent 6 }}
+    {{- end }}
     {{- with $values.imagePullSecrets }}
     imagePullSecrets:
       {{- toYaml . | nindent 6 }}
@@ -188,7 +216,7 @@ spec:
           timeoutSeconds: {{ $values.probes.readiness.timeoutSeconds }}
           failureThreshold: {{ $values.probes.readiness.failureThreshold }}
         securityContext:
-          {{- include "parrot.containerSecurityContext" $root | nindent 10 }}
+          {{- include (ternary "parrot.containerSecurityContext" "parrot.knativeContainerSecurityContext" $podSecurityContext) $root | nindent 10 }}
         resources:
           {{- required (printf "%s.resources is required" $name) $svc.resources | toYaml | nindent 10 }}
         volumeMounts:
@@ -256,7 +284,7 @@ spec:
           timeoutSeconds: 5
           failureThreshold: 3
         securityContext:
-          {{- include "parrot.containerSecurityContext" $root | nindent 10 }}
+          {{- include (ternary "parrot.containerSecurityContext" "parrot.knativeContainerSecurityContext" $podSecurityContext) $root | nindent 10 }}
         resources:
           {{- toYaml $vllm.resources | nindent 10 }}
         volumeMounts:
