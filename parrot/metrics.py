@@ -51,6 +51,11 @@ PREFIX_CACHE_TOKENS = Counter(
     "instead of computed, by model.",
     ["model"],
 )
+ENGINE_RESTARTS = Counter(
+    "parrot_engine_restarts_total",
+    "Times a managed engine (llama-server) died and was started again, by model.",
+    ["model"],
+)
 PREFIX_CACHE_EVICTED_TOKENS = Counter(
     "parrot_prefix_cache_evicted_tokens_total",
     "Tokens of KV states dropped from the prefix cache to stay within its budget, by model "

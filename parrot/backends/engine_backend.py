@@ -41,7 +41,7 @@ from parrot.backends.http_common import loggable_url, read_api_key, sampling_fie
 from parrot.conversation import Message, Role
 from parrot.engines.llamacpp import DEFAULT_GGUF_TYPE, GGUF_TYPES, LlamaServer, LlamaServerSettings
 from parrot.errors import ConfigError, InvalidArgument, Unavailable
-from parrot.metrics import GENERATED_TOKENS, PREFIX_CACHE_TOKENS, PROMPT_TOKENS, child
+from parrot.metrics import ENGINE_RESTARTS, GENERATED_TOKENS, PREFIX_CACHE_TOKENS, PROMPT_TOKENS, child
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class EngineBackend(Backend):
         return await gather_all_or_cancel([self._generate_one(r) for r in requests])
 
     async def _generate_one(self, request: GenerationRequest) -> GenerationResult:
-        self._check_ready()
+        await self._engine_ready()
         sampling = sampling_fields(request.params)
         self.requests_sent += 1
         with self._errors("generate"):
@@ -198,7 +198,7 @@ class EngineBackend(Backend):
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """Streams one generation; closing the iterator closes the HTTP stream, which stops the engine."""
-        self._check_ready()
+        await self._engine_ready()
         sampling = sampling_fields(request.params)
         self.requests_sent += 1
         parts: list[str] = []
@@ -281,6 +281,7 @@ class EngineBackend(Backend):
 
         Keys are token ids where the engine names them (llama-server) and token text otherwise.
         """
+        await self._engine_ready()
         self.requests_sent += 1
         with self._errors("score"):
             r = await self._client.completions.create(model=self._model, prompt=prompt, max_tokens=1, temperature=0.0,
@@ -298,6 +299,10 @@ class EngineBackend(Backend):
     def _check_ready(self) -> None:
         if self._client is None:
             raise Unavailable("engine backend is not loaded")
+
+    async def _engine_ready(self) -> None:
+        """Before each request: the engine can be asked (a managed engine is restarted here if it died)."""
+        self._check_ready()
 
     def _need_prompts(self, what: str) -> None:
         self._check_ready()
@@ -415,6 +420,8 @@ class LlamaCppBackend(EngineBackend):
         self.llama_config = config
         self.engine_label = "llama.cpp"
         self.server: LlamaServer | None = None
+        self._restart_lock = asyncio.Lock()
+        self.engine_restarts = 0
         self._label = "llamacpp"
 
     @property
@@ -454,11 +461,21 @@ class LlamaCppBackend(EngineBackend):
             "binary": str(binary), "model_file": str(gguf), "gguf_type": cfg.gguf_type, "tokenizer": str(folder),
             "parallel": cfg.server.parallel, "port": self.server.port, "start_s": round(time.monotonic() - t0, 2)})
 
-    def _check_ready(self) -> None:
-        super()._check_ready()
-        if self.server is not None and not self.server.alive():
-            raise Unavailable(f"llama-server exited ({self.server.proc.returncode if self.server.proc else '?'}); "
-                              "restart the service")
+    async def _engine_ready(self) -> None:
+        """Restarts llama-server if it died (crash, OOM kill): requests wait for it instead of failing."""
+        self._check_ready()
+        server = self.server
+        if server is None or server.alive():
+            return
+        async with self._restart_lock:
+            if server.alive():
+                return  # another request restarted it
+            code = server.proc.returncode if server.proc else None
+            log.warning("llama-server exited; restarting it", extra={"exit_code": code, "port": server.port})
+            ENGINE_RESTARTS.labels(self.model_name).inc()
+            await server.stop()
+            await server.start()  # same port: the client keeps its URL
+            self.engine_restarts += 1
 
     async def close(self) -> None:
         await super().close()

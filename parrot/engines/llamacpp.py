@@ -247,7 +247,7 @@ class LlamaServer:
     async def start(self) -> None:
         from parrot.client import free_port
 
-        self.port = free_port()
+        self.port = self.port or free_port()  # a restart keeps the port
         cmd = self.command()
         log.info("starting llama-server", extra={"cmd": " ".join(cmd)})
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
