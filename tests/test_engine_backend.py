@@ -351,3 +351,22 @@ async def test_a_dead_engine_is_restarted_and_requests_go_on(llama):
     (r,) = await llama.generate([GenerationRequest(msgs((U, "What is the capital of France?")), greedy(8))])
     assert r.text.strip() and llama.engine_restarts == 1
     assert llama.server.alive() and llama.server.proc.pid != before and llama.server.port == port
+
+
+@requires_model
+@requires_llama_server
+async def test_a_bare_gguf_serves_through_the_engines_chat_template(llama):
+    gguf, _ = gguf_for("smollm2", "q8_0")  # converted by the module's engine already
+    b = LlamaCppBackend(LlamaCppBackendConfig(model=str(gguf), server=LlamaServerSettings(parallel=2, ctx_per_slot=2048)))
+    await b.load()
+    try:
+        assert b.model_name == gguf.stem and b._tokenizer is None
+        (r,) = await b.generate([GenerationRequest(msgs((U, "What is the capital of France?")), greedy(16))])
+        assert "Paris" in r.text
+    finally:
+        await b.close()
+    judge = LlamaCppBackend(LlamaCppBackendConfig(model=str(gguf), server=LlamaServerSettings(parallel=1)))
+    judge.needs_scoring = True
+    with pytest.raises(ConfigError, match="--engine-tokenizer"):
+        await judge.load()
+    assert not judge.server.alive()  # the engine it started is stopped again

