@@ -35,6 +35,9 @@ from parrot.judging.scoring import RATING_CONTINUATIONS, RATING_PREFILL, normali
 from tests.conftest import PARROT, requires_llama_server, requires_model
 
 U, A = Role.USER, Role.ASSISTANT
+# "What is the capital of France?" alone is a near-tie for SmolLM2's first token (in float32: "The" 0.155,
+# "L" 0.140), which quantization rounding can flip into another answer; this wording has a clear one.
+CAPITAL = "Which city is the capital of France? Answer in one short sentence."
 
 
 def msgs(*pairs: tuple[Role, str]) -> list[Message]:
@@ -79,8 +82,8 @@ async def busy_slots_after(b: LlamaCppBackend, seconds: float) -> list[dict]:
 @requires_model
 @requires_llama_server
 async def test_responder_text_length_and_stop(llama):
-    (paris,) = await llama.generate([GenerationRequest(msgs((U, "What is the capital of France?")), greedy(16))])
-    assert "Paris" in paris.text  # the default GGUF under the engine's kernels writes sense (not -fa on here)
+    (paris,) = await llama.generate([GenerationRequest(msgs((U, CAPITAL)), greedy(16))])
+    assert "Paris" in paris.text  # the default GGUF under the engine's kernels writes sense
     q = msgs((U, "List the days of the week, one per line."))
     (r,) = await llama.generate([GenerationRequest(q, greedy(8))])
     assert r.text.strip() and r.finish_reason == "length" and r.completion_tokens == 8 and r.prompt_tokens > 10
@@ -361,7 +364,7 @@ async def test_a_bare_gguf_serves_through_the_engines_chat_template(llama):
     await b.load()
     try:
         assert b.model_name == gguf.stem and b._tokenizer is None
-        (r,) = await b.generate([GenerationRequest(msgs((U, "What is the capital of France?")), greedy(16))])
+        (r,) = await b.generate([GenerationRequest(msgs((U, CAPITAL)), greedy(16))])
         assert "Paris" in r.text
     finally:
         await b.close()

@@ -33,6 +33,9 @@ from tests.conftest import requires_llama_server, requires_model, start_service
 pytestmark = [requires_model]
 
 TOKEN = "test-token-7f3a"
+# A question with a clear first answer token on every engine and GGUF type ("What is the capital of France?"
+# alone is a near-tie between "The" and "L" for SmolLM2, which quantization rounding can flip).
+CAPITAL = "Which city is the capital of France? Answer in one short sentence."
 U, A, S = cpb.ROLE_USER, cpb.ROLE_ASSISTANT, cpb.ROLE_SYSTEM
 
 
@@ -48,6 +51,7 @@ def greedy(max_tokens: int = 24) -> cpb.GenerationParams:
 def stack(request, tmp_path_factory):
     sp = start_service(tmp_path_factory.mktemp("stack"), ["all", "--backend", request.param], token=TOKEN,
                        env_extra={"PARROT_MAX_INPUT_CHARS": "20000", "PARROT_MAX_NEW_TOKENS": "512"})
+    sp.backend = request.param
     yield sp
     rc = sp.stop()
     assert rc == 0, sp.log()[-3000:]
@@ -90,7 +94,7 @@ def test_respond_gives_real_text_and_metrics_move(stack, channel):
     before = scrape(stack, "parrot_rpc_requests_total", method="Respond", code="OK")
     tokens_before = scrape(stack, "parrot_generated_tokens_total")
     stub = responder_pb2_grpc.ResponderStub(channel)
-    r = stub.Respond(responder_pb2.RespondRequest(conversation=conv((U, "What is the capital of France?")), params=greedy()),
+    r = stub.Respond(responder_pb2.RespondRequest(conversation=conv((U, CAPITAL)), params=greedy()),
                      metadata=stack.metadata(), timeout=120)
     assert "Paris" in r.text
     assert r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 24
@@ -153,17 +157,23 @@ def test_kserve_rest_v1_v2_and_readiness(stack):
     for name in ("asker", "responder", "judge"):
         assert httpx.get(f"{stack.http_url}/v2/models/{name}/ready", timeout=10).json()["ready"] is True
     assert httpx.get(f"{stack.http_url}/v2/health/ready", timeout=10).status_code == 200
-    instance = {"conversation": {"messages": [{"role": "ROLE_USER", "content": "What is the capital of France?"}]},
+    instance = {"conversation": {"messages": [{"role": "ROLE_USER", "content": CAPITAL}]},
                 "params": {"max_tokens": 16}}
     r1 = httpx.post(f"{stack.http_url}/v1/models/responder:predict", json={"instances": [instance, instance]}, headers=h, timeout=120)
     assert r1.status_code == 200, r1.text
     preds = r1.json()["predictions"]
-    assert len(preds) == 2 and "Paris" in preds[0]["text"] and preds[0]["text"] == preds[1]["text"]
+    assert len(preds) == 2 and all("Paris" in p["text"] for p in preds)
+    # Identical greedy requests decoded together give identical text on the in-process engine (its batched
+    # output equals unbatched); llama.cpp rounds differently by batch composition and may part at a near-tie.
+    same_text = stack.backend == "transformers"
+    if same_text:
+        assert preds[0]["text"] == preds[1]["text"]
     v2 = {"inputs": [{"name": "request", "shape": [1], "datatype": "BYTES", "data": [json.dumps(instance)]}]}
     r2 = httpx.post(f"{stack.http_url}/v2/models/responder/infer", json=v2, headers=h, timeout=120)
     assert r2.status_code == 200, r2.text
     out = r2.json()["outputs"][0]
-    assert out["name"] == "response" and json.loads(out["data"][0])["text"] == preds[0]["text"]
+    v2_text = json.loads(out["data"][0])["text"]
+    assert out["name"] == "response" and "Paris" in v2_text and (v2_text == preds[0]["text"] or not same_text)
     bad = httpx.post(f"{stack.http_url}/v1/models/responder:predict",
                      json={"instances": [{"conversation": {"messages": []}}]}, headers=h, timeout=30)
     assert bad.status_code == 400 and "conversation.messages" in bad.text
@@ -175,7 +185,7 @@ def test_openai_client_against_responder(stack):
     import openai
 
     client = openai.OpenAI(base_url=f"{stack.http_url}/v1", api_key=TOKEN)
-    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    msgs = [{"role": "user", "content": CAPITAL}]
     r = client.chat.completions.create(model="responder", messages=msgs, max_tokens=16, temperature=0)
     assert "Paris" in r.choices[0].message.content and r.usage.completion_tokens > 0
     parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
@@ -199,7 +209,7 @@ def test_openai_backend_against_responder_endpoint(stack, channel, monkeypatch):
     async def run():
         await backend.load()
         try:
-            req = GenerationRequest([Message(Role.USER, "What is the capital of France?")], GenerationParams(max_tokens=16))
+            req = GenerationRequest([Message(Role.USER, CAPITAL)], GenerationParams(max_tokens=16))
             (res,) = await backend.generate([req])
             streamed = [e async for e in backend.stream(req)]
             return res, streamed
@@ -208,7 +218,7 @@ def test_openai_backend_against_responder_endpoint(stack, channel, monkeypatch):
 
     res, streamed = asyncio.run(run())
     grpc_text = responder_pb2_grpc.ResponderStub(channel).Respond(
-        responder_pb2.RespondRequest(conversation=conv((U, "What is the capital of France?")), params=greedy(16)),
+        responder_pb2.RespondRequest(conversation=conv((U, CAPITAL)), params=greedy(16)),
         metadata=stack.metadata(), timeout=120).text
     assert res.text == grpc_text and "Paris" in res.text
     assert "".join(e.delta for e in streamed) == res.text and streamed[-1].result is not None
@@ -273,7 +283,7 @@ def test_cli_clients(stack, tmp_path):
     from tests.conftest import PARROT
 
     env = {"PARROT_AUTH_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([PARROT, "chat", "What is the capital of France?", "-t", stack.grpc_target, "--max-tokens", "16"],
+    out = subprocess.run([PARROT, "chat", CAPITAL, "-t", stack.grpc_target, "--max-tokens", "16"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and "Paris" in out.stdout, out.stderr
     out = subprocess.run([PARROT, "ask", "-q", "How do I sort a list in Python?", "-a", "Use sorted().", "-t", stack.grpc_target,

