@@ -172,8 +172,12 @@ def serve_cmd(
 
     if backend == "auto":
         from parrot.engines.llamacpp import auto_backend
+        from parrot.errors import ConfigError
 
-        backend = auto_backend()
+        try:
+            backend = auto_backend()
+        except ConfigError as e:
+            _fail(str(e))
     try:
         cfg_cls = backend_config_class(backend)
     except InvalidArgument as e:
@@ -277,8 +281,12 @@ def up_cmd(
     setup_logging()
     if backend == "auto":
         from parrot.engines.llamacpp import auto_backend
+        from parrot.errors import ConfigError
 
-        backend = auto_backend()
+        try:
+            backend = auto_backend()
+        except ConfigError as e:
+            _fail(str(e))
     typer.secho(f"[up] model services: backend {backend}, model {model} (the engine and model file are logged below)",
                 err=True)
     import signal

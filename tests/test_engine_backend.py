@@ -279,6 +279,9 @@ def test_missing_llama_server_binary_is_a_clear_error(tmp_path):
     out = subprocess.run([PARROT, "serve", "responder", "--backend", "llamacpp"], capture_output=True, text=True,
                          timeout=60, env=env)
     assert out.returncode == 2 and "PARROT_LLAMA_SERVER" in out.stderr and "not an executable" in out.stderr
+    # --backend auto (the default) does not fall back silently past a binary the user named
+    out = subprocess.run([PARROT, "serve", "responder"], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2 and "PARROT_LLAMA_SERVER" in out.stderr and "not an executable" in out.stderr
 
 
 @requires_llama_server

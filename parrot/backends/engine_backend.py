@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, AsyncIterator, Iterator, Sequence
 
 from parrot.backends.base import (
     Backend,
@@ -37,7 +38,14 @@ from parrot.backends.base import (
     gather_all_or_cancel,
     register_backend,
 )
-from parrot.backends.http_common import loggable_url, read_api_key, sampling_fields
+from parrot.backends.http_common import (
+    error_detail,
+    finish_reason,
+    loggable_url,
+    read_api_key,
+    sampling_fields,
+    strip_prefill,
+)
 from parrot.conversation import Message, Role
 from parrot.engines.llamacpp import DEFAULT_GGUF_TYPE, GGUF_TYPES, LlamaServer, LlamaServerSettings
 from parrot.errors import ConfigError, InvalidArgument, Unavailable
@@ -92,6 +100,7 @@ class EngineBackend(Backend):
         self._base_url = config.base_url.rstrip("/")
         self._client: Any = None
         self._tokenizer: Any = None
+        self._label_ids: dict[str, list[int]] = {}
         self._model = config.model
         self.engine_label = "engine"
         self.requests_sent = 0
@@ -188,12 +197,9 @@ class EngineBackend(Backend):
                 messages, extra = self._chat_messages(request)
                 r = await self._client.chat.completions.create(model=self._model, messages=messages,
                                                                extra_body=extra or None, **sampling)
-                text = _strip_echo(r.choices[0].message.content or "", request.prefill)
-        usage = r.usage
-        result = GenerationResult(text=text, finish_reason=_finish(r.choices[0].finish_reason),
-                                  prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                                  completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
-        self._count(result, usage)
+                text = strip_prefill(r.choices[0].message.content or "", request.prefill)
+        result = GenerationResult(text, finish_reason(r.choices[0].finish_reason), *_token_counts(r.usage))
+        self._count(result, r.usage)
         return result
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
@@ -228,9 +234,8 @@ class EngineBackend(Backend):
                             yield StreamEvent(delta=delta)
         finally:
             await stream.close()
-        result = GenerationResult(text="".join(parts), finish_reason=_finish(reason),
-                                  prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                                  completion_tokens=int(getattr(usage, "completion_tokens", 0) or len(parts)))
+        prompt_tokens, completion_tokens = _token_counts(usage)
+        result = GenerationResult("".join(parts), finish_reason(reason), prompt_tokens, completion_tokens or len(parts))
         self._count(result, usage)
         yield StreamEvent(delta="", result=result)
 
@@ -240,16 +245,6 @@ class EngineBackend(Backend):
         self._need_prompts("score continuations")
         return await self._score_text(self._render(messages, prefill), continuations)
 
-    async def generate_scored(self, requests: Sequence[GenerationRequest], scored_prefix: Callable[[str], str],
-                              continuations: Sequence[str]) -> list[GenerationResult]:
-        self._need_prompts("score continuations")
-        results = await self.generate(requests)
-        scores = await asyncio.gather(*(
-            self._score_text(self._render(req.messages, req.prefill + scored_prefix(res.text)), continuations)
-            for req, res in zip(requests, results)))
-        return [GenerationResult(res.text, res.finish_reason, res.prompt_tokens, res.completion_tokens, tuple(sc))
-                for res, sc in zip(results, scores)]
-
     async def _score_text(self, prompt: str, continuations: Sequence[str]) -> list[float]:
         """Log-probability of each continuation after ``prompt``, token by token (see the module doc).
 
@@ -258,7 +253,7 @@ class EngineBackend(Backend):
         one-token request with a token-id prompt, all sent at once (the ten rating labels: 11).
         """
         prompt_ids = self._encode(prompt)
-        conts = [self._encode(c) for c in continuations]
+        conts = [self._continuation_ids(c) for c in continuations]
         if any(not c for c in conts):
             raise InvalidArgument("continuations", "every continuation must have at least one token")
         prefixes = sorted({tuple(c[:i]) for c in conts for i in range(len(c))})
@@ -290,6 +285,13 @@ class EngineBackend(Backend):
 
     def _encode(self, text: str) -> list[int]:
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _continuation_ids(self, text: str) -> list[int]:
+        """Token ids of a continuation, kept: a judge scores the same labels every time."""
+        ids = self._label_ids.get(text)
+        if ids is None:
+            ids = self._label_ids[text] = self._encode(text)
+        return ids
 
     def _decode(self, token: int) -> str:
         return self._tokenizer.decode([token])
@@ -334,9 +336,10 @@ class EngineBackend(Backend):
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             raise Unavailable(f"{where} rejected the credentials (HTTP {e.status_code}); check the API key") from None
         except (openai.BadRequestError, openai.UnprocessableEntityError, openai.NotFoundError) as e:
-            raise InvalidArgument("params", f"rejected by the {where} (HTTP {e.status_code}): {_detail(e)}") from None
+            raise InvalidArgument("params", f"rejected by the {where} (HTTP {e.status_code}): "
+                                            f"{error_detail(e.response)}") from None
         except openai.APIStatusError as e:
-            raise Unavailable(f"{where}: {what} failed (HTTP {e.status_code}): {_detail(e)}") from None
+            raise Unavailable(f"{where}: {what} failed (HTTP {e.status_code}): {error_detail(e.response)}") from None
 
     def stats(self) -> dict[str, Any]:
         return {"requests_sent": self.requests_sent, "cached_prompt_tokens": self.cached_prompt_tokens}
@@ -375,22 +378,9 @@ def _load_tokenizer(folder: str) -> Any:
         raise ConfigError(f"engine tokenizer {folder!r}: cannot load a Hugging Face tokenizer from it ({e})") from None
 
 
-def _finish(value: Any) -> str:
-    return "length" if value == "length" else "stop"
-
-
-def _strip_echo(text: str, prefill: str) -> str:
-    return text[len(prefill):] if prefill and text.startswith(prefill) else text
-
-
-def _detail(e: Any) -> str:
-    body = getattr(e, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        msg = err.get("message") if isinstance(err, dict) else err
-        if msg:
-            return " ".join(str(msg).split())[:200]
-    return " ".join(str(getattr(e, "message", "") or e).split())[:200]
+def _token_counts(usage: Any) -> tuple[int, int]:
+    """(prompt_tokens, completion_tokens) from an openai usage object (0 where absent)."""
+    return int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)
 
 
 # --------------------------------------------------------------------------- llama.cpp, managed
@@ -448,11 +438,9 @@ class LlamaCppBackend(EngineBackend):
         self.server = LlamaServer(binary, gguf, cfg.server, alias=self._label)
         t0 = time.monotonic()
         await self.server.start()
-        self._base_url = f"{self.server.base_url}/v1"
-        self._model = self._label
-        self.config = EngineBackendConfig(base_url=self._base_url, model=self._label, tokenizer=str(folder or ""),
-                                          top_logprobs=cfg.top_logprobs, timeout_s=cfg.timeout_s, max_retries=2,
-                                          api_key_env="")
+        self.config = dataclasses.replace(self.config, base_url=f"{self.server.base_url}/v1", model=self._label,
+                                          tokenizer=str(folder or ""))
+        self._base_url, self._model = self.config.base_url, self._label
         try:
             await super().load()
         except BaseException:

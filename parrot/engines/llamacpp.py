@@ -231,6 +231,7 @@ class LlamaServer:
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self._log_task: asyncio.Task | None = None
+        self.last_lines: list[str] = []  # the engine's latest output, for start-up errors
 
     @property
     def base_url(self) -> str:
@@ -257,7 +258,6 @@ class LlamaServer:
     async def _forward_output(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         loop = asyncio.get_running_loop()
-        self.last_lines: list[str] = []
         while True:
             line = await loop.run_in_executor(None, self.proc.stdout.readline)
             if not line:
@@ -267,7 +267,7 @@ class LlamaServer:
             log.debug("llama-server: %s", text)
 
     def tail(self) -> str:
-        return "\n".join(getattr(self, "last_lines", [])[-8:])
+        return "\n".join(self.last_lines[-8:])
 
     async def _wait_healthy(self) -> None:
         import httpx
@@ -311,12 +311,11 @@ class LlamaServer:
 
 
 def auto_backend() -> str:
-    """The backend ``--backend auto`` means: llamacpp where llama-server is built, else transformers."""
-    try:
-        server = find_server()
-    except ConfigError:
-        server = None
-    if server is not None:
+    """The backend ``--backend auto`` means: llamacpp where llama-server is built, else transformers.
+
+    A PARROT_LLAMA_SERVER that names no executable raises ConfigError: the user asked for that binary.
+    """
+    if find_server() is not None:
         return "llamacpp"
     log.warning("backend auto: llama-server is not built (%s); falling back to the in-process transformers "
                 "engine. Build it with `parrot engine build`.", build_dir())
