@@ -129,6 +129,13 @@ def serve_cmd(
     routing: str = typer.Option("affinity", envvar="PARROT_ROUTING",
                                 help="coordinator: affinity (a session's turns to the same listed replica, for the "
                                      "engine's prompt cache; a failed replica's sessions move on) or round_robin."),
+    outage_budget_s: float = typer.Option(600.0, envvar="PARROT_OUTAGE_BUDGET_S",
+                                          help="coordinator: how long a run waits out a model role with no endpoint "
+                                               "up (no new conversation starts, calls held) before it stops as failed; "
+                                               "a run's spec.retry.outage_budget_s overrides it."),
+    storage_retry_s: float = typer.Option(600.0, envvar="PARROT_STORAGE_RETRY_S",
+                                          help="coordinator: how long a failing object store (down, full, read-only) "
+                                               "is waited out, the runs paused, before they fail."),
     echo_delay_s: float = typer.Option(0.0, envvar="PARROT_ECHO_DELAY_S", help="echo backend: latency per call (load tests)."),
     judge_prompts: Optional[str] = typer.Option(None, envvar="PARROT_JUDGE_PROMPTS",
                                                 help="judge: extra prompt file (ours or FastChat's judge_prompts.jsonl)."),
@@ -161,7 +168,8 @@ def serve_cmd(
             _fail(f"--routing / PARROT_ROUTING is {routing!r}; allowed: affinity, round_robin")
         _serve_coordinator(host, grpc_port or 50060, http_port or 8090, store_url, responder, asker, judge, max_active_runs,
                            auth_token_file, grace_s, limits=limits, routing=routing, tls=(tls_cert, tls_key),
-                           max_message_bytes=max_message_bytes or 64 * 1024 * 1024)
+                           max_message_bytes=max_message_bytes or 64 * 1024 * 1024, storage_retry_s=storage_retry_s,
+                           outage_budget_s=outage_budget_s)
         return
     grpc_port = grpc_port or 50051
     http_port = http_port or 8080
@@ -238,24 +246,27 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
                        max_active_runs: int, auth_token_file: Optional[str], grace_s: float, *, limits: Any = None,
                        routing: str = "affinity",
                        tls: tuple[Optional[str], Optional[str]] = (None, None), max_message_bytes: int = 64 * 1024 * 1024,
-                       ) -> None:
+                       storage_retry_s: float = 600.0, outage_budget_s: float = 600.0) -> None:
 
     from parrot.errors import ConfigError
     from parrot.server.runner import read_auth_token
     from services.coordinator.server import CoordinatorServeConfig, serve_coordinator
     from services.coordinator.service import CoordinatorConfig
 
+    if not 0 <= storage_retry_s <= 86400:
+        _fail(f"--storage-retry-s / PARROT_STORAGE_RETRY_S is {storage_retry_s}; allowed 0..86400")
     try:
         token = read_auth_token(auth_token_file)
+        coordinator = CoordinatorConfig(store_url=store or default_store_url(), responder=responder, asker=asker,
+                                        judge=judge, max_active_runs=max_active_runs, routing=routing,
+                                        outage_budget_s=outage_budget_s,
+                                        upstream_token=os.environ.get("PARROT_UPSTREAM_TOKEN") or token,
+                                        **({"limits": limits} if limits is not None else {}))
     except ConfigError as e:
         _fail(str(e))
     cfg = CoordinatorServeConfig(
-        coordinator=CoordinatorConfig(store_url=store or default_store_url(), responder=responder, asker=asker, judge=judge,
-                                      max_active_runs=max_active_runs, routing=routing,
-                                      upstream_token=os.environ.get("PARROT_UPSTREAM_TOKEN") or token,
-                                      **({"limits": limits} if limits is not None else {})),
-        host=host, grpc_port=grpc_port, http_port=http_port, auth_token=token, grace_s=grace_s,
-        tls_cert_file=tls[0], tls_key_file=tls[1], max_message_bytes=max_message_bytes)
+        coordinator=coordinator, host=host, grpc_port=grpc_port, http_port=http_port, auth_token=token, grace_s=grace_s,
+        tls_cert_file=tls[0], tls_key_file=tls[1], max_message_bytes=max_message_bytes, storage_retry_s=storage_retry_s)
     try:
         rc = serve_coordinator(cfg)
     except ConfigError as e:

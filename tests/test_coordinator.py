@@ -48,10 +48,11 @@ def jsonl(rows) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
-def start_coordinator(tmp: Path, store: str, models: str, env: dict[str, str] | None = None) -> ServiceProcess:
-    """`parrot serve coordinator` on free loopback ports, with every model role pointing at ``models``."""
-    return start_service(tmp, ["coordinator", "--store", store, "--responder", models, "--asker", models, "--judge", models],
-                         env_extra=env, wait_for="parrot.v1.Coordinator")
+def start_coordinator(tmp: Path, store: str, models: str, env: dict[str, str] | None = None,
+                      args: list[str] | None = None, ports: tuple[int, int] | None = None) -> ServiceProcess:
+    """`parrot serve coordinator` on free loopback ports (or ``ports``), with every model role pointing at ``models``."""
+    return start_service(tmp, ["coordinator", "--store", store, "--responder", models, "--asker", models, "--judge", models,
+                               *(args or [])], env_extra=env, wait_for="parrot.v1.Coordinator", ports=ports)
 
 
 def coord_stub(ch: grpc.Channel) -> coordinator_pb2_grpc.CoordinatorStub:

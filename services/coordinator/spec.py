@@ -100,6 +100,15 @@ async def read_input(f: cpb.InputFile, field: str, store: Any) -> tuple[str, byt
         raise InvalidArgument(f"{field}.url", f"no object {f.url!r} in the coordinator's store ({e})") from e
 
 
+def target_field(field_name: str, target: str) -> None:
+    """INVALID_ARGUMENT naming the field when a (non-empty) target is not a gRPC address."""
+    from parrot.client import target_problem
+
+    problem = target_problem(target) if target else None
+    if problem:
+        raise InvalidArgument(field_name, problem)
+
+
 def check_common(spec: cpb.RunSpec, limits: RunLimits) -> None:
     if spec.concurrency > limits.max_concurrency:
         raise _limit("spec.concurrency", f"is {spec.concurrency}; at most {limits.max_concurrency} conversations may be "
@@ -111,10 +120,15 @@ def check_common(spec: cpb.RunSpec, limits: RunLimits) -> None:
     r = spec.retry
     if r.max_attempts > 20:
         raise InvalidArgument("spec.retry.max_attempts", f"is {r.max_attempts}; allowed 1..20 (0 = 4)")
-    for name in ("initial_backoff_s", "max_backoff_s", "call_deadline_s"):
+    for name, top in (("initial_backoff_s", 3600), ("max_backoff_s", 3600), ("call_deadline_s", 3600),
+                      ("outage_budget_s", 86400)):
         v = getattr(r, name)
-        if v < 0 or v > 3600 or v != v:
-            raise InvalidArgument(f"spec.retry.{name}", f"is {v}; allowed 0..3600 (0 = default)")
+        if v < 0 or v > top or v != v:
+            raise InvalidArgument(f"spec.retry.{name}", f"is {v}; allowed 0..{top} (0 = default)")
+    for role in ("responder", "asker", "judge", "baseline_responder"):
+        target_field(f"spec.targets.{role}", getattr(spec.targets, role))
+    if spec.WhichOneof("kind") == "evaluation":
+        target_field("spec.evaluation.second_judge", spec.evaluation.second_judge)
     if len(spec.name) > 200:
         raise InvalidArgument("spec.name", "is longer than 200 characters")
 
