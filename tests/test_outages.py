@@ -48,6 +48,14 @@ pytestmark = pytest.mark.timeout(300)
 ECHO = {"PARROT_ECHO_DELAY_S": "0.05"}
 
 
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Echo model services (every role) shared by the tests that do not kill them."""
+    sp = echo_models(tmp_path_factory.mktemp("echo"), (free_port(), free_port()))
+    yield sp
+    assert sp.stop() == 0
+
+
 def echo_models(tmp: Path, ports: tuple[int, int]):
     return start_service(tmp, ["all", "--backend", "echo"], wait_for="parrot.v1.Judge", env_extra=ECHO, ports=ports)
 
@@ -85,9 +93,9 @@ def watch_events(stub, run_id: str, into: list) -> threading.Thread:
 def test_model_service_outage_pauses_the_run_and_nothing_fails(tmp_path):
     """Today's defaults failed 52 of 100 conversations over a 5 s restart; now the run waits."""
     ports = (free_port(), free_port())
-    models = echo_models(tmp_path, ports)
+    svc = echo_models(tmp_path, ports)
     store_dir = tmp_path / "store"
-    c = start_coordinator(tmp_path, store_dir.as_uri(), models.grpc_target)
+    c = start_coordinator(tmp_path, store_dir.as_uri(), svc.grpc_target)
     n = 100
     events: list[cpb.RunEvent] = []
     try:
@@ -96,7 +104,7 @@ def test_model_service_outage_pauses_the_run_and_nothing_fails(tmp_path):
             run = stub.StartRun(cpb.StartRunRequest(spec=eval_spec(many_questions(n), concurrency=16)), timeout=30)
             watcher = watch_events(stub, run.id, events)
             wait_for(lambda: len(unit_files(store_dir, run.id)) >= 10, 60, "a few conversations")
-            kill9(models)
+            kill9(svc)
             t_kill = time.monotonic()
             paused = wait_for(lambda: (r := get(stub, run.id)).paused_reason and r, 15, "the run to say it is paused")
             assert paused.state == cpb.RUN_STATE_RUNNING and paused.paused_since > 0
@@ -107,7 +115,7 @@ def test_model_service_outage_pauses_the_run_and_nothing_fails(tmp_path):
             time.sleep(max(0.0, 5.0 - (time.monotonic() - t_kill)))  # a 5 s outage
             held = get(stub, run.id)
             assert len(unit_files(store_dir, run.id)) == done and held.progress.failed == 0  # nothing ends meanwhile
-            models = echo_models(tmp_path, ports)
+            svc = echo_models(tmp_path, ports)
             t_back = time.monotonic()
             wait_for(lambda: len(unit_files(store_dir, run.id)) > done, 10, "the run to go on")
             assert time.monotonic() - t_back < 4.0  # reconnects promptly (gRPC's own backoff would wait longer)
@@ -121,17 +129,17 @@ def test_model_service_outage_pauses_the_run_and_nothing_fails(tmp_path):
         assert any(e.message.endswith("is back; run continues") for e in events)
         assert metric(c.http_url, "parrot_coordinator_runs_paused") == 0
     finally:
-        models.stop()
+        svc.stop()
         assert c.stop() == 0
 
 
-def test_role_down_past_the_budget_fails_short_sessions_and_retry_failed_finishes(tmp_path, models_module):
+def test_role_down_past_the_budget_fails_short_sessions_and_retry_failed_finishes(tmp_path, models):
     """A collection whose asker stays down: sessions cut short are failures with the reason (not
     1-turn records in dataset.jsonl); after the asker is back, resume --retry-failed finishes."""
     asker_ports = (free_port(), free_port())
     asker = echo_models(tmp_path, asker_ports)
     store_dir = tmp_path / "store"
-    c = start_coordinator(tmp_path, store_dir.as_uri(), models_module.grpc_target)
+    c = start_coordinator(tmp_path, store_dir.as_uri(), models.grpc_target)
     n = 40
     seeds = [sharegpt(f"s{i}", ("human", f"Seed question {i}: how do I repot a fern number {i}?")) for i in range(n)]
     spec = cpb.RunSpec(collection=cpb.CollectionSpec(seeds=cpb.InputFile(name="seeds.jsonl", content=jsonl(seeds)),
@@ -167,20 +175,12 @@ def test_role_down_past_the_budget_fails_short_sessions_and_retry_failed_finishe
         assert c.stop() == 0
 
 
-@pytest.fixture(scope="module")
-def models_module(tmp_path_factory):
-    sp = start_service(tmp_path_factory.mktemp("echo"), ["all", "--backend", "echo"], wait_for="parrot.v1.Judge",
-                       env_extra=ECHO)
-    yield sp
-    assert sp.stop() == 0
-
-
 # ------------------------------------------------------------------- 2. store faults
 
 
-def test_disk_full_for_a_while_pauses_and_the_run_finishes_without_an_operator(tmp_path, models_module):
+def test_disk_full_for_a_while_pauses_and_the_run_finishes_without_an_operator(tmp_path, models):
     store_dir = tmp_path / "store"
-    c = _coordinator_with_file_size_limit(tmp_path, store_dir.as_uri(), models_module.grpc_target,
+    c = _coordinator_with_file_size_limit(tmp_path, store_dir.as_uri(), models.grpc_target,
                                           limit=resource.RLIM_INFINITY, retry_s=600)
     n = 80
     try:
@@ -208,12 +208,12 @@ def test_disk_full_for_a_while_pauses_and_the_run_finishes_without_an_operator(t
         assert c.stop() == 0
 
 
-def test_final_state_the_store_refuses_is_reported_then_written_and_resumable(tmp_path, models_module):
+def test_final_state_the_store_refuses_is_reported_then_written_and_resumable(tmp_path, models):
     """run.json cannot be written (a folder stands in its place) for longer than --storage-retry-s:
     the run fails, GetRun says so (not 'running' forever), the coordinator writes the state once
     the store allows, and resume finishes the run."""
     store_dir = tmp_path / "store"
-    c = start_coordinator(tmp_path, store_dir.as_uri(), models_module.grpc_target, args=["--storage-retry-s", "2"])
+    c = start_coordinator(tmp_path, store_dir.as_uri(), models.grpc_target, args=["--storage-retry-s", "2"])
     n = 60
     try:
         with grpc.insecure_channel(c.grpc_target) as ch:
@@ -252,9 +252,9 @@ def test_final_state_the_store_refuses_is_reported_then_written_and_resumable(tm
 # ------------------------------------------------------------------- 3, 4. honest, retryable failures
 
 
-def test_missing_judge_score_fails_the_conversation_and_retry_failed_reruns_only_it(tmp_path, models_module):
+def test_missing_judge_score_fails_the_conversation_and_retry_failed_reruns_only_it(tmp_path, models):
     store_dir = tmp_path / "store"
-    c = start_coordinator(tmp_path, store_dir.as_uri(), models_module.grpc_target)
+    c = start_coordinator(tmp_path, store_dir.as_uri(), models.grpc_target)
     questions = many_questions(6)
     questions[2]["reference"] = ["r" * 200_001, "ok"]  # over the judge's --max-input-chars: turn 1 cannot be graded
     try:
@@ -293,10 +293,10 @@ def test_missing_judge_score_fails_the_conversation_and_retry_failed_reruns_only
 # ------------------------------------------------------------------- 6, 7, 9c. coordinator killed
 
 
-def test_after_a_kill_in_flight_elapsed_and_temporary_files_are_right(tmp_path, models_module):
+def test_after_a_kill_in_flight_elapsed_and_temporary_files_are_right(tmp_path, models):
     store_dir = tmp_path / "store"
     ports = (free_port(), free_port())
-    c = start_coordinator(tmp_path, store_dir.as_uri(), models_module.grpc_target, ports=ports)
+    c = start_coordinator(tmp_path, store_dir.as_uri(), models.grpc_target, ports=ports)
     n, concurrency = 600, 16
     with grpc.insecure_channel(c.grpc_target) as ch:
         stub = coord_stub(ch)
@@ -312,7 +312,7 @@ def test_after_a_kill_in_flight_elapsed_and_temporary_files_are_right(tmp_path, 
     assert len(unit_files(store_dir, run.id)) < n
     leftover = store_dir / "runs" / run.id / "units" / ".0000000.json.deadbeef.parrot-tmp"
     leftover.write_bytes(b'{"half": ')  # a write the kill cut short
-    c = start_coordinator(tmp_path, store_dir.as_uri(), models_module.grpc_target, ports=ports)
+    c = start_coordinator(tmp_path, store_dir.as_uri(), models.grpc_target, ports=ports)
     try:
         assert not leftover.exists()
         with grpc.insecure_channel(c.grpc_target) as ch:
@@ -333,10 +333,10 @@ def test_after_a_kill_in_flight_elapsed_and_temporary_files_are_right(tmp_path, 
 # ------------------------------------------------------------------- 8. the CLI re-attaches
 
 
-def test_following_cli_reattaches_after_a_coordinator_restart_and_downloads_out(tmp_path, models_module):
+def test_following_cli_reattaches_after_a_coordinator_restart_and_downloads_out(tmp_path, models):
     store_dir = tmp_path / "store"
     ports = (free_port(), free_port())
-    c = start_coordinator(tmp_path, store_dir.as_uri(), models_module.grpc_target, ports=ports)
+    c = start_coordinator(tmp_path, store_dir.as_uri(), models.grpc_target, ports=ports)
     n = 150
     qfile = tmp_path / "questions.jsonl"
     qfile.write_bytes(jsonl(many_questions(n)))
@@ -350,7 +350,7 @@ def test_following_cli_reattaches_after_a_coordinator_restart_and_downloads_out(
                  "the run under way")
         kill9(c)
         time.sleep(1.0)
-        c = start_coordinator(tmp_path, store_dir.as_uri(), models_module.grpc_target, ports=ports)
+        c = start_coordinator(tmp_path, store_dir.as_uri(), models.grpc_target, ports=ports)
         stdout, stderr = follower.communicate(timeout=180)
         assert follower.returncode == 0, stderr[-3000:]
         assert "Reconnecting" in stderr or "re-attached" in stderr, stderr[-2000:]
@@ -396,8 +396,8 @@ def test_a_malformed_default_target_stops_the_coordinator_at_start(tmp_path):
     assert out.returncode == 2 and "--responder: 'not a host::' is not a gRPC address" in out.stderr, out.stderr
 
 
-def test_spec_targets_are_validated_by_the_api(tmp_path, models_module):
-    c = start_coordinator(tmp_path, (tmp_path / "store").as_uri(), models_module.grpc_target)
+def test_spec_targets_are_validated_by_the_api(tmp_path, models):
+    c = start_coordinator(tmp_path, (tmp_path / "store").as_uri(), models.grpc_target)
     try:
         with grpc.insecure_channel(c.grpc_target) as ch:
             for targets, where in ((cpb.Targets(responder="not a host::"), "spec.targets.responder"),
