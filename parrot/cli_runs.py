@@ -124,15 +124,20 @@ def _yaml_line(text: str, key: str) -> str:
 async def _rpc(target: str, token_env: str, fn: Any) -> Any:
     import grpc
 
-    from parrot.client import auth_metadata, channel
+    from parrot.client import auth_metadata, channel, rpc_error_text
+    from parrot.errors import ConfigError
 
+    try:
+        md = auth_metadata(token_env)
+    except ConfigError as e:
+        fail(str(e))
     async with channel(target) as ch:
         from parrot.v1 import coordinator_pb2_grpc
 
         try:
-            return await fn(coordinator_pb2_grpc.CoordinatorStub(ch), auth_metadata(token_env))
+            return await fn(coordinator_pb2_grpc.CoordinatorStub(ch), md)
         except grpc.aio.AioRpcError as e:
-            fail(f"{e.code().name}: {e.details()}")
+            fail(rpc_error_text(e))
 
 
 def state_name(state: int) -> str:

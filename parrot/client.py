@@ -91,8 +91,23 @@ def sync_channel(target: str) -> grpc.Channel:
     return grpc.insecure_channel(target, options=channel_options())
 
 
+def rpc_error_text(e: grpc.RpcError) -> str:
+    """``CODE: details`` of a failed call, with a hint when a plain-text client met a TLS server
+    (grpc only says the socket closed)."""
+    code, details = e.code(), e.details() or ""
+    text = f"{code.name}: {details}"
+    if code == grpc.StatusCode.UNAVAILABLE and tls_credentials() is None and any(
+            s in details for s in ("Socket closed", "Connection reset", "Stream removed", "handshake")):
+        text += (" (if the server serves TLS, this client spoke plain text: set PARROT_TLS_CA to the CA "
+                 "certificate, or PARROT_TLS=1 for the system's roots)")
+    return text
+
+
 def auth_metadata(token_env: str = "PARROT_AUTH_TOKEN") -> list[tuple[str, str]]:
-    token = os.environ.get(token_env)
+    """The authorization metadata from ``$token_env`` (stripped; ConfigError naming it when malformed)."""
+    from parrot.tokens import token_from
+
+    token = token_from(None, token_env, "")
     return [("authorization", f"Bearer {token}")] if token else []
 
 

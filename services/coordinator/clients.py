@@ -166,7 +166,7 @@ async def check_reachable(target: str, service: str, timeout_s: float = 5.0) -> 
 class ModelClients:
     """The asker, responder(s) and judge one run talks to."""
 
-    def __init__(self, targets: dict[str, str], retry: Retry, token: str | None,
+    def __init__(self, targets: dict[str, str], retry: Retry, token: str | None | dict[str, str | None],
                  on_retry: Callable[[str, str], None] | None = None, routing: str = "affinity",
                  on_down: Callable[[str, str], None] | None = None, on_up: Callable[[str], None] | None = None) -> None:
         """``on_down(role, cause)`` when every endpoint of a role is found unavailable, ``on_up(role)``
@@ -176,7 +176,9 @@ class ModelClients:
         self.targets = {k: v for k, v in targets.items() if v}
         self.retry = retry
         self.routing = routing
-        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        # One token for every role, or one per role (the coordinator's target policy decides which target gets what).
+        tokens = token if isinstance(token, dict) else {role: token for role in self.targets}
+        self._metadata = {role: [("authorization", f"Bearer {t}")] if t else [] for role, t in tokens.items()}
         self._routes = {k: _Route(v, routing) for k, v in self.targets.items()}
         self._stubs: dict[tuple[str, type, int], object] = {}
         self._on_retry = on_retry
@@ -264,25 +266,25 @@ class ModelClients:
                       role: str = "responder") -> responder_pb2.RespondResponse:
         req = responder_pb2.RespondRequest(conversation=messages_to_pb(messages), params=params)
         return await self._call("respond", role, responder_pb2_grpc.ResponderStub, session_key(messages),
-                                lambda stub, t: stub.Respond(req, metadata=self._metadata, timeout=t))
+                                lambda stub, t: stub.Respond(req, metadata=self._metadata.get(role, []), timeout=t))
 
     async def ask(self, messages: list[Message], params: conversation_pb2.GenerationParams,
                   persona: str = "", topic: str = "") -> asker_pb2.AskResponse:
         req = asker_pb2.AskRequest(conversation=messages_to_pb(messages), params=params, persona=persona, topic=topic,
                                    num_candidates=1)
         return await self._call("ask", "asker", asker_pb2_grpc.AskerStub, session_key(messages),
-                                lambda stub, t: stub.Ask(req, metadata=self._metadata, timeout=t))
+                                lambda stub, t: stub.Ask(req, metadata=self._metadata.get("asker", []), timeout=t))
 
     async def grade(self, messages: list[Message], turn: int, reference: str, prompt_name: str,
                     params: conversation_pb2.GenerationParams, role: str = "judge") -> judge_pb2.GradeSingleResponse:
         req = judge_pb2.GradeSingleRequest(conversation=messages_to_pb(messages), turn=turn, reference_answer=reference,
                                            prompt_name=prompt_name, params=params)
         return await self._call("judge", role, judge_pb2_grpc.JudgeStub, session_key(messages),
-                                lambda stub, t: stub.GradeSingle(req, metadata=self._metadata, timeout=t))
+                                lambda stub, t: stub.GradeSingle(req, metadata=self._metadata.get(role, []), timeout=t))
 
     async def compare(self, a: list[Message], b: list[Message], turn: int, reference: str, prompt_name: str,
                       params: conversation_pb2.GenerationParams) -> judge_pb2.ComparePairResponse:
         req = judge_pb2.ComparePairRequest(conversation_a=messages_to_pb(a), conversation_b=messages_to_pb(b), turn=turn,
                                            reference_answer=reference, prompt_name=prompt_name, params=params)
         return await self._call("judge", "judge", judge_pb2_grpc.JudgeStub, session_key(a),
-                                lambda stub, t: stub.ComparePair(req, metadata=self._metadata, timeout=t))
+                                lambda stub, t: stub.ComparePair(req, metadata=self._metadata.get("judge", []), timeout=t))

@@ -115,6 +115,7 @@ class RunExecutor:
         self._go.set()
         self._probing = False
         self._failure: BaseException | None = None
+        self.loaded = asyncio.Event()  # set once the persisted records are counted (progress is right)
         self.store = _RunStore(store, self)
         clients.on_down, clients.on_up = self._role_down, self._role_up
 
@@ -290,6 +291,7 @@ class RunExecutor:
         kind = self.plan.kind
         try:
             await self._load_done()
+            self.loaded.set()
             pending = [i for i in range(len(self.plan.units)) if i not in self.units]
             self.run.state = cpb.RUN_STATE_RUNNING
             m.RUNS_ACTIVE.inc()
@@ -338,6 +340,7 @@ class RunExecutor:
             await self._finish(cpb.RUN_STATE_FAILED, f"run stopped: {why}. Finished conversations are kept; after fixing "
                                f"the cause, resume it: parrot runs resume {self.run.id}")
         finally:
+            self.loaded.set()
             for cause in list(self._pauses):
                 m.RUNS_PAUSED.labels(_cause_label(cause)).dec()
             self._pauses.clear()

@@ -66,6 +66,7 @@ async def run_coordinator(cfg: CoordinatorServeConfig) -> int:
     await grpc_server.set_serving(True)
     MODEL_READY.labels("coordinator", "coordinator").set(1)
     log.info("ready", extra={"grpc_port": grpc_server.port, "http_port": cfg.http_port, "store": cfg.coordinator.store_url,
+                             "auth": "on" if grpc_server.auth else "off", "tls": grpc_server.tls,
                              "resumed_runs": resumed})
     await stop.wait()
     log.info("stopping; unfinished runs resume on next start")
