@@ -152,6 +152,12 @@ def serve_cmd(
     tls_cert: Optional[str] = typer.Option(None, envvar="PARROT_TLS_CERT",
                                            help="PEM certificate: serve gRPC over TLS (with --tls-key). Clients: PARROT_TLS_CA."),
     tls_key: Optional[str] = typer.Option(None, envvar="PARROT_TLS_KEY", help="PEM private key of --tls-cert."),
+    tls_client_ca: Optional[str] = typer.Option(None, envvar="PARROT_TLS_CLIENT_CA",
+                                                help="PEM CA: require client certificates it signed on every port "
+                                                     "(mutual TLS; with --tls-cert). Clients: PARROT_TLS_CLIENT_CERT/KEY."),
+    target_tls: str = typer.Option("", envvar="PARROT_TARGET_TLS",
+                                   help="coordinator: dial matching targets over TLS, PATTERN=CA_FILE|system"
+                                        "[:CERT_FILE:KEY_FILE] comma-separated (others: PARROT_TLS_CA / PARROT_TLS)."),
     max_messages: int = typer.Option(256, envvar="PARROT_MAX_MESSAGES", help="Upper bound on messages per conversation."),
     max_message_bytes: Optional[int] = typer.Option(
         None, envvar="PARROT_MAX_MESSAGE_BYTES", help="gRPC message size limit (default 16 MiB; coordinator 64 MiB)."),
@@ -177,10 +183,10 @@ def serve_cmd(
         if routing not in ("affinity", "round_robin"):
             _fail(f"--routing / PARROT_ROUTING is {routing!r}; allowed: affinity, round_robin")
         _serve_coordinator(host, grpc_port or 50060, http_port or 8090, store_url, responder, asker, judge, max_active_runs,
-                           auth_token_file, grace_s, limits=limits, routing=routing, tls=(tls_cert, tls_key),
+                           auth_token_file, grace_s, limits=limits, routing=routing, tls=(tls_cert, tls_key, tls_client_ca),
                            max_message_bytes=max_message_bytes or 64 * 1024 * 1024, storage_retry_s=storage_retry_s,
                            outage_budget_s=outage_budget_s, allowed_targets=allowed_targets, input_roots=input_roots,
-                           upstream_token_file=upstream_token_file)
+                           upstream_token_file=upstream_token_file, target_tls=target_tls)
         return
     grpc_port = grpc_port or 50051
     http_port = http_port or 8080
@@ -239,7 +245,7 @@ def serve_cmd(
             backend_config=cfg_cls(**options), auth_token_file=auth_token_file, grace_s=grace_s,
             limits=InputLimits(max_new_tokens=max_new_tokens, max_input_chars=max_input_chars, max_messages=max_messages),
             judge_prompts_file=judge_prompts, tls_cert_file=tls_cert, tls_key_file=tls_key,
-            max_message_bytes=max_message_bytes or 16 * 1024 * 1024,
+            tls_client_ca_file=tls_client_ca, max_message_bytes=max_message_bytes or 16 * 1024 * 1024,
         )
         rc = serve(config)
     except ConfigError as e:
@@ -256,9 +262,9 @@ def default_store_url() -> str:
 def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, responder: str, asker: str, judge: str,
                        max_active_runs: int, auth_token_file: Optional[str], grace_s: float, *, limits: Any = None,
                        routing: str = "affinity",
-                       tls: tuple[Optional[str], Optional[str]] = (None, None), max_message_bytes: int = 64 * 1024 * 1024,
+                       tls: tuple[Optional[str], ...] = (None, None, None), max_message_bytes: int = 64 * 1024 * 1024,
                        storage_retry_s: float = 600.0, outage_budget_s: float = 600.0, allowed_targets: str = "",
-                       input_roots: str = "", upstream_token_file: Optional[str] = None) -> None:
+                       input_roots: str = "", upstream_token_file: Optional[str] = None, target_tls: str = "") -> None:
 
     from parrot.errors import ConfigError
     from parrot.server.runner import read_auth_token
@@ -277,13 +283,14 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
                                         judge=judge, max_active_runs=max_active_runs, routing=routing,
                                         outage_budget_s=outage_budget_s,
                                         upstream_token=upstream, allowed_targets=allowed_targets,
-                                        input_roots=input_roots,
+                                        input_roots=input_roots, target_tls=target_tls,
                                         **({"limits": limits} if limits is not None else {}))
     except ConfigError as e:
         _fail(str(e))
     cfg = CoordinatorServeConfig(
         coordinator=coordinator, host=host, grpc_port=grpc_port, http_port=http_port, auth_token=token, grace_s=grace_s,
-        tls_cert_file=tls[0], tls_key_file=tls[1], max_message_bytes=max_message_bytes, storage_retry_s=storage_retry_s)
+        tls_cert_file=tls[0], tls_key_file=tls[1], tls_client_ca_file=tls[2], max_message_bytes=max_message_bytes,
+        storage_retry_s=storage_retry_s)
     try:
         rc = serve_coordinator(cfg)
     except ConfigError as e:

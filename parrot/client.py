@@ -25,19 +25,37 @@ def tls_credentials(env: Any = None) -> grpc.ChannelCredentials | None:
     PARROT_TLS_CA: a PEM file of the CA (or the self-signed server certificate) to trust;
     PARROT_TLS=1: TLS with the system's roots. PARROT_TLS_SERVER_NAME overrides the name the
     certificate is checked against (when dialling an IP the certificate does not list).
+    PARROT_TLS_CLIENT_CERT / PARROT_TLS_CLIENT_KEY: a client certificate, for servers that
+    require one (--tls-client-ca).
     """
     env = os.environ if env is None else env
     ca = env.get("PARROT_TLS_CA", "")
-    if ca:
-        try:
-            return grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
-        except OSError as e:
-            from parrot.errors import ConfigError
-
-            raise ConfigError(f"PARROT_TLS_CA: cannot read {ca}: {e.strerror}") from e
-    if env.get("PARROT_TLS", "").strip().lower() in ("1", "true", "yes", "on"):
-        return grpc.ssl_channel_credentials()
+    if ca or env.get("PARROT_TLS", "").strip().lower() in ("1", "true", "yes", "on"):
+        return channel_credentials(ca or None, env.get("PARROT_TLS_CLIENT_CERT") or None,
+                                   env.get("PARROT_TLS_CLIENT_KEY") or None, "PARROT_TLS_CA")
     return None
+
+
+def channel_credentials(ca_file: str | None, cert_file: str | None, key_file: str | None,
+                        setting: str) -> grpc.ChannelCredentials:
+    """TLS credentials: trust ``ca_file`` (None: the system's roots); present a client certificate
+    when both ``cert_file`` and ``key_file`` are given (servers that require mutual TLS)."""
+    from parrot.errors import ConfigError
+
+    def read(path: str | None, what: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{setting}: cannot read the {what} {path}: {e.strerror}") from e
+
+    if bool(cert_file) != bool(key_file):
+        raise ConfigError(f"{setting}: a client certificate needs both its certificate and its key "
+                          "(PARROT_TLS_CLIENT_CERT and PARROT_TLS_CLIENT_KEY)")
+    return grpc.ssl_channel_credentials(root_certificates=read(ca_file, "CA certificate"),
+                                        private_key=read(key_file, "client key"),
+                                        certificate_chain=read(cert_file, "client certificate"))
 
 
 #: gRPC's default reconnect backoff grows to 120 s, so calls keep failing for seconds after a

@@ -134,7 +134,7 @@ def test_an_allowed_target_gets_only_the_credential_its_entry_names(tmp_path, sp
 
 
 def test_a_bad_allowlist_or_token_file_stops_the_coordinator_at_start(tmp_path):
-    for allowed, needle in (("has space:1", "is not PATTERN"), ("h:1=/nonexistent/token", "cannot read token file")):
+    for allowed, needle in (("has space:1", "does not start with a PATTERN"), ("h:1=/nonexistent/token", "cannot read token file")):
         env = dict(os.environ, PARROT_ALLOWED_TARGETS=allowed)
         env.pop("PARROT_AUTH_TOKEN", None)
         out = subprocess.run([PARROT, "serve", "coordinator", "--store", (tmp_path / "s").as_uri(), "--host", "127.0.0.1",
@@ -268,3 +268,88 @@ def test_serving_all_interfaces_without_auth_warns_and_the_log_says_whether_auth
         assert ready and ready[0]["auth"] == "on" and "WITHOUT authentication" not in quiet.log()
     finally:
         assert quiet.stop() == 0
+
+
+# ------------------------------------------------------------------- 3. TLS on every port
+
+
+def test_tls_on_every_port_with_client_certificates_and_per_target_tls(tmp_path, monkeypatch):
+    import httpx
+
+    from tests.test_security import self_signed
+
+    server_cert, server_key = self_signed(tmp_path, "server")
+    client_cert, client_key = self_signed(tmp_path, "client")
+    # This process's health polls: trust the server, present the client certificate.
+    monkeypatch.setenv("PARROT_TLS_CA", str(server_cert))
+    monkeypatch.setenv("PARROT_TLS_CLIENT_CERT", str(client_cert))
+    monkeypatch.setenv("PARROT_TLS_CLIENT_KEY", str(client_key))
+    tls = {"PARROT_TLS_CERT": str(server_cert), "PARROT_TLS_KEY": str(server_key), "PARROT_TLS_CLIENT_CA": str(client_cert)}
+    models = start_service(tmp_path, ["all", "--backend", "echo"], wait_for="parrot.v1.Judge", env_extra=tls, token=UPSTREAM)
+    # The coordinator dials the model services by --target-tls alone (no process-wide PARROT_TLS_CA).
+    coord = start_coordinator(tmp_path, (tmp_path / "store").as_uri(), models.grpc_target, env={
+        **tls, "PARROT_AUTH_TOKEN": CALLER, "PARROT_UPSTREAM_TOKEN": UPSTREAM, "PARROT_TLS_CA": "", "PARROT_TLS_CLIENT_CERT": "",
+        "PARROT_TARGET_TLS": f"127.0.0.1:*={server_cert}:{client_cert}:{client_key}"})
+    https = models.http_url.replace("http://", "https://")
+    body = {"inputs": [{"name": "request", "shape": [1], "datatype": "BYTES",
+                        "data": [json.dumps({"conversation": {"messages": [{"role": "ROLE_USER", "content": "hi"}]}})]}]}
+    try:
+        import ssl
+
+        mutual = ssl.create_default_context(cafile=str(server_cert))
+        mutual.load_cert_chain(str(client_cert), str(client_key))
+        with httpx.Client(verify=mutual, timeout=30) as client:
+            assert client.get(f"{https}/v2/health/ready").status_code == 200
+            r = client.post(f"{https}/v2/models/responder/infer", json=body, headers={"authorization": f"Bearer {UPSTREAM}"})
+            assert r.status_code == 200, r.text
+            metrics = client.get(coord.http_url.replace("http://", "https://") + "/metrics")
+            assert metrics.status_code == 200 and "parrot_coordinator_runs_running" in metrics.text
+        for url in (f"{models.http_url}/v2/health/ready", f"{coord.http_url}/metrics"):  # plain text: no answer
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(url, timeout=10)
+        with pytest.raises(httpx.HTTPError):  # TLS without a client certificate: refused
+            httpx.get(f"{https}/v2/health/ready", verify=ssl.create_default_context(cafile=str(server_cert)),
+                      timeout=10).raise_for_status()
+        no_client_cert = grpc.ssl_channel_credentials(root_certificates=server_cert.read_bytes())
+        with grpc.secure_channel(models.grpc_target, no_client_cert) as ch, pytest.raises(grpc.RpcError) as e:
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        # A run through the TLS coordinator, over TLS to the model services.
+        creds = grpc.ssl_channel_credentials(server_cert.read_bytes(), client_key.read_bytes(), client_cert.read_bytes())
+        with grpc.secure_channel(coord.grpc_target, creds) as ch:
+            run = done(coord_stub(ch), start(coord_stub(ch), eval_spec(many_questions(2))).id)
+            assert run.state == cpb.RUN_STATE_SUCCEEDED and run.progress.failed == 0, run.message
+        # A plain-text client meeting a TLS server is told what to set.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PARROT_TLS")}
+        out = subprocess.run([PARROT, "runs", "list", "-c", coord.grpc_target], capture_output=True, text=True,
+                             env={**env, "PARROT_AUTH_TOKEN": CALLER}, timeout=60)
+        assert out.returncode == 2 and "set PARROT_TLS_CA" in out.stderr, out.stderr
+    finally:
+        assert coord.stop() == 0 and models.stop() == 0
+
+
+# ------------------------------------------------------------------- 4, 6. admin routes; HTTP refusals
+
+
+def test_repository_extension_is_off_and_http_refusals_are_logged_and_counted(tmp_path, guarded_models):
+    import httpx
+
+    url = guarded_models.http_url
+    body = {"instances": [{"conversation": {"messages": [{"role": "ROLE_USER", "content": "hi"}]}}]}
+    ok = {"authorization": f"Bearer {UPSTREAM}"}
+    with httpx.Client(timeout=30) as client:
+        for action in ("unload", "load"):
+            r = client.post(f"{url}/v2/repository/models/responder/{action}", headers=ok)
+            assert r.status_code == 404, (action, r.status_code, r.text)
+        assert client.post(f"{url}/v1/models/responder:predict", json=body, headers=ok).status_code == 200
+        assert client.get(f"{url}/v2/models/responder/ready").status_code == 200
+        before = metric(url, "parrot_auth_failures_total", {"transport": "http"})
+        for headers in ({}, {"authorization": "Bearer not-the-token-000000"}):
+            r = client.post(f"{url}/v1/models/responder:predict", json=body, headers=headers)
+            assert r.status_code == 401 and r.headers.get("www-authenticate") == "Bearer"
+    assert metric(url, "parrot_auth_failures_total", {"transport": "http"}) == before + 2
+    refusals = [json.loads(x) for x in guarded_models.log().splitlines()
+                if x.startswith("{") and "authentication failed" in x and '"http"' in x]
+    assert [r["reason"] for r in refusals[-2:]] == ["missing", "invalid"]
+    assert all(r["method"] == "/v1/models/responder:predict" for r in refusals[-2:])
+    assert "not-the-token-000000" not in guarded_models.log()

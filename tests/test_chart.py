@@ -729,17 +729,19 @@ def test_coordinator_target_and_input_policy(helm):
     assert "PARROT_ALLOWED_TARGETS" not in env and "PARROT_INPUT_ROOTS" not in env
     assert env["PARROT_OUTAGE_BUDGET_S"] == "600" and env["PARROT_STORAGE_RETRY_S"] == "600"
     docs = render(helm, "--set", "coordinator.allowedTargets[0]=baseline.team-b.svc:50051=/var/run/parrot/targets/bl/token",
-                  "--set", "coordinator.allowedTargets[1]=10.1.2.*", "--set", "coordinator.targetTokenSecrets[0].name=bl",
+                  "--set", "coordinator.allowedTargets[1]=10.1.2.*", "--set", "coordinator.targetSecrets[0].name=bl",
+                  "--set", "coordinator.targetTls[0]=baseline.team-b.svc:*=/var/run/parrot/targets/bl/ca.crt",
                   "--set", "coordinator.inputRoots[0]=s3://shared-inputs/evals")
     _, spec = coordinator(docs)
     (c,) = spec["containers"]
     env = env_of(c)
     assert env["PARROT_ALLOWED_TARGETS"] == "baseline.team-b.svc:50051=/var/run/parrot/targets/bl/token,10.1.2.*"
+    assert env["PARROT_TARGET_TLS"] == "baseline.team-b.svc:*=/var/run/parrot/targets/bl/ca.crt"
     assert env["PARROT_INPUT_ROOTS"] == "s3://shared-inputs/evals"
-    mount = next(m for m in c["volumeMounts"] if m["name"] == "target-token-bl")
-    assert mount == {"name": "target-token-bl", "mountPath": "/var/run/parrot/targets/bl", "readOnly": True}
-    vol = next(v for v in spec["volumes"] if v["name"] == "target-token-bl")
-    assert vol["secret"] == {"secretName": "bl", "items": [{"key": "token", "path": "token"}], "defaultMode": 0o440}
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "target-bl")
+    assert mount == {"name": "target-bl", "mountPath": "/var/run/parrot/targets/bl", "readOnly": True}
+    vol = next(v for v in spec["volumes"] if v["name"] == "target-bl")
+    assert vol["secret"] == {"secretName": "bl", "defaultMode": 0o440}
     bad = run_helm(helm, "template", "parrot", str(CHART), "--set", "coordinator.inputRoots[0]=relative/dir", check=False)
     assert bad.returncode != 0 and "/coordinator/inputRoots/0" in bad.stderr, bad.stderr
 

@@ -17,24 +17,33 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServerTls:
-    """PEM key and certificate (chain) the gRPC port serves TLS with."""
+    """PEM key and certificate (chain) every port of a process serves TLS with (gRPC and HTTP), and
+    optionally the CA whose client certificates it requires (mutual TLS)."""
 
     cert: bytes = field(repr=False)
     key: bytes = field(repr=False)
+    client_ca: bytes | None = field(default=None, repr=False)
+    files: tuple[str, str, str | None] = ("", "", None)  # cert, key, client CA paths (for the HTTP server)
 
     @classmethod
-    def from_files(cls, cert_file: str | None, key_file: str | None) -> "ServerTls | None":
+    def from_files(cls, cert_file: str | None, key_file: str | None, client_ca_file: str | None = None) -> "ServerTls | None":
         """Both files, or neither (plain text). A missing or unreadable one is a ConfigError naming the setting."""
         from pathlib import Path
 
         from parrot.errors import ConfigError
 
         if not cert_file and not key_file:
+            if client_ca_file:
+                raise ConfigError("--tls-client-ca / PARROT_TLS_CLIENT_CA needs --tls-cert and --tls-key")
             return None
         if not cert_file or not key_file:
             raise ConfigError("--tls-cert / PARROT_TLS_CERT and --tls-key / PARROT_TLS_KEY must be given together")
         parts = []
-        for flag, path in (("--tls-cert / PARROT_TLS_CERT", cert_file), ("--tls-key / PARROT_TLS_KEY", key_file)):
+        for flag, path in (("--tls-cert / PARROT_TLS_CERT", cert_file), ("--tls-key / PARROT_TLS_KEY", key_file),
+                           ("--tls-client-ca / PARROT_TLS_CLIENT_CA", client_ca_file)):
+            if path is None:
+                parts.append(None)
+                continue
             try:
                 data = Path(path).read_bytes()
             except OSError as e:
@@ -42,7 +51,7 @@ class ServerTls:
             if b"-----BEGIN" not in data:
                 raise ConfigError(f"{flag}: {path} is not a PEM file")
             parts.append(data)
-        return cls(cert=parts[0], key=parts[1])
+        return cls(cert=parts[0], key=parts[1], client_ca=parts[2], files=(cert_file, key_file, client_ca_file))
 
 
 @dataclass
@@ -115,7 +124,8 @@ class GrpcServer:
         self.services = list(services)
         self.address = f"{host}:{port}"
         if tls is not None:
-            creds = grpc.ssl_server_credentials([(tls.key, tls.cert)])
+            creds = grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.client_ca,
+                                                require_client_auth=tls.client_ca is not None)
             self.port = self.server.add_secure_port(self.address, creds)
         else:
             self.port = self.server.add_insecure_port(self.address)

@@ -116,8 +116,16 @@ class ParrotKServeModel(kserve.Model):
         return [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in responses]
 
 
-def build_rest_server(models: list[Any], host: str, port: int, grace_s: float) -> Any:
-    """KServe's REST server (uvicorn + FastAPI) with our models registered. Signals stay ours."""
+def build_rest_server(models: list[Any], host: str, port: int, grace_s: float, tls: Any = None) -> Any:
+    """KServe's REST server (uvicorn + FastAPI) with our models registered. Signals stay ours.
+
+    ``tls`` (parrot.server.grpc_server.ServerTls): HTTPS with the gRPC port's certificate, and
+    client certificates required when it has a client CA. KServe's model repository extension
+    (``/v2/repository/models/<name>/load|unload``) is not served: unloading is an admin act, and
+    with it anyone holding the inference token could take the model away for good.
+    """
+    import ssl
+
     from kserve.model_repository import ModelRepository
     from kserve.model_server import FASTAPI_APP_IMPORT_STRING, ModelServer
     from kserve.protocol.rest.server import RESTServer
@@ -126,14 +134,30 @@ def build_rest_server(models: list[Any], host: str, port: int, grace_s: float) -
     server = ModelServer(http_port=port, enable_grpc=False, registered_models=repo, grace_period=int(grace_s))
     for m in models:
         server.register_model(m)
+    cert, key, client_ca = tls.files if tls is not None else (None, None, None)
     rest = RESTServer(
         FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, port,
-        grace_period=int(grace_s), event_loop="asyncio",
+        grace_period=int(grace_s), event_loop="asyncio", ssl_certfile=cert, ssl_keyfile=key,
     )
+    if client_ca:
+        rest.config.ssl_ca_certs, rest.config.ssl_cert_reqs = client_ca, ssl.CERT_REQUIRED
+    _hide_repository_extension(fastapi_app())
     rest.config.host = host
     # The runner owns SIGTERM/SIGINT; uvicorn must not install its own handlers.
     rest._server.capture_signals = _no_signal_capture
     return rest
+
+
+def _hide_repository_extension(app: Any) -> None:
+    """KServe mounts its repository routes unconditionally; answer them 404, as if absent."""
+    from fastapi.responses import JSONResponse
+
+    @app.middleware("http")
+    async def no_repository(request: Any, call_next: Any) -> Any:
+        if request.url.path.startswith("/v2/repository/"):
+            return JSONResponse(status_code=404, content={"error": "the model repository extension is not served "
+                                                                   "(loading and unloading models is not an inference route)"})
+        return await call_next(request)
 
 
 class _NoCapture:

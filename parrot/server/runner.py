@@ -37,6 +37,8 @@ class ServeConfig:
     judge_prompts_file: str | None = field(default=None, metadata={"help": "Extra judge prompts (ours or FastChat's format)."})
     tls_cert_file: str | None = field(default=None, metadata={"help": "PEM certificate: serve gRPC over TLS (PARROT_TLS_CERT)."})
     tls_key_file: str | None = field(default=None, metadata={"help": "PEM private key for --tls-cert (PARROT_TLS_KEY)."})
+    tls_client_ca_file: str | None = field(default=None, metadata={
+        "help": "PEM CA whose client certificates both ports require (PARROT_TLS_CLIENT_CA)."})
 
     def auth_token(self) -> str | None:
         return read_auth_token(self.auth_token_file, self.auth_token_env)
@@ -77,10 +79,10 @@ class ModelServiceProcess:
             self.kserve_models.append(ParrotKServeModel(name, unary_rpcs(servicer, descriptor, pb2), spec.default_method))
         from parrot.server.grpc_server import ServerTls
 
+        tls = ServerTls.from_files(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
         self.grpc = GrpcServer(grpc_services, host=config.host, port=config.grpc_port, auth_token=token,
-                               max_message_bytes=config.max_message_bytes,
-                               tls=ServerTls.from_files(config.tls_cert_file, config.tls_key_file))
-        self.rest = build_rest_server(self.kserve_models, config.host, config.http_port, config.grace_s)
+                               max_message_bytes=config.max_message_bytes, tls=tls)
+        self.rest = build_rest_server(self.kserve_models, config.host, config.http_port, config.grace_s, tls=tls)
         app = fastapi_app()
         if token:
             _require_token_on_post(app, token)
@@ -155,13 +157,18 @@ def _require_token_on_post(app: Any, token: str) -> None:
 
     expected = token.encode()
 
+    from parrot.server.interceptors import auth_failed
+
     @app.middleware("http")
     async def bearer_auth(request: Any, call_next: Any) -> Any:
-        if request.method == "POST":
-            header = request.headers.get("authorization", "")
-            supplied = header[len("Bearer "):].encode() if header.startswith("Bearer ") else b""
+        if request.method == "POST":  # answered before the body is read
+            header = request.headers.get("authorization")
+            supplied = header[len("Bearer "):].encode() if header and header.startswith("Bearer ") else b""
             if not hmac.compare_digest(supplied, expected):
-                return JSONResponse(status_code=401, content={"error": "missing or invalid bearer token"})
+                client = f"{request.client.host}:{request.client.port}" if request.client else ""
+                auth_failed("http", "missing" if header is None else "invalid", request.url.path, client)
+                return JSONResponse(status_code=401, content={"error": "missing or invalid bearer token"},
+                                    headers={"WWW-Authenticate": "Bearer"})
         return await call_next(request)
 
 

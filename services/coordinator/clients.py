@@ -71,9 +71,9 @@ def session_key(messages: list[Message]) -> int:
 class _Route:
     """One role's channels: one per listed replica (affinity), or one round-robin channel."""
 
-    def __init__(self, target: str, routing: str) -> None:
+    def __init__(self, target: str, routing: str, creds: grpc.ChannelCredentials | None = None) -> None:
         addresses = replica_addresses(target) if routing == "affinity" else []
-        self.channels = [open_channel(a) for a in addresses] if addresses else [open_channel(target)]
+        self.channels = [open_channel(a, creds) for a in addresses] if addresses else [open_channel(target, creds)]
         self._down_until = [0.0] * len(self.channels)
         self.outage_since: float | None = None  # monotonic time every replica was first found down
 
@@ -132,8 +132,9 @@ class Retry:
         return random.uniform(0, min(self.max_backoff_s, self.initial_backoff_s * (2 ** attempt)))
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    """A channel to a model service; TLS when PARROT_TLS_CA / PARROT_TLS are set (parrot.client)."""
+def open_channel(target: str, creds: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    """A channel to a model service: TLS with ``creds`` (the coordinator's --target-tls), else when
+    PARROT_TLS_CA / PARROT_TLS are set (parrot.client), else plain text."""
     from parrot.client import channel_options, tls_credentials
 
     options = [
@@ -143,21 +144,25 @@ def open_channel(target: str) -> grpc.aio.Channel:
         ("grpc.enable_retries", 0),  # our own retry loop, with backoff and metrics
         *channel_options(),  # includes a prompt reconnect after an outage
     ]
-    creds = tls_credentials()
+    creds = creds or tls_credentials()
     if creds is not None:
         return grpc.aio.secure_channel(target, creds, options=options)
     return grpc.aio.insecure_channel(target, options=options)
 
 
-async def check_reachable(target: str, service: str, timeout_s: float = 5.0) -> str | None:
+async def check_reachable(target: str, service: str, timeout_s: float = 5.0,
+                          creds: grpc.ChannelCredentials | None = None) -> str | None:
     """None when ``service`` answers its health check SERVING within the timeout, else why not."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with open_channel(target) as ch:
+    from parrot.client import rpc_error_text
+
+    async with open_channel(target, creds) as ch:
         try:
             r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
         except grpc.aio.AioRpcError as e:
-            return f"{service} at {target} is unreachable: {e.code().name}"
+            hint = rpc_error_text(e).partition(" (if the server serves TLS")[2]
+            return f"{service} at {target} is unreachable: {e.code().name}" + (f" (if the server serves TLS{hint}" if hint else "")
         if r.status != health_pb2.HealthCheckResponse.SERVING:
             return f"{service} at {target} is not serving (status {health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)})"
     return None
@@ -168,7 +173,8 @@ class ModelClients:
 
     def __init__(self, targets: dict[str, str], retry: Retry, token: str | None | dict[str, str | None],
                  on_retry: Callable[[str, str], None] | None = None, routing: str = "affinity",
-                 on_down: Callable[[str, str], None] | None = None, on_up: Callable[[str], None] | None = None) -> None:
+                 on_down: Callable[[str, str], None] | None = None, on_up: Callable[[str], None] | None = None,
+                 tls: dict[str, grpc.ChannelCredentials | None] | None = None) -> None:
         """``on_down(role, cause)`` when every endpoint of a role is found unavailable, ``on_up(role)``
         when it answers again (both called once per outage)."""
         if routing not in ROUTINGS:
@@ -179,7 +185,7 @@ class ModelClients:
         # One token for every role, or one per role (the coordinator's target policy decides which target gets what).
         tokens = token if isinstance(token, dict) else {role: token for role in self.targets}
         self._metadata = {role: [("authorization", f"Bearer {t}")] if t else [] for role, t in tokens.items()}
-        self._routes = {k: _Route(v, routing) for k, v in self.targets.items()}
+        self._routes = {k: _Route(v, routing, (tls or {}).get(k)) for k, v in self.targets.items()}
         self._stubs: dict[tuple[str, type, int], object] = {}
         self._on_retry = on_retry
         self.on_down, self.on_up = on_down, on_up

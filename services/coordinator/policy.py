@@ -11,6 +11,10 @@ bucket it can. Here:
   host meaning any port; CREDENTIAL ``none`` (default: no token is sent), ``upstream`` (the
   upstream token), or the path of a file holding that target's own token). Anything else is
   PERMISSION_DENIED naming the setting, before the coordinator contacts it at all.
+- **TLS per target.** ``--target-tls`` entries ``PATTERN=CA_FILE[:CERT_FILE:KEY_FILE]`` (CA_FILE
+  ``system`` for the system's roots; CERT/KEY a client certificate for servers that require one)
+  make the coordinator dial matching targets over TLS; others use the process-wide
+  ``PARROT_TLS_CA`` / ``PARROT_TLS`` settings (plain text when unset).
 - **Inputs.** ``file://`` paths and ``s3://`` objects only under ``--input-roots`` (folders and
   ``s3://bucket[/prefix]``) or in the coordinator's own store. Anything else is PERMISSION_DENIED
   with the same message whether or not it exists (no oracle).
@@ -28,6 +32,7 @@ from parrot.errors import ConfigError, PermissionDenied
 from parrot.tokens import read_token_file
 
 ALLOWED_TARGETS_SETTING = "--allowed-targets / PARROT_ALLOWED_TARGETS (chart: coordinator.allowedTargets)"
+TARGET_TLS_SETTING = "--target-tls / PARROT_TARGET_TLS (chart: coordinator.targetTls)"
 INPUT_ROOTS_SETTING = "--input-roots / PARROT_INPUT_ROOTS (chart: coordinator.inputRoots)"
 
 
@@ -44,13 +49,7 @@ def parse_allowed_targets(text: str) -> tuple[TargetRule, ...]:
         if not entry:
             continue
         pattern, _, credential = entry.partition("=")
-        pattern, credential = pattern.strip(), credential.strip() or "none"
-        if not pattern or any(c.isspace() for c in pattern) or "/" in pattern:
-            raise ConfigError(f"{ALLOWED_TARGETS_SETTING}: {entry!r} is not PATTERN[=none|upstream|TOKEN_FILE] "
-                              "(PATTERN like *.models.svc:50051 or 10.0.0.*)")
-        if ":" not in pattern.lstrip("[").split("]")[-1]:
-            pattern += ":*"
-        rules.append(TargetRule(pattern, credential))
+        rules.append(TargetRule(_pattern(pattern, ALLOWED_TARGETS_SETTING, entry), credential.strip() or "none"))
     return tuple(rules)
 
 
@@ -65,10 +64,37 @@ def _addresses(target: str) -> list[str]:
     return [target]
 
 
-class TargetPolicy:
-    """Which targets a run may name, and the bearer token each one gets."""
+def _pattern(text: str, setting: str, entry: str) -> str:
+    pattern = text.strip()
+    if not pattern or any(c.isspace() for c in pattern) or "/" in pattern:
+        raise ConfigError(f"{setting}: {entry!r} does not start with a PATTERN like *.models.svc:50051 or 10.0.0.*")
+    return pattern if ":" in pattern.lstrip("[").split("]")[-1] else pattern + ":*"
 
-    def __init__(self, defaults: dict[str, str], rules: tuple[TargetRule, ...], upstream_token: str | None) -> None:
+
+def parse_target_tls(text: str) -> tuple[tuple[str, Any], ...]:
+    """``PATTERN=CA_FILE|system[:CERT_FILE:KEY_FILE], ...`` -> (pattern, channel credentials) pairs."""
+    from parrot.client import channel_credentials
+
+    rules = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        pattern, sep, files = entry.partition("=")
+        parts = files.split(":") if sep else []
+        if len(parts) not in (1, 3) or not parts[0]:
+            raise ConfigError(f"{TARGET_TLS_SETTING}: {entry!r} is not PATTERN=CA_FILE|system[:CERT_FILE:KEY_FILE]")
+        ca = None if parts[0] == "system" else parts[0]
+        cert, key = (parts[1], parts[2]) if len(parts) == 3 else (None, None)
+        rules.append((_pattern(pattern, TARGET_TLS_SETTING, entry), channel_credentials(ca, cert, key, TARGET_TLS_SETTING)))
+    return tuple(rules)
+
+
+class TargetPolicy:
+    """Which targets a run may name, the bearer token each one gets, and how it is dialled (TLS)."""
+
+    def __init__(self, defaults: dict[str, str], rules: tuple[TargetRule, ...], upstream_token: str | None,
+                 tls: tuple[tuple[str, Any], ...] = ()) -> None:
+        self.tls = tls
         self.defaults = {t for t in defaults.values() if t}
         self.rules = rules
         self.upstream_token = upstream_token
@@ -87,6 +113,14 @@ class TargetPolicy:
             return None if cred == "none" else self.upstream_token if cred == "upstream" else self._tokens[cred]
         raise PermissionDenied(f"{field_name}: {target!r} is not a target this coordinator may call: only its own "
                                f"targets and those allowed by {ALLOWED_TARGETS_SETTING}")
+
+    def credentials_for(self, target: str) -> Any:
+        """TLS channel credentials for ``target`` from --target-tls, or None (the process-wide setting)."""
+        addresses = _addresses(target)
+        for pattern, creds in self.tls:
+            if all(fnmatch.fnmatchcase(a, pattern) for a in addresses):
+                return creds
+        return None
 
     def _rule(self, address: str) -> TargetRule | None:
         return next((r for r in self.rules if fnmatch.fnmatchcase(address, r.pattern)), None)

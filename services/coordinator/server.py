@@ -30,6 +30,8 @@ class CoordinatorServeConfig:
     storage_retry_s: float = field(default=600.0, metadata={"help": "How long object-store writes are retried."})
     tls_cert_file: str | None = field(default=None, metadata={"help": "PEM certificate: serve gRPC over TLS."})
     tls_key_file: str | None = field(default=None, metadata={"help": "PEM private key for the certificate."})
+    tls_client_ca_file: str | None = field(default=None, metadata={
+        "help": "PEM CA: require client certificates it signed, on both ports (mutual TLS)."})
 
 
 async def run_coordinator(cfg: CoordinatorServeConfig) -> int:
@@ -46,14 +48,18 @@ async def run_coordinator(cfg: CoordinatorServeConfig) -> int:
         else:  # pauses the runs concerned and says so in their events
             manager.on_storage_retry(op, key, attempt, err)
 
+    tls = ServerTls.from_files(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
     store = open_store(cfg.coordinator.store_url, retry_for_s=cfg.storage_retry_s, on_retry=on_retry)
     manager = RunManager(store, cfg.coordinator)
     descriptor = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"]
     grpc_server = GrpcServer(
         [GrpcService(descriptor.full_name, CoordinatorService(manager), coordinator_pb2_grpc.add_CoordinatorServicer_to_server)],
         host=cfg.host, port=cfg.grpc_port, auth_token=cfg.auth_token, max_message_bytes=cfg.max_message_bytes,
-        tls=ServerTls.from_files(cfg.tls_cert_file, cfg.tls_key_file))
-    http_server, _ = start_http_server(cfg.http_port, addr=cfg.host)
+        tls=tls)
+    # /metrics over TLS too when the process has a certificate: no port of it speaks plain text then.
+    http_server, _ = start_http_server(cfg.http_port, addr=cfg.host, certfile=cfg.tls_cert_file, keyfile=cfg.tls_key_file,
+                                       client_cafile=cfg.tls_client_ca_file,
+                                       client_auth_required=cfg.tls_client_ca_file is not None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

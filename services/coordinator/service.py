@@ -36,6 +36,8 @@ class CoordinatorConfig:
     allowed_targets: str = field(default="", metadata={
         "help": "Targets a run may name besides the coordinator's own: PATTERN[=none|upstream|TOKEN_FILE], comma-separated "
                 "(PATTERN an fnmatch over host:port). See services/coordinator/policy.py."})
+    target_tls: str = field(default="", metadata={
+        "help": "TLS per target: PATTERN=CA_FILE|system[:CERT_FILE:KEY_FILE], comma-separated (others: PARROT_TLS_CA)."})
     input_roots: str = field(default="", metadata={
         "help": "Folders and s3://bucket[/prefix] a run's input URLs may name (besides the store), comma-separated."})
     outage_budget_s: float = field(default=600.0, metadata={
@@ -76,12 +78,13 @@ def _roles(kind: str, spec: cpb.RunSpec) -> list[str]:
 
 class RunManager:
     def __init__(self, store: Any, config: CoordinatorConfig) -> None:
-        from services.coordinator.policy import InputPolicy, TargetPolicy, parse_allowed_targets
+        from services.coordinator.policy import InputPolicy, TargetPolicy, parse_allowed_targets, parse_target_tls
 
         self.store = store
         self.config = config
         self.targets = TargetPolicy({"responder": config.responder, "asker": config.asker, "judge": config.judge},
-                                    parse_allowed_targets(config.allowed_targets), config.upstream_token)
+                                    parse_allowed_targets(config.allowed_targets), config.upstream_token,
+                                    parse_target_tls(config.target_tls))
         self.inputs = InputPolicy(config.input_roots, store)
         self.executors: dict[str, RunExecutor] = {}
         self.tasks: dict[str, asyncio.Task] = {}
@@ -100,7 +103,8 @@ class RunManager:
 
     def _clients(self, spec: cpb.RunSpec) -> ModelClients:
         retry = Retry.from_policy(spec.retry, Retry(outage_budget_s=self.config.outage_budget_s))
-        return ModelClients(self._targets(spec), retry, self._tokens(spec),
+        tls = {role: self.targets.credentials_for(t) for role, t in self._targets(spec).items() if t}
+        return ModelClients(self._targets(spec), retry, self._tokens(spec), tls=tls,
                             on_retry=lambda stage, code: m.MODEL_RETRIES.labels(stage, code).inc(),
                             routing=self.config.routing)
 
@@ -116,15 +120,14 @@ class RunManager:
             check_common(spec, self.config.limits)  # malformed addresses are INVALID_ARGUMENT before any policy
             targets = self._targets(spec)
             kind = kind_of(spec)
-            for role in _roles(kind, spec):  # before the coordinator contacts or reads anything a caller named
-                if targets.get(role):
-                    self.targets.token_for(_target_field(role), targets[role])
+            self._tokens(spec)  # every named target allowed, before the coordinator contacts or reads anything
             plan, inputs = await plan_run(spec, self.store, self.config.limits, self.inputs)
             if self.config.check_targets:
                 for role in _roles(kind, spec):
                     if not targets.get(role):
                         raise InvalidArgument(f"spec.targets.{role}", "is required for this run")
-                    problem = await check_reachable(targets[role], ROLE_SERVICE[role])
+                    problem = await check_reachable(targets[role], ROLE_SERVICE[role],
+                                                    creds=self.targets.credentials_for(targets[role]))
                     if problem:
                         raise FailedPrecondition(f"spec.targets.{role}: {problem}")
             run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
@@ -238,10 +241,10 @@ class RunManager:
                 continue
             try:
                 plan, _ = await plan_run(run.spec, self.store)
+                self._launch(run, plan)  # PERMISSION_DENIED if the target policy changed meanwhile
             except ParrotError as e:
                 log.error("cannot resume run", extra={"run_id": run.id, "error": str(e)})
                 continue
-            self._launch(run, plan)
             m.RUNS_STARTED.labels(plan.kind, "resumed").inc()
             resumed.append(run.id)
             log.info("run resumed", extra={"run_id": run.id})
