@@ -34,7 +34,7 @@ def read_token_file(path: str, setting: str) -> str:
         raw = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise ConfigError(f"{setting}: cannot read token file {path}: {why}") from e
+        raise ConfigError(f"{setting}: cannot read {path}: {why}") from e
     return parse_token(raw, f"{setting}: token file {path}")
 
 
