@@ -134,7 +134,8 @@ def test_an_allowed_target_gets_only_the_credential_its_entry_names(tmp_path, sp
 
 
 def test_a_bad_allowlist_or_token_file_stops_the_coordinator_at_start(tmp_path):
-    for allowed, needle in (("has space:1", "does not start with a PATTERN"), ("h:1=/nonexistent/token", "cannot read /nonexistent/token")):
+    for allowed, needle in (("has space:1", "does not start with a PATTERN"),
+                            ("h:1=/nonexistent/token", "cannot read /nonexistent/token")):
         env = dict(os.environ, PARROT_ALLOWED_TARGETS=allowed)
         env.pop("PARROT_AUTH_TOKEN", None)
         out = subprocess.run([PARROT, "serve", "coordinator", "--store", (tmp_path / "s").as_uri(), "--host", "127.0.0.1",
