@@ -222,6 +222,11 @@ def print_run(run: Any) -> None:
     p = run.progress
     typer.echo(f"run {run.id}: {state_name(run.state)} ({run.message})" if run.message else
                f"run {run.id}: {state_name(run.state)}")
+    if run.paused_since:
+        import time
+
+        typer.echo(f"  paused since {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(run.paused_since))}: nothing new "
+                   "starts until the cause is fixed; the run then goes on by itself")
     typer.echo(f"  kind: {run.spec.WhichOneof('kind')}  name: {run.spec.name or '-'}  output: {run.output_url}")
     typer.echo(f"  conversations: {p.finished} finished, {p.failed} failed, {p.in_flight} in flight, of {p.total}")
     typer.echo(f"  turns: {p.turns}  tokens: {p.tokens}  elapsed: {p.elapsed_s:.1f}s")

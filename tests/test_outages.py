@@ -191,6 +191,9 @@ def test_disk_full_for_a_while_pauses_and_the_run_finishes_without_an_operator(t
             resource.prlimit(c.proc.pid, resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))  # the disk is full
             paused = wait_for(lambda: (r := get(stub, run.id)).paused_reason and r, 15, "the run to pause")
             assert "File too large" in paused.paused_reason and paused.state == cpb.RUN_STATE_RUNNING
+            assert "goes on by itself" in paused.paused_reason and "resume the run" not in paused.paused_reason
+            shown = cli("runs", "show", run.id, coordinator=c.grpc_target).stdout
+            assert "running (paused: object store failing" in shown and "  paused since " in shown, shown
             assert metric(c.http_url, "parrot_coordinator_runs_paused", {"cause": "object_store"}) == 1
             done = len(unit_files(store_dir, run.id))
             time.sleep(3)

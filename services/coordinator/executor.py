@@ -87,7 +87,8 @@ class _RunStore:
                 if ex.run.state != cpb.RUN_STATE_RUNNING or ex.pause_s(STORE) > self._store.retry_for_s:
                     raise
                 attempt += 1
-                ex.storage_retry("put", key, attempt, str(e).split(": ", 1)[-1])
+                cause = str(e).split(": ", 1)[-1].replace(", then resume the run", "; the run goes on by itself then")
+                ex.storage_retry("put", key, attempt, cause)
                 # Short waits: a local disk or a store that is back is used within a second.
                 await asyncio.sleep(min(1.0, 0.1 * 2 ** min(attempt, 4)) * (0.5 + random.random() / 2))
         self._ex._storage_back()
