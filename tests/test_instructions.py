@@ -138,8 +138,8 @@ def test_instructions_accumulate_across_turns():
     assert ids[3] == ["punctuation:no_comma", "change_case:english_capital"]
     assert ids[5] == ["punctuation:no_comma", "change_case:english_capital", "length_constraints:number_words"]
     assert active[5][-1].kwargs == {"num_words": 10, "relation": "at least"}
-    answers = ["fine, thanks", "fine thanks", "Fine thanks", "FINE THANKS", "NO", "ONE TWO THREE FOUR FIVE SIX SEVEN "
-               "EIGHT NINE TEN"]
+    answers = ["fine, thanks", "fine thanks", "Fine thanks", "FINE THANKS", "NOT TODAY", "ONE TWO THREE FOUR FIVE SIX "
+               "SEVEN EIGHT NINE TEN"]
     res = check_session(per_turn, answers)
     assert [r["prompt_strict"] for r in res] == [False, True, False, True, True, True]
     # turn 3 adds nothing yet is still checked against turns 1-2; the comma rule from turn 1 binds every turn

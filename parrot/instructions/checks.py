@@ -3,8 +3,13 @@
 Ids follow the IFEval naming (``group:name``) so files written for IFEval-style evaluation load
 as they are; ``startend:start_checker`` is our own addition. Definitions used by the checks:
 
-* a *word* is a run of letters/digits, with inner apostrophes or hyphens (``don't``, ``well-known``);
-* a *sentence* ends at ``.``, ``!`` or ``?`` followed by white space or the end, or at a blank line;
+* a *word* is a run of letters/digits and the combining marks that follow them (Indic vowel signs,
+  viramas, joiners stay inside their word), with inner apostrophes or hyphens (``don't``, ``well-known``);
+* a *sentence* ends at ``.``, ``!`` or ``?`` followed by white space or the end, or at a blank line,
+  but not after a title or suffix (Mr., Dr., St., Inc., Jr., ...), an initial (``J.``), a dotted
+  abbreviation (``U.S.``, ``e.g.``, ``p.m.``, ``Ph.D.``), as IFEval's reference splitter does;
+* a *capital word* is a token with cased letters, all capitals (``NASA``; ``U.S.A.`` is one);
+  words of scripts without case never are;
 * ``number_paragraphs`` counts parts separated by a markdown divider line ``***`` (IFEval's
   convention); ``nth_paragraph_first_word`` counts parts separated by blank lines;
 * a *bullet* is a line starting with ``*`` or ``-`` followed by a space (``**bold**`` is not one);
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 
 from parrot.instructions.registry import Instruction, Param, compare, register
 
@@ -29,12 +35,58 @@ _DIVIDER = re.compile(r"^\s*\*\s*\*\s*\*\s*$", re.MULTILINE)
 _TITLE = re.compile(r"<<[^\n<>]+>>")
 
 
+_JOINERS = "\u200c\u200d"  # zero-width (non-)joiners inside Indic and Arabic words
+_INNER = "'’-"
+
+
 def words(text: str) -> list[str]:
-    return _WORD.findall(text)
+    """Words as defined above. Combining marks (category M) and joiners continue a word, so a
+    Hindi or Tamil word is one word, not one per vowel sign (Python's \\w would split it)."""
+    out: list[str] = []
+    cur: list[str] = []
+    n = len(text)
+    for i, c in enumerate(text):
+        cat = unicodedata.category(c)[0]
+        if cat in "LN" or (cur and (cat == "M" or c in _JOINERS)):
+            cur.append(c)
+        elif cur and c in _INNER and i + 1 < n and unicodedata.category(text[i + 1])[0] in "LN":
+            cur.append(c)
+        elif cur:
+            out.append("".join(cur))
+            cur = []
+    if cur:
+        out.append("".join(cur))
+    return out
+
+
+# Abbreviations a sentence does not end at (IFEval's reference splitter protects the same kinds).
+_NO_END_WORDS = frozenset({"mr", "mrs", "ms", "dr", "st", "prof", "inc", "ltd", "jr", "sr", "co", "vs", "etc"})
+_DOTTED = re.compile(r"(?:[^\W\d_]\.){1,}[^\W\d_]?\.?$|ph\.d\.?$", re.IGNORECASE)
+
+
+def _ends_sentence(before: str) -> bool:
+    """False when the text before a '.' boundary ends with an abbreviation."""
+    token = before.rsplit(None, 1)[-1] if before.split() else ""
+    if not token.endswith("."):
+        return True
+    bare = token.rstrip(".").lstrip("(\"'“‘[").lower()
+    if bare in _NO_END_WORDS - {"etc"}:
+        return False
+    if len(bare) == 1 and bare.isalpha():  # an initial: J. R. R. Tolkien
+        return False
+    return not ("." in bare and _DOTTED.match(bare + "."))  # U.S., e.g., p.m., Ph.D.
 
 
 def sentences(text: str) -> list[str]:
-    return [s for s in _SENTENCE_END.split(text.strip()) if s and _WORD.search(s)]
+    t = text.strip()
+    parts, start = [], 0
+    for m in _SENTENCE_END.finditer(t):
+        if "\n\n" not in m.group(0).replace(" ", "") and not _ends_sentence(t[start:m.start()]):
+            continue
+        parts.append(t[start:m.start()])
+        start = m.end()
+    parts.append(t[start:])
+    return [s for s in parts if s and _WORD.search(s)]
 
 
 def _keyword_count(text: str, keyword: str) -> int:
@@ -144,9 +196,13 @@ class LetterFrequency(Instruction):
 
 
 def _strip_code_fence(text: str) -> str:
+    """The text inside a ```json fence (one line or several), as the reference strips it."""
     t = text.strip()
-    m = re.fullmatch(r"```[a-zA-Z]*\s*\n(.*?)\n?```", t, flags=re.DOTALL)
-    return m.group(1).strip() if m else t
+    for prefix in ("```json", "```Json", "```JSON", "```"):
+        if t.startswith(prefix):
+            t = t[len(prefix):]
+            break
+    return t.removesuffix("```").strip()
 
 
 @register
@@ -191,9 +247,8 @@ class MultipleSections(Instruction):
     description = "Write {num_sections} sections, each starting with '{section_spliter} X'."
 
     def check(self, response: str) -> bool:
-        marker = re.escape(self.section_spliter.strip())
-        found = re.findall(rf"^\s*(?:#+\s*)?{marker}\s*\d+", response, flags=re.IGNORECASE | re.MULTILINE)
-        return len(found) >= self.num_sections
+        marker = re.escape(self.section_spliter.strip())  # case-sensitive, as the reference
+        return len(re.split(rf"\s?{marker}\s?\d+\s?", response)) - 1 >= self.num_sections
 
 
 @register
@@ -257,7 +312,8 @@ class EndChecker(Instruction):
     description = "End the answer with '{end_phrase}' and nothing after it."
 
     def check(self, response: str) -> bool:
-        return response.strip().lower().endswith(self.end_phrase.strip().lower())
+        # A closing quotation mark does not count (so startend:quotation and this can both hold).
+        return response.strip().strip('"').strip().lower().endswith(self.end_phrase.strip().lower())
 
 
 @register
@@ -288,11 +344,23 @@ class TwoResponses(Instruction):
     description = "Give two different answers separated by six asterisks (******)."
 
     def check(self, response: str) -> bool:
-        parts = [p.strip() for p in response.split("******")]
-        return len(parts) == 2 and all(parts) and parts[0] != parts[1]
+        parts = response.split("******")
+        if any(not p.strip() for p in parts[1:-1]):  # an empty answer between two separators
+            return False
+        valid = [p.strip() for p in parts if p.strip()]  # a separator at either end is allowed
+        return len(valid) == 2 and valid[0] != valid[1]
 
 
 # --------------------------------------------------------------------------------- case
+
+
+def _is_english(text: str) -> bool:
+    """The instruction says English: Chinese "in lowercase" or lowercase Russian does not pass.
+    Detected on the lowercased text (a deviation: the reference detects all-capital text as it is,
+    where langdetect takes short English like "FINE THANKS" for Vietnamese)."""
+    from parrot.instructions.language import detect_language
+
+    return detect_language(text.lower()) == "en"
 
 
 @register
@@ -302,7 +370,7 @@ class Lowercase(Instruction):
     description = "Write the whole answer in lowercase letters."
 
     def check(self, response: str) -> bool:
-        return bool(response.strip()) and response == response.lower() and any(c.isalpha() for c in response)
+        return response.islower() and _is_english(response)
 
 
 @register
@@ -312,7 +380,10 @@ class Uppercase(Instruction):
     description = "Write the whole answer in capital letters."
 
     def check(self, response: str) -> bool:
-        return bool(response.strip()) and response == response.upper() and any(c.isalpha() for c in response)
+        return response.isupper() and _is_english(response)
+
+
+_CAPS_TOKEN = re.compile(r"(?:[^\W\d_]\.){2,}|[^\W_]+(?:['’\-][^\W_]+)*")  # U.S.A. is one token
 
 
 @register
@@ -322,7 +393,7 @@ class CapitalWordFrequency(Instruction):
     description = "Use words in all capital letters {capital_relation} {capital_frequency} times."
 
     def check(self, response: str) -> bool:
-        n = sum(1 for w in words(response) if any(c.isalpha() for c in w) and w == w.upper())
+        n = sum(1 for w in _CAPS_TOKEN.findall(response) if w.isupper())  # isupper: cased letters, all capitals
         return compare(n, self.capital_relation, self.capital_frequency)
 
 
@@ -346,8 +417,13 @@ class Postscript(Instruction):
     description = "End with a postscript starting with {postscript_marker}."
 
     def check(self, response: str) -> bool:
-        marker = re.escape(self.postscript_marker.strip())
-        return re.search(rf"(?:^|\n)\s*{marker}", response, flags=re.IGNORECASE) is not None
+        # As the reference: the marker anywhere (so **P.S.** counts), "P. S." spaced like "P.S.".
+        letters = [re.escape(c) for c in self.postscript_marker.strip().lower() if c not in ". "]
+        if letters and all(c.isalpha() for c in self.postscript_marker.strip().replace(".", "").replace(" ", "")):
+            pattern = r"\.?\s?".join(letters) + r"\.?"
+        else:
+            pattern = re.escape(self.postscript_marker.strip().lower())
+        return re.search(pattern, response.lower()) is not None
 
 
 @register

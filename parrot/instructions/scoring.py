@@ -156,7 +156,9 @@ def check_turn(active: Sequence[InstructionSpec], response: str) -> list[dict[st
     results = []
     for spec in active:
         inst = spec.build()
-        strict = inst.check(response)
+        # An empty answer follows no instruction (as the reference): a failed generation must not
+        # pass "no commas" or "fewer than N words".
+        strict = bool(response.strip()) and inst.check(response)
         loose = strict or any(inst.check(v) for v in variants)
         results.append({"instruction_id": spec.instruction_id, "kwargs": dict(spec.kwargs), "given_at_turn": spec.turn,
                         "strict": strict, "loose": loose})
