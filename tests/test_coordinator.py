@@ -127,6 +127,8 @@ def test_evaluation_run_end_to_end(coordinator):
     assert {(j["question_id"], j["turn"]) for j in judgments} == {(101, 1), (101, 2), (102, 1), (102, 2)} | {
         (103, t) for t in range(1, 9)}
     assert all(1 <= j["score"] <= 10 and j["model"] == "echo-model" and len(j["judge"]) == 2 for j in judgments)
+    # FastChat's loaders key judgments by (judge tuple, question, model): every turn of the 8-turn session survives.
+    assert len({(tuple(j["judge"]), j["question_id"], j["model"]) for j in judgments}) == 12
     summary = json.loads(files["summary.json"])
     assert summary["judge_failures"] == 0 and summary["finished"] == 3
     per_turn = summary["scores"]["per_turn"]

@@ -460,7 +460,7 @@ def test_pairwise_judgment_record_fields() -> None:
     )
     assert list(record) == PAIR_FIELDS
     assert record["g1_winner"] == "model_1" and record["g2_winner"] == "error"
-    assert record["judge"] == ["gpt-4", "pair-v2-multi-turn"]
+    assert record["judge"] == ["gpt-4", "pair-v2-multi-turn-turn3"]  # turns past 2 get their own judge tuple
     with pytest.raises(ValueError, match="g1_winner"):
         pairwise_judgment_record(
             question_id=1, model_1="a", model_2="b", g1_winner="A", g2_winner="tie",  # type: ignore[arg-type]

@@ -98,3 +98,16 @@ def test_postscript_markers_in_markdown_or_spaced(answer):
 ])
 def test_reference_behaviour_and_documented_deviations(instruction_id, kwargs, response, ok):
     assert verdict(instruction_id, response, **kwargs)[0] is ok
+
+
+def test_fastchat_judgment_files_keep_every_turn_and_mark_failures():
+    """Defect 9: FastChat's loaders key single judgments by (judge, question, model); turns past the
+    second need their own judge tuple. A failed grading is written with score -1, not left out."""
+    from parrot.datasets.fastchat import FAILED_SCORE, single_judgment_record
+
+    rows = [single_judgment_record(question_id=7, model="m", judge_model="j", prompt_name="single-v1-multi-turn"
+                                   if t > 1 else "single-v1", user_prompt="q", judgment="", score=None if t == 4 else 5.0,
+                                   turn=t) for t in range(1, 9)]
+    assert len({(tuple(r["judge"]), r["question_id"], r["model"]) for r in rows}) == 8
+    assert [r["judge"][1] for r in rows[:3]] == ["single-v1", "single-v1-multi-turn", "single-v1-multi-turn-turn3"]
+    assert [r["score"] for r in rows].count(FAILED_SCORE) == 1

@@ -32,6 +32,15 @@ QuestionId = int | str
 Winner = Literal["model_1", "model_2", "tie"]
 
 FAILED_SCORE = -1  # FastChat's score for an unparsed single judgment
+
+
+def judge_tuple(judge_model: str, prompt_name: str, turn: int) -> list[str]:
+    """The ``judge`` field. FastChat's loaders key judgments by (judge, question, model); its own
+    files have two turns, told apart by two prompt names (``single-v1``, ``single-v1-multi-turn``).
+    Every later turn, and turn 2 of a prompt that is not a ``-multi-turn`` one, gets its own name
+    (``<prompt>-turn2``, ``-turn3``, ...) so that no loader keeps only one judgment of a session."""
+    keep = turn == 1 or (turn == 2 and prompt_name.endswith("multi-turn"))
+    return [judge_model, prompt_name if keep else f"{prompt_name}-turn{turn}"]
 FAILED_WINNER = "error"  # FastChat's winner for an unparsed pairwise judgment
 WINNERS: tuple[str, ...] = ("model_1", "model_2", "tie")
 
@@ -93,7 +102,7 @@ def single_judgment_record(
     record: dict[str, Any] = {
         "question_id": question_id,
         "model": model,
-        "judge": [judge_model, prompt_name],
+        "judge": judge_tuple(judge_model, prompt_name, turn),
         "user_prompt": user_prompt,
         "judgment": judgment,
         "score": FAILED_SCORE if score is None else score,
@@ -132,7 +141,7 @@ def pairwise_judgment_record(
         "model_2": model_2,
         "g1_winner": g1_winner or FAILED_WINNER,
         "g2_winner": g2_winner or FAILED_WINNER,
-        "judge": [judge_model, prompt_name],
+        "judge": judge_tuple(judge_model, prompt_name, turn),
         "g1_user_prompt": g1_user_prompt,
         "g1_judgment": g1_judgment,
         "g2_user_prompt": g2_user_prompt,

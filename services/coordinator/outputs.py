@@ -67,9 +67,8 @@ def _evaluation_files(run: cpb.Run, plan: Any, done: list[dict[str, Any]]) -> di
         for j in data["judgments"]:
             t = j["turn"]
             scores.append({"question_id": qid, "category": unit["category"], "turn": t, "score": j["score"]})
-            if j["score"] is None:
+            if j["score"] is None:  # recorded by older runs; written as FastChat's -1, as documented
                 failures += 1
-                continue
             judgments.append(fastchat.single_judgment_record(
                 question_id=qid, model=model_id, judge_model=j["judge_model"], prompt_name=j["prompt_name"],
                 user_prompt=unit["turns"][t - 1], judgment=j.get("raw_output", ""), score=j["score"], turn=t,
