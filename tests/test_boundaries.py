@@ -326,7 +326,8 @@ def test_tls_on_every_port_with_client_certificates_and_per_target_tls(tmp_path,
                              env={**env, "PARROT_AUTH_TOKEN": CALLER}, timeout=60)
         assert out.returncode == 2 and "set PARROT_TLS_CA" in out.stderr, out.stderr
     finally:
-        assert coord.stop() == 0 and models.stop() == 0
+        codes = (coord.stop(), models.stop())
+        assert codes == (0, 0)
 
 
 # ------------------------------------------------------------------- 4, 6. admin routes; HTTP refusals

@@ -129,8 +129,9 @@ def test_model_service_outage_pauses_the_run_and_nothing_fails(tmp_path):
         assert any(e.message.endswith("is back; run continues") for e in events)
         assert metric(c.http_url, "parrot_coordinator_runs_paused") == 0
     finally:
+        rc = c.stop()
         svc.stop()
-        assert c.stop() == 0
+        assert rc == 0
 
 
 def test_role_down_past_the_budget_fails_short_sessions_and_retry_failed_finishes(tmp_path, models):
@@ -171,8 +172,9 @@ def test_role_down_past_the_budget_fails_short_sessions_and_retry_failed_finishe
         assert all(r["metadata"]["turns"] == 3 for r in rows)
         assert len(unit_files(store_dir, run.id)) == n
     finally:
+        rc = c.stop()
         asker.stop()
-        assert c.stop() == 0
+        assert rc == 0
 
 
 # ------------------------------------------------------------------- 2. store faults
