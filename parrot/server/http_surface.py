@@ -182,5 +182,22 @@ async def _send_json(send: Callable, status: int, body: dict) -> None:
 
 
 def install(app: Any, token: str | None) -> None:
-    """Adds ``HttpSurface`` to a FastAPI app (before it serves its first request)."""
+    """Adds ``HttpSurface`` to a FastAPI app (before it serves its first request), and answers the
+    framework's own errors (no such route, wrong method, a body that fails the route's schema) in
+    the same shapes: a body that is not JSON or not the schema is a 400, as it is on every route."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    async def http_exception(request: Any, exc: HTTPException) -> Any:
+        return JSONResponse(status_code=exc.status_code, headers=getattr(exc, "headers", None),
+                            content=error_body(request.url.path, exc.status_code, str(exc.detail)))
+
+    async def validation_error(request: Any, exc: RequestValidationError) -> Any:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()[:5])
+        message = f"the request body does not match the route's schema: {problems}"[:1000]
+        return JSONResponse(status_code=400, content=error_body(request.url.path, 400, message, code="invalid_body"))
+
+    app.add_exception_handler(HTTPException, http_exception)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(HttpSurface, token=token)

@@ -187,6 +187,18 @@ def _new_app(like: Any) -> Any:
     return FastAPI(title=like.title, version=like.version, docs_url=like.docs_url, redoc_url=None)
 
 
+def refuse_model_versions(app: Any) -> None:
+    """``/v2/models/<name>/versions/<v>/...``: a 404 naming the unversioned route (KServe answers 501,
+    a server error, for a request that simply names something this server does not have)."""
+    from parrot.server.http_surface import not_found
+
+    async def versioned(model_name: str, model_version: str, rest: str = "") -> Any:
+        raise not_found("model version", f"{model_name}/versions/{model_version}",
+                        [f"/v2/models/{model_name}{rest} (models here have no versions)"])
+
+    app.add_api_route("/v2/models/{model_name}/versions/{model_version}{rest:path}", versioned, methods=["GET", "POST"])
+
+
 def inference_grpc_servicer(rest: Any) -> Any:
     """KServe's Open Inference Protocol servicer (``inference.GRPCInferenceService``) over the same
     models and data plane as the REST server, for the parrot.v1 gRPC server to mount."""

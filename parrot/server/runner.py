@@ -65,7 +65,7 @@ class ModelServiceProcess:
         from parrot.server.grpc_server import GrpcServer, GrpcService, ServerTls
         from parrot.server.http_surface import install as install_http_surface
         from parrot.server.kserve_adapter import (ParrotKServeModel, as_parrot_error, build_rest_server, fastapi_app,
-                                                  inference_grpc_servicer, unary_rpcs)
+                                                  inference_grpc_servicer, refuse_model_versions, unary_rpcs)
         from kserve.protocol.grpc import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc  # after kserve_adapter's import
         from services.registry import SERVICES
 
@@ -97,6 +97,7 @@ class ModelServiceProcess:
                                tls=ServerTls.from_files(config.tls_cert_file, config.tls_key_file))
         app = fastapi_app()
         install_http_surface(app, token)  # error map, auth on POSTs, cancel on hang-up, HTTP metrics
+        refuse_model_versions(app)
         if "responder" in self.servicers:
             from services.responder.openai_api import mount_openai_routes
 
