@@ -17,9 +17,11 @@ from parrot.client import free_port, wait_until_serving  # noqa: E402
 PARROT = str(Path(sys.executable).parent / "parrot")
 
 
-def start(args: list[str], service: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """Runs `parrot serve ARGS` on free loopback ports; returns the process and its gRPC target once SERVING."""
-    port, http = free_port(), free_port()
+def start(args: list[str], service: str, env: dict[str, str] | None = None,
+          ports: tuple[int, int] | None = None) -> tuple[subprocess.Popen, str]:
+    """Runs `parrot serve ARGS` on free loopback ports (or ``ports``, to restart a service where it
+    was); returns the process and its gRPC target once SERVING."""
+    port, http = ports or (free_port(), free_port())
     proc = subprocess.Popen([PARROT, "serve", *args, "--host", "127.0.0.1", "--grpc-port", str(port), "--http-port", str(http)],
                             env=dict(os.environ, PARROT_LOG_LEVEL="WARNING", **(env or {})),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

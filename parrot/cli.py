@@ -129,6 +129,23 @@ def serve_cmd(
     routing: str = typer.Option("affinity", envvar="PARROT_ROUTING",
                                 help="coordinator: affinity (a session's turns to the same listed replica, for the "
                                      "engine's prompt cache; a failed replica's sessions move on) or round_robin."),
+    outage_budget_s: float = typer.Option(600.0, envvar="PARROT_OUTAGE_BUDGET_S",
+                                          help="coordinator: how long a run waits out a model role with no endpoint "
+                                               "up (no new conversation starts, calls held) before it stops as failed; "
+                                               "a run's spec.retry.outage_budget_s overrides it."),
+    allowed_targets: str = typer.Option("", envvar="PARROT_ALLOWED_TARGETS",
+                                        help="coordinator: targets a run may name besides its own, "
+                                             "PATTERN[=none|upstream|TOKEN_FILE] comma-separated (PATTERN: fnmatch over "
+                                             "host:port; the credential sent to it: none by default)."),
+    input_roots: str = typer.Option("", envvar="PARROT_INPUT_ROOTS",
+                                    help="coordinator: folders and s3://bucket[/prefix] a run's input URLs may name "
+                                         "(comma-separated; the store itself always)."),
+    upstream_token_file: Optional[str] = typer.Option(None, envvar="PARROT_UPSTREAM_TOKEN_FILE",
+                                                      help="coordinator: file with the token sent to its own model "
+                                                           "targets (else PARROT_UPSTREAM_TOKEN, else its own token)."),
+    storage_retry_s: float = typer.Option(600.0, envvar="PARROT_STORAGE_RETRY_S",
+                                          help="coordinator: how long a failing object store (down, full, read-only) "
+                                               "is waited out, the runs paused, before they fail."),
     echo_delay_s: float = typer.Option(0.0, envvar="PARROT_ECHO_DELAY_S", help="echo backend: latency per call (load tests)."),
     judge_prompts: Optional[str] = typer.Option(None, envvar="PARROT_JUDGE_PROMPTS",
                                                 help="judge: extra prompt file (ours or FastChat's judge_prompts.jsonl)."),
@@ -161,7 +178,9 @@ def serve_cmd(
             _fail(f"--routing / PARROT_ROUTING is {routing!r}; allowed: affinity, round_robin")
         _serve_coordinator(host, grpc_port or 50060, http_port or 8090, store_url, responder, asker, judge, max_active_runs,
                            auth_token_file, grace_s, limits=limits, routing=routing, tls=(tls_cert, tls_key),
-                           max_message_bytes=max_message_bytes or 64 * 1024 * 1024)
+                           max_message_bytes=max_message_bytes or 64 * 1024 * 1024, storage_retry_s=storage_retry_s,
+                           outage_budget_s=outage_budget_s, allowed_targets=allowed_targets, input_roots=input_roots,
+                           upstream_token_file=upstream_token_file)
         return
     grpc_port = grpc_port or 50051
     http_port = http_port or 8080
@@ -238,24 +257,33 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
                        max_active_runs: int, auth_token_file: Optional[str], grace_s: float, *, limits: Any = None,
                        routing: str = "affinity",
                        tls: tuple[Optional[str], Optional[str]] = (None, None), max_message_bytes: int = 64 * 1024 * 1024,
-                       ) -> None:
+                       storage_retry_s: float = 600.0, outage_budget_s: float = 600.0, allowed_targets: str = "",
+                       input_roots: str = "", upstream_token_file: Optional[str] = None) -> None:
 
     from parrot.errors import ConfigError
     from parrot.server.runner import read_auth_token
     from services.coordinator.server import CoordinatorServeConfig, serve_coordinator
     from services.coordinator.service import CoordinatorConfig
 
+    if not 0 <= storage_retry_s <= 86400:
+        _fail(f"--storage-retry-s / PARROT_STORAGE_RETRY_S is {storage_retry_s}; allowed 0..86400")
+    from parrot.tokens import token_from
+
     try:
         token = read_auth_token(auth_token_file)
+        upstream = token_from(upstream_token_file, "PARROT_UPSTREAM_TOKEN",
+                              "--upstream-token-file / PARROT_UPSTREAM_TOKEN_FILE") or token
+        coordinator = CoordinatorConfig(store_url=store or default_store_url(), responder=responder, asker=asker,
+                                        judge=judge, max_active_runs=max_active_runs, routing=routing,
+                                        outage_budget_s=outage_budget_s,
+                                        upstream_token=upstream, allowed_targets=allowed_targets,
+                                        input_roots=input_roots,
+                                        **({"limits": limits} if limits is not None else {}))
     except ConfigError as e:
         _fail(str(e))
     cfg = CoordinatorServeConfig(
-        coordinator=CoordinatorConfig(store_url=store or default_store_url(), responder=responder, asker=asker, judge=judge,
-                                      max_active_runs=max_active_runs, routing=routing,
-                                      upstream_token=os.environ.get("PARROT_UPSTREAM_TOKEN") or token,
-                                      **({"limits": limits} if limits is not None else {})),
-        host=host, grpc_port=grpc_port, http_port=http_port, auth_token=token, grace_s=grace_s,
-        tls_cert_file=tls[0], tls_key_file=tls[1], max_message_bytes=max_message_bytes)
+        coordinator=coordinator, host=host, grpc_port=grpc_port, http_port=http_port, auth_token=token, grace_s=grace_s,
+        tls_cert_file=tls[0], tls_key_file=tls[1], max_message_bytes=max_message_bytes, storage_retry_s=storage_retry_s)
     try:
         rc = serve_coordinator(cfg)
     except ConfigError as e:
@@ -303,7 +331,9 @@ def up_cmd(
                           "--grpc-port", str(grpc_port), "--http-port", str(http_port)], env=env),
         subprocess.Popen([exe, "serve", "coordinator", "--host", host, "--grpc-port", str(coordinator_port),
                           "--http-port", str(coordinator_http_port), "--store-url", store_url or default_store_url(),
-                          "--responder", models_target, "--asker", models_target, "--judge", models_target], env=env),
+                          "--responder", models_target, "--asker", models_target, "--judge", models_target,
+                          # a local stack: its runs may name other services on this machine, with its token
+                          "--allowed-targets", "127.0.0.1:*=upstream,localhost:*=upstream"], env=env),
     ]
     stopping = False
 
@@ -376,13 +406,18 @@ def _params(max_tokens: int, temperature: Optional[float], seed: Optional[int]) 
 async def _call(target: str, token_env: str, timeout: float, fn: Any) -> Any:
     import grpc
 
-    from parrot.client import auth_metadata, channel
+    from parrot.client import auth_metadata, channel, rpc_error_text
+    from parrot.errors import ConfigError
 
+    try:
+        md = auth_metadata(token_env)
+    except ConfigError as e:
+        _fail(str(e))
     async with channel(target) as ch:
         try:
-            return await fn(ch, auth_metadata(token_env), timeout)
+            return await fn(ch, md, timeout)
         except grpc.aio.AioRpcError as e:
-            _fail(f"{e.code().name}: {e.details()}")
+            _fail(rpc_error_text(e))
 
 
 @app.command("chat")

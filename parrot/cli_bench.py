@@ -51,8 +51,6 @@ def extend_cmd(
     token_env: str = typer.Option("PARROT_AUTH_TOKEN", help="Env var holding the bearer token to send (if set)."),
 ) -> None:
     """Extend sessions to N turns with the asker (a first draft of an MT-Bench++-style file, for human review)."""
-    import os
-
     from parrot.logs import setup_logging
 
     setup_logging()
@@ -75,13 +73,20 @@ def extend_cmd(
         out_path.unlink()
     review_path = Path(review) if review else out_path.with_suffix(".review.md")
 
+    from parrot.errors import ConfigError
+    from parrot.tokens import token_from
+
+    try:
+        token = token_from(None, token_env, "")
+    except ConfigError as e:
+        fail(str(e))
+
     async def go() -> int:
         for target, svc in ((asker, "parrot.v1.Asker"), (responder, "parrot.v1.Responder")):
             problem = await check_reachable(target, svc)
             if problem:
                 fail(problem)
-        clients = ModelClients({"asker": asker, "responder": responder}, Retry(call_deadline_s=call_deadline_s),
-                               os.environ.get(token_env) or None)
+        clients = ModelClients({"asker": asker, "responder": responder}, Retry(call_deadline_s=call_deadline_s), token)
         done = [0]
 
         def progress(rec: dict[str, Any]) -> None:

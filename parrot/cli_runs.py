@@ -64,6 +64,11 @@ def build_spec(spec_file: Optional[str], kind: str, section: dict[str, Any], com
             fail(f"--spec: {spec_file} is not valid YAML: {clip(str(e))}")
         if not isinstance(base, dict):
             fail(f"--spec: {spec_file} must hold a mapping of RunSpec fields")
+        kinds = [k for k in KIND_COMMANDS if k in base]
+        if len(kinds) > 1:
+            where = ", ".join(f"'{k}'{_yaml_line(text, k)}" for k in kinds)
+            fail(f"--spec: {spec_file} has {len(kinds)} run kinds ({where}); a run spec describes one: keep one section "
+                 f"({', '.join(f'{k} for `parrot {c}`' for k, c in KIND_COMMANDS.items())})")
         for other, command in KIND_COMMANDS.items():
             if other != kind and other in base:
                 fail(f"--spec: {spec_file} describes a {other} run; use `parrot {command}`")
@@ -119,15 +124,20 @@ def _yaml_line(text: str, key: str) -> str:
 async def _rpc(target: str, token_env: str, fn: Any) -> Any:
     import grpc
 
-    from parrot.client import auth_metadata, channel
+    from parrot.client import auth_metadata, channel, rpc_error_text
+    from parrot.errors import ConfigError
 
+    try:
+        md = auth_metadata(token_env)
+    except ConfigError as e:
+        fail(str(e))
     async with channel(target) as ch:
         from parrot.v1 import coordinator_pb2_grpc
 
         try:
-            return await fn(coordinator_pb2_grpc.CoordinatorStub(ch), auth_metadata(token_env))
+            return await fn(coordinator_pb2_grpc.CoordinatorStub(ch), md)
         except grpc.aio.AioRpcError as e:
-            fail(f"{e.code().name}: {e.details()}")
+            fail(rpc_error_text(e))
 
 
 def state_name(state: int) -> str:
@@ -163,6 +173,49 @@ async def watch_with_progress(stub: Any, md: Any, run_id: str, quiet: bool = Fal
                 typer.echo(f"[{run_id}] {state_name(ev.state)}: {done}/{p.total} conversations "
                            f"({p.failed} failed), {p.turns} turns, {p.tokens} tokens, eta {eta}", err=True)
     return last
+
+
+#: How long a following CLI waits for a coordinator that went away (a restart resumes the run).
+RECONNECT_S = 600.0
+
+
+async def reconnecting(call: Any, budget_s: float = RECONNECT_S) -> Any:
+    """``await call()``, retried while the coordinator is unreachable (restarting) for up to ``budget_s``."""
+    import grpc
+
+    deadline = asyncio.get_running_loop().time() + budget_s
+    said = False
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE or asyncio.get_running_loop().time() > deadline:
+                raise
+            if not said:
+                typer.echo(f"coordinator unreachable ({e.code().name}: {e.details()}); the run goes on there. "
+                           f"Reconnecting (for up to {budget_s:.0f}s)...", err=True)
+                said = True
+            await asyncio.sleep(1.0)
+
+
+async def follow(stub: Any, md: Any, run_id: str, quiet: bool = False) -> Any:
+    """Follows a run until it ends, re-attaching when the coordinator restarts (the run resumes
+    there) or a stream ends early; returns the last event."""
+    from parrot.v1 import coordinator_pb2 as cpb
+
+    ended = (cpb.RUN_STATE_SUCCEEDED, cpb.RUN_STATE_FAILED, cpb.RUN_STATE_CANCELLED)
+    said = False
+    while True:
+        last = await reconnecting(lambda: watch_with_progress(stub, md, run_id, quiet))
+        if last is not None and last.state in ended:
+            return last
+        run = await reconnecting(lambda: stub.GetRun(cpb.GetRunRequest(run_id=run_id), metadata=md))
+        if run.state in ended:
+            return last
+        if not said:
+            typer.echo(f"[{run_id}] re-attached; the run is {state_name(run.state)}", err=True)
+            said = True
+        await asyncio.sleep(0.5)
 
 
 def print_run(run: Any) -> None:
@@ -242,10 +295,10 @@ def start_and_follow(coordinator: str, token_env: str, spec: Any, detach: bool, 
             typer.echo(f"started {run.id} ({run.progress.total} conversations); output: {run.output_url}")
             if detach:
                 return 0
-            await watch_with_progress(stub, md, run.id)
-            run = await stub.GetRun(cpb.GetRunRequest(run_id=run.id), metadata=md)
+            await follow(stub, md, run.id)
+            run = await reconnecting(lambda: stub.GetRun(cpb.GetRunRequest(run_id=run.id), metadata=md))
             print_run(run)
-            res = await save_results(stub, md, run.id, out)
+            res = await reconnecting(lambda: save_results(stub, md, run.id, out))
             print_summary(res.summary_json)
             if on_summary is not None:
                 on_summary(res.summary_json)
@@ -302,9 +355,9 @@ def register(app: typer.Typer) -> None:
     def collect_cmd(
         seeds: Optional[str] = typer.Option(None, "--seeds", "-s", help="ShareGPT JSON/JSONL or JSONL of queries; path or URL."),
         seed_format: str = typer.Option("auto", help="auto, sharegpt or queries."),
-        turns: int = typer.Option(0, help="User turns per conversation (fixed)."),
-        min_turns: int = typer.Option(0, help="Sample the number of user turns from [min, max]."),
-        max_turns: int = typer.Option(0, help="Upper end of the sampled range."),
+        turns: Optional[int] = typer.Option(None, help="User turns per conversation (fixed; default 4)."),
+        min_turns: Optional[int] = typer.Option(None, help="Sample the number of user turns from [min, max]."),
+        max_turns: Optional[int] = typer.Option(None, help="Upper end of the sampled range."),
         persona: str = typer.Option("", help="Asker persona hint."),
         min_query_chars: int = typer.Option(0, help="Drop shorter follow-ups (0 = 8)."),
         limit: int = typer.Option(0, help="Only the first N seeds (0 = all)."),
@@ -322,8 +375,14 @@ def register(app: typer.Typer) -> None:
         """Collect multi-turn conversations (Parrot-Ask): responder answers, asker asks follow-ups."""
         if not seeds and not spec:
             fail("give --seeds FILE (or --spec FILE)")
-        if turns and (min_turns or max_turns):
+        if turns is not None and (min_turns is not None or max_turns is not None):
             fail("--turns and --min-turns/--max-turns are alternatives")
+        # The coordinator's rules (spec.collection.min_turns / max_turns), said with the flags' names.
+        for flag, value in (("--turns", turns), ("--min-turns", min_turns), ("--max-turns", max_turns)):
+            if value is not None and value < 1:
+                fail(f"{flag}: is {value}; a conversation needs at least 1 user turn")
+        if min_turns is not None and max_turns is not None and max_turns < min_turns:
+            fail(f"--max-turns: is {max_turns}; it must be >= --min-turns ({min_turns})")
         lo = turns or min_turns or (0 if spec else 4)
         section = {"seeds": input_file(seeds, "--seeds") if seeds else None, "seed_format": seed_format,
                    "min_turns": lo, "max_turns": turns or max_turns, "persona": persona,
@@ -365,8 +424,8 @@ def register(app: typer.Typer) -> None:
         from parrot.v1 import coordinator_pb2 as cpb
 
         async def fn(stub: Any, md: Any) -> None:
-            await watch_with_progress(stub, md, run_id)
-            print_run(await stub.GetRun(cpb.GetRunRequest(run_id=run_id), metadata=md))
+            await follow(stub, md, run_id)
+            print_run(await reconnecting(lambda: stub.GetRun(cpb.GetRunRequest(run_id=run_id), metadata=md)))
 
         asyncio.run(_rpc(coordinator, token_env, fn))
 

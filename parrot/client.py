@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,38 @@ def tls_credentials(env: Any = None) -> grpc.ChannelCredentials | None:
     return None
 
 
+#: gRPC's default reconnect backoff grows to 120 s, so calls keep failing for seconds after a
+#: restarted service is back; a model service or coordinator that returns is found within ~1 s.
+PROMPT_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+                    ("grpc.max_reconnect_backoff_ms", 1000)]
+_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds")
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)(?::(\d{1,5}))?$")
+
+
+def target_problem(target: str) -> str | None:
+    """None when ``target`` is a gRPC address (host:port, [v6]:port, or a dns: / ipv4: / ipv6: /
+    unix: target), else what is wrong with it."""
+    scheme, sep, rest = target.partition(":")
+    if sep and scheme in _SCHEMES:
+        if not rest.strip("/") or any(c.isspace() for c in rest):
+            return f"{target!r} is not a gRPC address: nothing valid after '{scheme}:'"
+        if scheme in ("ipv4", "ipv6"):
+            bad = [a for a in rest.split(",") if _HOST_PORT.match(a.strip()) is None]
+            if bad:
+                return f"{target!r} is not a gRPC address: {bad[0]!r} is not host:port"
+        return None
+    m = _HOST_PORT.match(target)
+    if m is None:
+        return f"{target!r} is not a gRPC address (host:port, [ipv6]:port, dns:///host:port, ipv4:a:p,b:p or unix:path)"
+    if m.group(2) is not None and not 0 < int(m.group(2)) < 65536:
+        return f"{target!r} is not a gRPC address: port {m.group(2)} is out of range"
+    return None
+
+
 def channel_options(env: Any = None) -> list[tuple[str, Any]]:
     env = os.environ if env is None else env
     name = env.get("PARROT_TLS_SERVER_NAME", "")
-    return [("grpc.ssl_target_name_override", name)] if name else []
+    return [*PROMPT_RECONNECT, *([("grpc.ssl_target_name_override", name)] if name else [])]
 
 
 def channel(target: str) -> grpc.aio.Channel:
@@ -59,11 +88,26 @@ def sync_channel(target: str) -> grpc.Channel:
     creds = tls_credentials()
     if creds is not None:
         return grpc.secure_channel(target, creds, options=channel_options())
-    return grpc.insecure_channel(target)
+    return grpc.insecure_channel(target, options=channel_options())
+
+
+def rpc_error_text(e: grpc.RpcError) -> str:
+    """``CODE: details`` of a failed call, with a hint when a plain-text client met a TLS server
+    (grpc only says the socket closed)."""
+    code, details = e.code(), e.details() or ""
+    text = f"{code.name}: {details}"
+    if code == grpc.StatusCode.UNAVAILABLE and tls_credentials() is None and any(
+            s in details for s in ("Socket closed", "Connection reset", "Stream removed", "handshake")):
+        text += (" (if the server serves TLS, this client spoke plain text: set PARROT_TLS_CA to the CA "
+                 "certificate, or PARROT_TLS=1 for the system's roots)")
+    return text
 
 
 def auth_metadata(token_env: str = "PARROT_AUTH_TOKEN") -> list[tuple[str, str]]:
-    token = os.environ.get(token_env)
+    """The authorization metadata from ``$token_env`` (stripped; ConfigError naming it when malformed)."""
+    from parrot.tokens import token_from
+
+    token = token_from(None, token_env, "")
     return [("authorization", f"Bearer {token}")] if token else []
 
 

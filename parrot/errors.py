@@ -99,3 +99,10 @@ class FailedPrecondition(ParrotError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     http_status = 412
+
+
+class PermissionDenied(ParrotError):
+    """The caller may not make this process reach the named target or input (a policy, not a bad token)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403

@@ -35,6 +35,11 @@ STAGE_LATENCY = Histogram(
     ["model", "stage"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+AUTH_FAILURES = Counter(
+    "parrot_auth_failures_total",
+    "Requests refused for a missing or wrong bearer token, by transport (grpc, http) and reason (missing, invalid).",
+    ["transport", "reason"],
+)
 GENERATED_TOKENS = Counter(
     "parrot_generated_tokens_total",
     "Tokens generated, by model and backend.",

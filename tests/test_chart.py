@@ -347,7 +347,7 @@ def test_monitoring_resources(helm):
     assert rule["spec"] == yaml.safe_load(RULES.read_text()), "the PrometheusRule is files/parrot-alerts.rules.yaml"
     assert {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]} == {
         "ParrotModelServiceDown", "ParrotErrorRateHigh", "ParrotHttpErrorRateHigh", "ParrotEvalScoreRegression",
-        "ParrotRunStuck"}
+        "ParrotRunStuck", "ParrotRunPaused"}
     assert not by_kind(variant(helm, "default"), "ServiceMonitor") and not by_kind(variant(helm, "default"), "PrometheusRule")
 
 
@@ -721,6 +721,28 @@ def test_coordinator_defaults(helm):
     assert "mc mb --ignore-existing" in script and "for bucket in parrot;" in script
     secret = by_kind(docs, "Secret")["parrot-store"]
     assert len(secret["data"]["secretKey"]) >= 40, "a generated secret"
+
+
+def test_coordinator_target_and_input_policy(helm):
+    """Defaults: only the chart's own model services (no allowlist, no input roots beyond the store);
+    an allowlist entry may name a per-target token from a mounted Secret."""
+    env = env_of(coordinator(variant(helm, "default"))[1]["containers"][0])
+    assert "PARROT_ALLOWED_TARGETS" not in env and "PARROT_INPUT_ROOTS" not in env
+    assert env["PARROT_OUTAGE_BUDGET_S"] == "600" and env["PARROT_STORAGE_RETRY_S"] == "600"
+    docs = render(helm, "--set", "coordinator.allowedTargets[0]=baseline.team-b.svc:50051=/var/run/parrot/targets/bl/token",
+                  "--set", "coordinator.allowedTargets[1]=10.1.2.*", "--set", "coordinator.targetTokenSecrets[0].name=bl",
+                  "--set", "coordinator.inputRoots[0]=s3://shared-inputs/evals")
+    _, spec = coordinator(docs)
+    (c,) = spec["containers"]
+    env = env_of(c)
+    assert env["PARROT_ALLOWED_TARGETS"] == "baseline.team-b.svc:50051=/var/run/parrot/targets/bl/token,10.1.2.*"
+    assert env["PARROT_INPUT_ROOTS"] == "s3://shared-inputs/evals"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "target-token-bl")
+    assert mount == {"name": "target-token-bl", "mountPath": "/var/run/parrot/targets/bl", "readOnly": True}
+    vol = next(v for v in spec["volumes"] if v["name"] == "target-token-bl")
+    assert vol["secret"] == {"secretName": "bl", "items": [{"key": "token", "path": "token"}], "defaultMode": 0o440}
+    bad = run_helm(helm, "template", "parrot", str(CHART), "--set", "coordinator.inputRoots[0]=relative/dir", check=False)
+    assert bad.returncode != 0 and "/coordinator/inputRoots/0" in bad.stderr, bad.stderr
 
 
 def test_external_s3(helm):

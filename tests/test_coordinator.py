@@ -48,10 +48,17 @@ def jsonl(rows) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
-def start_coordinator(tmp: Path, store: str, models: str, env: dict[str, str] | None = None) -> ServiceProcess:
-    """`parrot serve coordinator` on free loopback ports, with every model role pointing at ``models``."""
-    return start_service(tmp, ["coordinator", "--store", store, "--responder", models, "--asker", models, "--judge", models],
-                         env_extra=env, wait_for="parrot.v1.Coordinator")
+#: The tests' coordinators may call any service on loopback (they start several); the target policy
+#: itself is tested in test_security.py with none allowed.
+LOOPBACK_TARGETS = {"PARROT_ALLOWED_TARGETS": "127.0.0.1:*=upstream"}
+
+
+def start_coordinator(tmp: Path, store: str, models: str, env: dict[str, str] | None = None,
+                      args: list[str] | None = None, ports: tuple[int, int] | None = None) -> ServiceProcess:
+    """`parrot serve coordinator` on free loopback ports (or ``ports``), with every model role pointing at ``models``."""
+    return start_service(tmp, ["coordinator", "--store", store, "--responder", models, "--asker", models, "--judge", models,
+                               *(args or [])], env_extra={**LOOPBACK_TARGETS, **(env or {})},
+                         wait_for="parrot.v1.Coordinator", ports=ports)
 
 
 def coord_stub(ch: grpc.Channel) -> coordinator_pb2_grpc.CoordinatorStub:
@@ -160,13 +167,13 @@ def test_collection_run_end_to_end(coordinator):
 @pytest.mark.parametrize("mutate,code,needle", [
     (lambda s: s.ClearField("evaluation"), grpc.StatusCode.INVALID_ARGUMENT, "spec.kind"),
     (lambda s: s.evaluation.questions.CopyFrom(cpb.InputFile(url="file:///nonexistent/q.jsonl")),
-     grpc.StatusCode.INVALID_ARGUMENT, "/nonexistent/q.jsonl"),
+     grpc.StatusCode.PERMISSION_DENIED, "file:///nonexistent/q.jsonl is outside the folders"),
     (lambda s: s.evaluation.questions.CopyFrom(cpb.InputFile(name="q.jsonl", content=jsonl(QUESTIONS[:1]) + b"{not json\n")),
      grpc.StatusCode.INVALID_ARGUMENT, "q.jsonl:2"),
     (lambda s: s.targets.CopyFrom(cpb.Targets(responder=f"127.0.0.1:{free_port()}")),
      grpc.StatusCode.FAILED_PRECONDITION, "spec.targets.responder"),
     (lambda s: s.retry.CopyFrom(cpb.RetryPolicy(max_attempts=99)), grpc.StatusCode.INVALID_ARGUMENT, "spec.retry.max_attempts"),
-], ids=["no kind", "missing file", "malformed line", "unreachable endpoint", "bad retry"])
+], ids=["no kind", "file outside the input roots", "malformed line", "unreachable endpoint", "bad retry"])
 def test_bad_specs_are_rejected_and_nothing_starts(tmp_path, coordinator, mutate, code, needle):
     spec = eval_spec()
     mutate(spec)

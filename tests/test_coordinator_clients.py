@@ -57,13 +57,67 @@ async def test_non_retryable_fails_at_once_and_retries_are_bounded():
         with pytest.raises(CallFailed) as e:
             await clients.respond(MSGS, conversation_pb2.GenerationParams())
         assert flaky.calls == 1 and e.value.status == grpc.StatusCode.INVALID_ARGUMENT and e.value.attempts == 1
-        flaky.failures = [grpc.StatusCode.UNAVAILABLE] * 10
+        flaky.failures = [grpc.StatusCode.DEADLINE_EXCEEDED] * 10
         with pytest.raises(CallFailed) as e:
             await clients.respond(MSGS, conversation_pb2.GenerationParams())
-        assert flaky.calls == 1 + 4 and e.value.attempts == 4 and "UNAVAILABLE" in str(e.value)
+        assert flaky.calls == 1 + 4 and e.value.attempts == 4 and "DEADLINE_EXCEEDED" in str(e.value)
     finally:
         await clients.close()
         await server.stop(0)
+
+
+async def test_an_outage_is_waited_out_within_its_budget_not_an_attempt_count():
+    """UNAVAILABLE from every endpoint is an outage: retried about twice a second, however many
+    times, the executor told when it starts and ends; past the budget the call fails, naming it."""
+    import time
+
+    flaky = Flaky([grpc.StatusCode.UNAVAILABLE] * 6)  # more than max_attempts (4)
+    server = await serve(flaky)
+    events: list[str] = []
+    clients = ModelClients({"responder": f"127.0.0.1:{server.port}"}, FAST, None,
+                           on_down=lambda role, cause: events.append(f"down {role} {cause[:11]}"),
+                           on_up=lambda role: events.append(f"up {role}"))
+    try:
+        t0 = time.monotonic()
+        r = await clients.respond(MSGS, conversation_pb2.GenerationParams())
+        took = time.monotonic() - t0
+        assert r.text == "ok" and flaky.calls == 7 and events == ["down responder UNAVAILABLE", "up responder"]
+        assert 6 * 0.25 <= took < 6 * 0.5 + 2, took  # polled about twice a second, not at FAST's 50 ms backoff
+        assert clients.outage_s("responder") == 0
+    finally:
+        await clients.close()
+    short = Retry(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05, call_deadline_s=5, outage_budget_s=1.5)
+    flaky.failures = [grpc.StatusCode.UNAVAILABLE] * 100
+    clients = ModelClients({"responder": f"127.0.0.1:{server.port}"}, short, None)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(CallFailed) as e:
+            await clients.respond(MSGS, conversation_pb2.GenerationParams())
+        assert 1.5 <= time.monotonic() - t0 < 3.5
+        assert e.value.status == grpc.StatusCode.UNAVAILABLE and "outage budget" in str(e.value), str(e.value)
+    finally:
+        await clients.close()
+        await server.stop(0)
+
+
+def test_retry_policy_defaults_are_settled_once():
+    from parrot.v1 import coordinator_pb2 as cpb
+
+    assert Retry.from_policy(cpb.RetryPolicy()) == Retry()
+    assert Retry().outage_budget_s == 600 and Retry().max_attempts == 4
+    r = Retry.from_policy(cpb.RetryPolicy(max_attempts=7, outage_budget_s=30))
+    assert (r.max_attempts, r.outage_budget_s, r.call_deadline_s) == (7, 30, 300)
+
+
+@pytest.mark.parametrize("target,ok", [
+    ("127.0.0.1:50051", True), ("responder:50051", True), ("[::1]:50051", True), ("dns:///svc.ns:50051", True),
+    ("ipv4:127.0.0.1:1,127.0.0.1:2", True), ("unix:/tmp/s.sock", True), ("localhost", True),
+    ("not a host::", False), ("host:99999", False), ("ipv4:127.0.0.1:1,bad host", False), ("dns:", False), ("a b", False),
+])
+def test_target_addresses_are_validated(target, ok):
+    from parrot.client import target_problem
+
+    assert (target_problem(target) is None) == ok, target_problem(target)
 
 
 def test_backoff_has_full_jitter_and_a_cap():

@@ -309,9 +309,10 @@ def _resume_cli(target: str, run_id: str) -> subprocess.CompletedProcess:
 
 
 def test_store_path_blocked_fails_cleanly_then_resumes_after_the_fix(tmp_path, models):
-    """A file where the store needs a folder (works as root too, unlike chmod)."""
+    """A file where the store needs a folder (works as root too, unlike chmod), for longer than
+    the coordinator's --storage-retry-s: the run pauses, then fails with a clear message."""
     store_dir = tmp_path / "store"
-    c = start_coordinator(tmp_path, store_dir.as_uri(), models.grpc_target)
+    c = start_coordinator(tmp_path, store_dir.as_uri(), models.grpc_target, args=["--storage-retry-s", "2"])
     n = 30
     try:
         with grpc.insecure_channel(c.grpc_target) as ch:
@@ -340,8 +341,10 @@ def test_store_path_blocked_fails_cleanly_then_resumes_after_the_fix(tmp_path, m
         assert c.stop() == 0
 
 
-def _coordinator_with_file_size_limit(tmp: Path, store: str, models: str, limit: int) -> ServiceProcess:
-    """The coordinator with RLIMIT_FSIZE: writing a file past ``limit`` bytes fails (EFBIG), as on a full disk.
+def _coordinator_with_file_size_limit(tmp: Path, store: str, models: str, limit: int,
+                                      retry_s: float = 2.0) -> ServiceProcess:
+    """The coordinator with RLIMIT_FSIZE: writing a file past ``limit`` bytes fails (EFBIG), as on a full disk;
+    such a write pauses the run for ``retry_s`` (--storage-retry-s) before the run fails.
 
     Its log goes through a pipe (pipes are not subject to the limit) to a file.
     """
@@ -355,7 +358,7 @@ def _coordinator_with_file_size_limit(tmp: Path, store: str, models: str, limit:
     env.pop("PARROT_AUTH_TOKEN", None)
     proc = subprocess.Popen(
         [PARROT, "serve", "coordinator", "--store", store, "--responder", models, "--asker", models, "--judge", models,
-         "--host", "127.0.0.1", "--grpc-port", str(gport), "--http-port", str(hport)],
+         "--host", "127.0.0.1", "--grpc-port", str(gport), "--http-port", str(hport), "--storage-retry-s", str(retry_s)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=limit_writes)
 
     def copy() -> None:

@@ -32,7 +32,7 @@ from tests.conftest import requires_llama_server, requires_model, start_service
 
 pytestmark = [requires_model]
 
-TOKEN = "test-token-7f3a"
+TOKEN = "test-token-7f3a-e2e0"
 # A question with a clear first answer token on every engine and GGUF type ("What is the capital of France?"
 # alone is a near-tie between "The" and "L" for SmolLM2, which quantization rounding can flip).
 CAPITAL = "Which city is the capital of France? Answer in one short sentence."

@@ -55,6 +55,25 @@ class GrpcService:
     translate_errors: ErrorTranslator | None = None  # a third-party servicer's errors -> ParrotErrors
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, auth: bool) -> str | None:
+    """What to say at start-up when a server is reachable from other machines with no token."""
+    if auth or is_loopback(host):
+        return None
+    return (f"serving on {host or 'all interfaces'} WITHOUT authentication: anyone who can reach this port can use "
+            "it. Set --auth-token-file (or PARROT_AUTH_TOKEN), or bind --host 127.0.0.1 for local use only")
+
+
 class GrpcServer:
     """A grpc.aio server with the standard health service and reflection.
 
@@ -104,6 +123,7 @@ class GrpcServer:
         else:
             self.port = self.server.add_insecure_port(self.address)
         self.tls = tls is not None
+        self.host, self.auth = host, bool(auth_token)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {self.address}")
 
@@ -113,7 +133,11 @@ class GrpcServer:
         for s in self.services:
             await self._set(s.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
         log.info("grpc server listening", extra={"address": self.address, "port": self.port, "tls": self.tls,
+                                                  "auth": "on" if self.auth else "off",
                                                   "services": [s.full_name for s in self.services]})
+        warning = exposure_warning(self.host, self.auth)
+        if warning:
+            log.warning(warning, extra={"address": self.address})
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

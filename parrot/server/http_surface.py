@@ -102,7 +102,12 @@ class HttpSurface:
             await send(message)
 
         try:
-            if self._token is not None and scope["method"] == "POST" and not self._authorized(scope):
+            refused = self._token is not None and scope["method"] == "POST" and self._refusal(scope)
+            if refused:
+                from parrot.server.interceptors import auth_failed
+
+                client = scope.get("client") or ("", 0)
+                auth_failed("http", refused, scope["path"], f"{client[0]}:{client[1]}")
                 await _send_json(tracked_send, 401, error_body(scope["path"], 401, "missing or invalid bearer token",
                                                                code="invalid_api_key"))
             else:
@@ -115,13 +120,16 @@ class HttpSurface:
             child(HTTP_REQUESTS, route, scope["method"], str(code)).inc()
             child(HTTP_LATENCY, route, scope["method"]).observe(time.monotonic() - t0)
 
-    def _authorized(self, scope: dict) -> bool:
-        header = ""
+    def _refusal(self, scope: dict) -> str | None:
+        """None when the request carries the token; else why not ("missing" or "invalid")."""
+        header = None
         for key, value in scope.get("headers") or ():
             if key == b"authorization":
                 header = value.decode("latin-1")
+        if header is None:
+            return "missing"
         supplied = header[len("Bearer "):].encode() if header.startswith("Bearer ") else b""
-        return hmac.compare_digest(supplied, self._token or b"")
+        return None if hmac.compare_digest(supplied, self._token or b"") else "invalid"
 
     async def _run(self, scope: dict, receive: Callable, send: Callable, state: dict) -> None:
         """Runs the route in a task that is cancelled if the client disconnects once its request is in."""

@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 import grpc
 
 from parrot.errors import InvalidArgument, LimitExceeded, ParrotError
-from parrot.metrics import RPC_LATENCY, RPC_REQUESTS, child
+from parrot.metrics import AUTH_FAILURES, RPC_LATENCY, RPC_REQUESTS, child
 
 log = logging.getLogger(__name__)
 
@@ -77,35 +77,51 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, wrap_unary: Callable, wrap_str
     return handler  # client/bidi streaming: none in parrot.v1 today
 
 
+def auth_failed(transport: str, reason: str, where: str, peer: str) -> None:
+    """Counts and logs a refused request (never the token it carried)."""
+    AUTH_FAILURES.labels(transport, reason).inc()
+    log.warning("authentication failed", extra={"transport": transport, "reason": reason, "method": where, "peer": peer})
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` on every RPC except health and reflection."""
+    """Requires ``authorization: Bearer <token>`` on every RPC except health and reflection.
+
+    A refused call is answered before its request message is read: the refusing handler is
+    request-streaming and never reads, so an unauthenticated caller cannot make the server
+    receive and parse a large message. Refusals are logged and counted (parrot_auth_failures_total).
+    """
 
     def __init__(self, token: str):
         self._token = token.encode()
 
     async def intercept_service(self, continuation: Callable[..., Awaitable[Any]], details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_SERVICES):
-            return handler
-        supplied = b""
+        if details.method.startswith(OPEN_SERVICES):
+            return await continuation(details)
+        supplied = None
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
                 v = value.decode() if isinstance(value, bytes) else value
-                if v.startswith("Bearer "):
-                    supplied = v[len("Bearer "):].encode()
-        if hmac.compare_digest(supplied, self._token):
-            return handler
+                supplied = v[len("Bearer "):].encode() if v.startswith("Bearer ") else b""
+        if supplied is not None and hmac.compare_digest(supplied, self._token):
+            return await continuation(details)
+        handler = await continuation(details)
+        if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
+            return None
         service, name = _split(details.method)
+        reason = "missing" if supplied is None else "invalid"
 
-        async def deny_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def deny(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
             RPC_REQUESTS.labels(service, name, "UNAUTHENTICATED").inc()
+            auth_failed("grpc", reason, details.method, context.peer())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (metadata 'authorization: Bearer <token>')")
 
-        async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await deny_unary(request, context)
+        async def deny_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            await deny(request_iterator, context)
             yield  # pragma: no cover - makes this an async generator
 
-        return _wrap_handler(handler, lambda _: deny_unary, lambda _: deny_stream)
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny_stream, None, handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(deny, None, handler.response_serializer)
 
 
 def error_mapping(handler: grpc.RpcMethodHandler, method: str,

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from parrot.conversation import InputLimits
@@ -46,15 +44,9 @@ class ServeConfig:
 
 def read_auth_token(token_file: str | None, env_name: str = "PARROT_AUTH_TOKEN") -> str | None:
     """The bearer token a server requires: from a file (a mounted Secret), else the env var, else none."""
-    if token_file:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"--auth-token-file / PARROT_AUTH_TOKEN_FILE: cannot read {token_file}: {e.strerror}") from e
-        if not token:
-            raise ConfigError(f"--auth-token-file / PARROT_AUTH_TOKEN_FILE: {token_file} is empty")
-        return token
-    return os.environ.get(env_name) or None
+    from parrot.tokens import token_from
+
+    return token_from(token_file, env_name, "--auth-token-file / PARROT_AUTH_TOKEN_FILE")
 
 
 class ModelServiceProcess:
@@ -147,7 +139,8 @@ class ModelServiceProcess:
         await self.grpc.set_serving(True)
         log.info("ready", extra={"services": list(self.config.services), "model": self.backend.model_name,
                                  "backend": self.config.backend, "grpc_port": self.grpc.port,
-                                 "http_port": self.config.http_port, "load_s": round(time.monotonic() - t0, 2)})
+                                 "http_port": self.config.http_port, "auth": "on" if self.grpc.auth else "off",
+                                 "tls": self.grpc.tls, "load_s": round(time.monotonic() - t0, 2)})
 
     async def _shutdown(self, rest_task: asyncio.Task, load_task: asyncio.Task) -> None:
         for m in self.kserve_models:

@@ -193,6 +193,16 @@ class ObjectStore(abc.ABC):
         validate_key(key)
         await self._call("delete", key, self._delete_sync, key)
 
+    async def remove_leftovers(self, prefix: str = "") -> int:
+        """Deletes the temporary files of writes that a crash interrupted under ``prefix``; returns
+        how many. Only for a store's single writer at start-up (a live writer's file would go too).
+        Stores whose puts leave nothing behind (S3) have none."""
+        validate_prefix(prefix)
+        return await self._call("clean", prefix, self._remove_leftovers_sync, prefix)
+
+    def _remove_leftovers_sync(self, prefix: str) -> int:
+        return 0
+
     async def put_json(self, key: str, obj: Any, *, indent: int | None = None) -> None:
         """Stores ``obj`` as UTF-8 JSON (content type ``application/json``)."""
         data = json.dumps(obj, ensure_ascii=False, indent=indent).encode("utf-8")

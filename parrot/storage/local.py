@@ -115,6 +115,17 @@ class LocalStore(ObjectStore):
             raise
         _fsync_dir(path.parent)
 
+    def _remove_leftovers_sync(self, prefix: str) -> int:
+        start = self.root.joinpath(*prefix.rstrip("/").split("/")) if prefix else self.root
+        removed = 0
+        for dirpath, _dirnames, filenames in os.walk(start):
+            for name in filenames:
+                if name.endswith(TMP_SUFFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(dirpath, name))
+                        removed += 1
+        return removed
+
     def _is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
 

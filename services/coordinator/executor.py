@@ -5,20 +5,28 @@ progress, timestamps), ``inputs/<field>`` (the input files as given), ``units/<i
 (one record per finished or failed conversation), ``outputs/...`` (written when all units are
 done). A restarted coordinator lists ``units/`` and runs only what is missing, so nothing is
 lost and nothing is done twice.
+
+Pauses: while the object store cannot be written (retried for the store's ``retry_for_s``) or a
+role's endpoints are all unavailable (for the spec's ``retry.outage_budget_s``), no new
+conversation starts, the ones in flight are held, and GetRun / WatchRun / metrics say why and
+since when. Past its budget the run stops as failed and can be resumed. A final state that
+cannot be written is kept in memory (GetRun reports it) and written as soon as the store allows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from typing import Any, Callable
 
 from google.protobuf import json_format
 
 from parrot.v1 import coordinator_pb2 as cpb
-from parrot.errors import ParrotError
+from parrot.errors import ParrotError, Unavailable
 from parrot.metrics import child
+from parrot.storage import StorageError
 from services.coordinator import metrics as m
 from services.coordinator.clients import CallFailed, ModelClients
 from services.coordinator.kinds import UnitContext, UnitFailed, collect_conversation, evaluate_question
@@ -40,6 +48,51 @@ def unit_key(run_id: str, index: int) -> str:
     return f"runs/{run_id}/units/{index:07d}.json"
 
 
+STORE = "object store"  # the pause key of a store fault (the others are role names)
+
+
+def _cause_label(cause: str) -> str:
+    return "object_store" if cause == STORE else "model_service"
+
+
+class RunStopped(Unavailable):
+    """A pause outlasted its budget: the run stops (as failed) and can be resumed."""
+
+
+class _RunStore:
+    """The run's view of the object store: a write that fails while the run is running (disk
+    full, read-only, a file in the way) pauses the run and is retried until the store's
+    ``retry_for_s`` has passed since the fault began; reads and other calls go straight through."""
+
+    def __init__(self, store: Any, ex: "RunExecutor") -> None:
+        self._store, self._ex = store, ex
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        await self._retrying(key, lambda: self._store.put(key, data, content_type))
+
+    async def put_json(self, key: str, obj: Any, **kw: Any) -> None:
+        await self._retrying(key, lambda: self._store.put_json(key, obj, **kw))
+
+    async def _retrying(self, key: str, write: Callable[[], Any]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await write()
+                break
+            except StorageError as e:
+                ex = self._ex
+                if ex.run.state != cpb.RUN_STATE_RUNNING or ex.pause_s(STORE) > self._store.retry_for_s:
+                    raise
+                attempt += 1
+                ex.storage_retry("put", key, attempt, str(e).split(": ", 1)[-1])
+                # Short waits: a local disk or a store that is back is used within a second.
+                await asyncio.sleep(min(1.0, 0.1 * 2 ** min(attempt, 4)) * (0.5 + random.random() / 2))
+        self._ex._storage_back()
+
+
 class RunExecutor:
     def __init__(self, run: cpb.Run, plan: Plan, store: Any, clients: ModelClients,
                  on_change: Callable[[cpb.Run], Any] | None = None) -> None:
@@ -56,10 +109,15 @@ class RunExecutor:
         self._elapsed_before = run.progress.elapsed_s
         self._last_saved = 0.0
         self.run.progress.total = len(plan.units)
-        self._storage_ok = asyncio.Event()  # cleared while the object store fails (the run pauses)
-        self._storage_ok.set()
+        # Why the run is paused, by cause (STORE or a role): (wall since, monotonic since, text).
+        self._pauses: dict[str, tuple[float, float, str]] = {}
+        self._go = asyncio.Event()  # set while nothing pauses the run
+        self._go.set()
         self._probing = False
         self._failure: BaseException | None = None
+        self.loaded = asyncio.Event()  # set once the persisted records are counted (progress is right)
+        self.store = _RunStore(store, self)
+        clients.on_down, clients.on_up = self._role_down, self._role_up
 
     # ---- events -------------------------------------------------------------------------
 
@@ -104,11 +162,45 @@ class RunExecutor:
                                   json_format.MessageToDict(self.run, preserving_proto_field_name=True))
         self._storage_back()
 
-    # ---- object store outages: pause, say so, go on ------------------------------------------
+    # ---- pauses: a failing store or a role that is down; say so, hold, go on ----------------
 
     @property
     def paused(self) -> bool:
-        return not self._storage_ok.is_set()
+        return not self._go.is_set()
+
+    def pause_s(self, cause: str) -> float:
+        """How long ``cause`` has paused the run (0 when it does not)."""
+        p = self._pauses.get(cause)
+        return 0.0 if p is None else time.monotonic() - p[1]
+
+    def _pause(self, cause: str, text: str) -> None:
+        if cause not in self._pauses:
+            self._pauses[cause] = (time.time(), time.monotonic(), text)
+            m.RUNS_PAUSED.labels(_cause_label(cause)).inc()
+        else:
+            self._pauses[cause] = (*self._pauses[cause][:2], text)
+        self._go.clear()
+        self._show_pauses()
+
+    def _unpause(self, cause: str, message: str) -> None:
+        if self._pauses.pop(cause, None) is None:
+            return
+        m.RUNS_PAUSED.labels(_cause_label(cause)).dec()
+        self._show_pauses()
+        if not self._pauses:
+            self._go.set()
+        log.info(message, extra={"run_id": self.run.id})
+        self.publish(cpb.RUN_EVENT_TYPE_STATE_CHANGED, message=message)
+
+    def _show_pauses(self) -> None:
+        """Run message and paused_* fields from the causes in force."""
+        if self._pauses:
+            texts = [t for _, _, t in self._pauses.values()]
+            self.run.paused_reason = "; ".join(texts)
+            self.run.paused_since = min(w for w, _, _ in self._pauses.values())
+            self.run.message = "paused: " + self.run.paused_reason
+        else:
+            self.run.paused_reason, self.run.paused_since, self.run.message = "", 0.0, ""
 
     def storage_retry(self, op: str, key: str, attempt: int, cause: str) -> None:
         """The store is retrying an operation (this run's or the coordinator's): pause the run.
@@ -118,32 +210,47 @@ class RunExecutor:
         """
         if self.run.state != cpb.RUN_STATE_RUNNING:
             return
-        if not self.paused:
-            self._storage_ok.clear()
-            m.RUNS_PAUSED.inc()
+        if STORE not in self._pauses:
             log.warning("object store failing; run paused", extra={"run_id": self.run.id, "op": op, "key": key})
-        self.run.message = f"paused: object store failing ({op} {key}: {cause}); retrying (attempt {attempt})"
+        self._pause(STORE, f"object store failing ({op} {key}: {cause}); retrying (attempt {attempt})")
         self.publish(cpb.RUN_EVENT_TYPE_STORAGE_RETRY, message=self.run.message)
 
     def _storage_back(self) -> None:
-        if self.paused:
-            self._storage_ok.set()
-            m.RUNS_PAUSED.dec()
-            self.run.message = ""
-            log.info("object store is back; run continues", extra={"run_id": self.run.id})
-            self.publish(cpb.RUN_EVENT_TYPE_STATE_CHANGED, message="object store is back; run continues")
+        self._unpause(STORE, "object store is back; run continues")
 
-    async def _wait_for_store(self) -> None:
-        """While paused, one worker probes the store by saving run.json (retried); the rest wait."""
+    def _role_down(self, role: str, cause: str) -> None:
+        if self.run.state != cpb.RUN_STATE_RUNNING:
+            return
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        budget = self.clients.retry.outage_budget_s
+        self._pause(role, f"{role} unavailable since {since} ({cause}); no new conversation starts, the ones in "
+                          f"flight are held and retried for up to {budget:g}s (spec.retry.outage_budget_s)")
+        log.warning("model service down; run paused", extra={"run_id": self.run.id, "role": role})
+        self.publish(cpb.RUN_EVENT_TYPE_PAUSED, message=self.run.message)
+
+    def _role_up(self, role: str) -> None:
+        self._unpause(role, f"{role} is back; run continues")
+
+    async def _wait_to_go(self) -> None:
+        """While paused: one worker probes a failing store by saving run.json (retried); the rest
+        wait. A role outage is probed by the calls in flight; past its budget the run stops."""
         while self.paused:
-            if self._probing:
-                await self._storage_ok.wait()
+            if STORE in self._pauses and not self._probing:
+                self._probing = True
+                try:
+                    await self.save()
+                finally:
+                    self._probing = False
                 continue
-            self._probing = True
             try:
-                await self.save()
-            finally:
-                self._probing = False
+                await asyncio.wait_for(self._go.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+            budget = self.clients.retry.outage_budget_s
+            for role in [c for c in self._pauses if c != STORE]:
+                if self.clients.outage_s(role) > budget:
+                    raise RunStopped(f"{role} unavailable for more than {budget:g}s (spec.retry.outage_budget_s; "
+                                     f"since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self._pauses[role][0]))})")
 
     async def _load_done(self) -> None:
         """Reads the unit records already persisted (a resumed run) and recounts progress."""
@@ -151,11 +258,14 @@ class RunExecutor:
         p.finished = p.failed = 0
         p.turns = p.tokens = 0
         p.judge_failures = 0
+        p.in_flight = 0  # the stored count was of the process that wrote it
         p.dropped.clear()
         for key in await self.store.list(f"{run_prefix(self.run.id)}/units/"):
             rec = await self.store.get_json(key)
             self.units[rec["index"]] = rec
             self._count(rec)
+            # run.json is saved at most every 2 s; the last record says how far the run really got.
+            self._elapsed_before = max(self._elapsed_before, float(rec.get("run_elapsed_s", 0.0)))
 
     def _count(self, rec: dict[str, Any]) -> None:
         p = self.run.progress
@@ -181,10 +291,12 @@ class RunExecutor:
         kind = self.plan.kind
         try:
             await self._load_done()
+            self.loaded.set()
             pending = [i for i in range(len(self.plan.units)) if i not in self.units]
             self.run.state = cpb.RUN_STATE_RUNNING
             m.RUNS_ACTIVE.inc()
             self.run.message, self.run.finished_at = "", 0.0
+            self.run.paused_reason, self.run.paused_since = "", 0.0
             if not self.run.started_at:
                 self.run.started_at = time.time()
             await self.save()
@@ -228,9 +340,11 @@ class RunExecutor:
             await self._finish(cpb.RUN_STATE_FAILED, f"run stopped: {why}. Finished conversations are kept; after fixing "
                                f"the cause, resume it: parrot runs resume {self.run.id}")
         finally:
-            if self.paused:
-                self._storage_ok.set()
-                m.RUNS_PAUSED.dec()
+            self.loaded.set()
+            for cause in list(self._pauses):
+                m.RUNS_PAUSED.labels(_cause_label(cause)).dec()
+            self._pauses.clear()
+            self._go.set()
             await self.clients.close()
 
     async def _finish(self, state: int, message: str) -> None:
@@ -239,22 +353,38 @@ class RunExecutor:
         self._update_timing()
         self.run.state = state
         self.run.message = message
+        self.run.paused_reason, self.run.paused_since = "", 0.0
         self.run.finished_at = time.time()
         self.run.progress.in_flight = 0
         self.run.progress.eta_s = 0
         m.RUNS_FINISHED.labels(self.plan.kind, cpb.RunState.Name(state).removeprefix("RUN_STATE_").lower()).inc()
-        try:
-            await self.save()
-        except Exception as e:  # the store itself is what failed: the record stays RUNNING and resumes on restart
-            log.error("cannot record the run's final state", extra={"run_id": self.run.id, "error": str(e)})
-        finally:
-            self.publish(cpb.RUN_EVENT_TYPE_STATE_CHANGED, message=message)
+        self.publish(cpb.RUN_EVENT_TYPE_STATE_CHANGED, message=message)
         log.info("run ended", extra={"run_id": self.run.id, "state": cpb.RunState.Name(state), "detail": message})
+        await self._record_final_state(message)
+
+    async def _record_final_state(self, message: str) -> None:
+        """Writes the final state; while the store refuses, GetRun reports it from memory (this
+        task stays alive, so the run is not forgotten) and the write is retried until it lands."""
+        delay = 1.0
+        while True:
+            try:
+                await self.save()
+                if self.run.message != message:
+                    self.run.message = message
+                    await self.save()
+                return
+            except Exception as e:  # the store itself is what failed
+                self.run.message = (f"{message} (not yet recorded in the object store: {e}; the coordinator keeps "
+                                    "trying)")
+                log.error("cannot record the run's final state; retrying", extra={
+                    "run_id": self.run.id, "error": str(e), "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
 
     async def _worker(self, queue: asyncio.Queue, kind: str) -> None:
         try:
             while not self._cancel.is_set():
-                await self._wait_for_store()
+                await self._wait_to_go()
                 try:
                     index = queue.get_nowait()
                 except asyncio.QueueEmpty:
@@ -293,6 +423,8 @@ class RunExecutor:
             p.in_flight -= 1
             m.IN_FLIGHT.dec()
         rec["elapsed_s"] = round(time.monotonic() - t0, 3)
+        self._update_timing()
+        rec["run_elapsed_s"] = round(self.run.progress.elapsed_s, 3)
         # Persist first; only then count. A crash between the two loses nothing: resume recounts.
         await self.store.put_json(unit_key(self.run.id, index), rec)
         self._storage_back()

@@ -10,6 +10,9 @@ Pairwise: the baseline answers the same turns, and the judge compares each turn 
 A second judge (``second_judge``) grades every turn as well, for the judge agreement check.
 Sessions that carry per-turn instructions get the instruction checks (accumulated across
 turns, strict and loose); with ``skip_judge`` they are the only grading.
+A turn the judge could not grade (after retries) fails the conversation with the reason, as does
+a collection session cut short because the asker could not answer: failures are retried with
+``resume --retry-failed``, never counted as finished.
 An empty answer is stored as it is and shown to the judge and in later context as
 "(empty answer)", since a conversation message cannot be empty.
 """
@@ -81,13 +84,9 @@ async def collect_conversation(ctx: UnitContext, unit: dict[str, Any]) -> dict[s
             break
         question = None
         for attempt in range(max_asks):
-            try:
-                a = await ctx.clients.ask(messages, _params(ctx.spec, base_seed + turn * 100 + attempt, 64), c.persona)
-            except CallFailed as e:
-                drops["asker_failed"] = drops.get("asker_failed", 0) + 1
-                if e.status.name != "UNAVAILABLE":
-                    raise
-                continue
+            # An asker that cannot answer (after retries, or an outage past its budget) fails the
+            # conversation: a session cut short by a fault is not a finished record.
+            a = await ctx.clients.ask(messages, _params(ctx.spec, base_seed + turn * 100 + attempt, 64), c.persona)
             ctx.models["asker"] = a.model
             text = a.candidates[0].text if a.candidates else ""
             reason = flt.check(text, [m.content for m in messages if m.role is Role.USER])
@@ -151,8 +150,8 @@ async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str,
         ref = refs[t - 1] if t - 1 < len(refs) else ""
         try:
             g = await ctx.clients.grade(conversation, t, ref, e.judge_prompt, judge_params, role=role)
-        except CallFailed as err:
-            return {"turn": t, "score": None, "error": str(err)}
+        except CallFailed as err:  # a missing score fails the conversation (resume --retry-failed redoes it)
+            raise UnitFailed(f"turn {t} not graded: {err}") from err
         ctx.models[role] = g.model
         return {"turn": t, "score": g.score, "explanation": g.explanation, "raw_output": g.raw_output,
                 "prompt_name": g.prompt_name, "judge_model": g.model,
@@ -173,6 +172,7 @@ async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str,
     finally:
         for task in grading:
             task.cancel()
+        await asyncio.gather(*grading, return_exceptions=True)  # no exception left unretrieved
     record: dict[str, Any] = {"answers": answers, "judgments": judgments, "turns": n, "tokens": tokens,
                               "judge_failures": sum(1 for j in judgments if j["score"] is None)}
     if e.second_judge:
@@ -191,7 +191,7 @@ async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str,
             try:
                 p = await ctx.clients.compare(messages[: 2 * t], base_messages[: 2 * t], t, ref, "", judge_params)
             except CallFailed as err:
-                return {"turn": t, "winner": None, "error": str(err)}
+                raise UnitFailed(f"turn {t} not compared: {err}") from err
             names = {judge_pb2.PAIR_WINNER_A: "model_1", judge_pb2.PAIR_WINNER_B: "model_2", judge_pb2.PAIR_WINNER_TIE: "tie"}
             return {"turn": t, "winner": names.get(p.winner), "prompt_name": p.prompt_name, "judge_model": p.model,
                     "verdicts": [{"swapped": v.swapped, "winner": names.get(v.winner), "raw_output": v.raw_output}

@@ -16,7 +16,8 @@ FAILURES = Counter("parrot_coordinator_conversation_failures_total", "Conversati
 IN_FLIGHT = Gauge("parrot_coordinator_conversations_in_flight", "Conversations being worked on now.")
 MODEL_RETRIES = Counter("parrot_coordinator_model_retries_total", "Model calls retried, by stage and status code.",
                         ["stage", "code"])
-RUNS_PAUSED = Gauge("parrot_coordinator_runs_paused", "Runs paused because the object store is failing (writes retried).")
+RUNS_PAUSED = Gauge("parrot_coordinator_runs_paused", "Runs paused, by cause: object_store (writes failing, retried) or "
+                    "model_service (a role's endpoints all unavailable; calls held and retried).", ["cause"])
 STORAGE_RETRIES = Counter("parrot_coordinator_storage_retries_total", "Object store operations retried, by operation.", ["op"])
 STAGE = Histogram("parrot_coordinator_stage_seconds", "Time of coordinator stages (conversation).", ["stage"],
                   buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))

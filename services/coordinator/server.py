@@ -59,10 +59,14 @@ async def run_coordinator(cfg: CoordinatorServeConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await grpc_server.start()
+    leftovers = await store.remove_leftovers("runs/")  # writes a crash cut short (the coordinator is their only writer)
+    if leftovers:
+        log.info("removed temporary files of interrupted writes", extra={"files": leftovers})
     resumed = await manager.resume_all()
     await grpc_server.set_serving(True)
     MODEL_READY.labels("coordinator", "coordinator").set(1)
     log.info("ready", extra={"grpc_port": grpc_server.port, "http_port": cfg.http_port, "store": cfg.coordinator.store_url,
+                             "auth": "on" if grpc_server.auth else "off", "tls": grpc_server.tls,
                              "resumed_runs": resumed})
     await stop.wait()
     log.info("stopping; unfinished runs resume on next start")

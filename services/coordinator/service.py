@@ -16,7 +16,7 @@ from parrot.v1 import coordinator_pb2 as cpb, coordinator_pb2_grpc
 from services.coordinator import metrics as m
 from services.coordinator.clients import ModelClients, Retry, check_reachable
 from services.coordinator.executor import TERMINAL, RunExecutor, run_prefix
-from services.coordinator.spec import Plan, RunLimits, kind_of, plan_run
+from services.coordinator.spec import Plan, RunLimits, check_common, kind_of, plan_run
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,32 @@ class CoordinatorConfig:
     judge: str = field(default="127.0.0.1:50051", metadata={"help": "Default judge address."})
     max_active_runs: int = field(default=4, metadata={"help": "Runs executing at once; more get RESOURCE_EXHAUSTED."})
     upstream_token: str | None = field(default=None, metadata={"help": "Bearer token sent to the model services."})
+    allowed_targets: str = field(default="", metadata={
+        "help": "Targets a run may name besides the coordinator's own: PATTERN[=none|upstream|TOKEN_FILE], comma-separated "
+                "(PATTERN an fnmatch over host:port). See services/coordinator/policy.py."})
+    input_roots: str = field(default="", metadata={
+        "help": "Folders and s3://bucket[/prefix] a run's input URLs may name (besides the store), comma-separated."})
+    outage_budget_s: float = field(default=600.0, metadata={
+        "help": "How long a run waits out a role with no endpoint up before it stops (spec.retry.outage_budget_s overrides)."})
     check_targets: bool = field(default=True, metadata={"help": "Health-check a run's endpoints at StartRun."})
     routing: str = field(default="affinity", metadata={
         "help": "affinity (every turn of a session to the same listed replica, for its prompt cache) or round_robin."})
     limits: RunLimits = field(default_factory=RunLimits, metadata={"help": "Limits on what one run may ask for."})
+
+    def __post_init__(self) -> None:
+        from parrot.client import target_problem
+        from parrot.errors import ConfigError
+
+        for role in ("responder", "asker", "judge"):
+            problem = target_problem(getattr(self, role))
+            if problem:
+                raise ConfigError(f"--{role}: {problem}")
+        if not 0 < self.outage_budget_s <= 86400:
+            raise ConfigError(f"--outage-budget-s / PARROT_OUTAGE_BUDGET_S is {self.outage_budget_s}; allowed (0, 86400]")
+
+
+def _target_field(role: str) -> str:
+    return "spec.evaluation.second_judge" if role == "second_judge" else f"spec.targets.{role}"
 
 
 def _roles(kind: str, spec: cpb.RunSpec) -> list[str]:
@@ -54,8 +76,13 @@ def _roles(kind: str, spec: cpb.RunSpec) -> list[str]:
 
 class RunManager:
     def __init__(self, store: Any, config: CoordinatorConfig) -> None:
+        from services.coordinator.policy import InputPolicy, TargetPolicy, parse_allowed_targets
+
         self.store = store
         self.config = config
+        self.targets = TargetPolicy({"responder": config.responder, "asker": config.asker, "judge": config.judge},
+                                    parse_allowed_targets(config.allowed_targets), config.upstream_token)
+        self.inputs = InputPolicy(config.input_roots, store)
         self.executors: dict[str, RunExecutor] = {}
         self.tasks: dict[str, asyncio.Task] = {}
         self._start_lock = asyncio.Lock()
@@ -66,11 +93,14 @@ class RunManager:
                 "judge": t.judge or self.config.judge, "baseline_responder": t.baseline_responder,
                 "second_judge": spec.evaluation.second_judge if spec.WhichOneof("kind") == "evaluation" else ""}
 
+    def _tokens(self, spec: cpb.RunSpec) -> dict[str, str | None]:
+        """The bearer token for each role's target; PERMISSION_DENIED for a target the policy does not allow."""
+        return {role: self.targets.token_for(_target_field(role), target)
+                for role, target in self._targets(spec).items() if target}
+
     def _clients(self, spec: cpb.RunSpec) -> ModelClients:
-        r = spec.retry
-        retry = Retry(max_attempts=r.max_attempts or 4, initial_backoff_s=r.initial_backoff_s or 0.5,
-                      max_backoff_s=r.max_backoff_s or 10.0, call_deadline_s=r.call_deadline_s or 300.0)
-        return ModelClients(self._targets(spec), retry, self.config.upstream_token,
+        retry = Retry.from_policy(spec.retry, Retry(outage_budget_s=self.config.outage_budget_s))
+        return ModelClients(self._targets(spec), retry, self._tokens(spec),
                             on_retry=lambda stage, code: m.MODEL_RETRIES.labels(stage, code).inc(),
                             routing=self.config.routing)
 
@@ -83,9 +113,13 @@ class RunManager:
     async def start_run(self, spec: cpb.RunSpec) -> cpb.Run:
         async with self._start_lock:
             self._check_active()
-            plan, inputs = await plan_run(spec, self.store, self.config.limits)
-            kind = plan.kind
+            check_common(spec, self.config.limits)  # malformed addresses are INVALID_ARGUMENT before any policy
             targets = self._targets(spec)
+            kind = kind_of(spec)
+            for role in _roles(kind, spec):  # before the coordinator contacts or reads anything a caller named
+                if targets.get(role):
+                    self.targets.token_for(_target_field(role), targets[role])
+            plan, inputs = await plan_run(spec, self.store, self.config.limits, self.inputs)
             if self.config.check_targets:
                 for role in _roles(kind, spec):
                     if not targets.get(role):
@@ -128,19 +162,32 @@ class RunManager:
                 ex.storage_retry(op, key, attempt, cause)
 
     async def resume(self, run_id: str, retry_failed: bool = False) -> cpb.Run:
-        """Continues a failed or cancelled run: only conversations without a record are run."""
+        """Continues a failed or cancelled run: only conversations without a record are run.
+
+        With ``retry_failed`` the conversations recorded as failed are run again too, in any run
+        that ended (a succeeded run with failures included); finished ones are never redone.
+        """
         async with self._start_lock:
             run = await self.get(run_id)
             task = self.tasks.get(run_id)
-            if (task is not None and not task.done()) or run.state not in (cpb.RUN_STATE_FAILED, cpb.RUN_STATE_CANCELLED):
-                raise FailedPrecondition(f"run {run_id} is {cpb.RunState.Name(run.state).removeprefix('RUN_STATE_').lower()}"
-                                         "; only failed or cancelled runs can be resumed")
+            state = run.state
+            resumable = (cpb.RUN_STATE_FAILED, cpb.RUN_STATE_CANCELLED) + ((cpb.RUN_STATE_SUCCEEDED,) if retry_failed else ())
+            if state not in resumable:
+                raise FailedPrecondition(f"run {run_id} is {cpb.RunState.Name(state).removeprefix('RUN_STATE_').lower()}"
+                                         "; only failed or cancelled runs can be resumed (and, with --retry-failed, "
+                                         "succeeded runs with failed conversations)")
             self._check_active()
             plan, _ = await plan_run(run.spec, self.store)
             if retry_failed:
-                for key in await self.store.list(f"{run_prefix(run_id)}/units/"):
-                    if (await self.store.get_json(key)).get("status") == "failed":
-                        await self.store.delete(key)
+                failed = [key for key in await self.store.list(f"{run_prefix(run_id)}/units/")
+                          if (await self.store.get_json(key)).get("status") == "failed"]
+                if state == cpb.RUN_STATE_SUCCEEDED and not failed:
+                    raise FailedPrecondition(f"run {run_id} succeeded with no failed conversations; nothing to retry")
+            if task is not None and not task.done():  # ended, still writing its final state: let it go
+                await self._settle(task)
+            if retry_failed:
+                for key in failed:
+                    await self.store.delete(key)
             resumed = cpb.Run()
             resumed.CopyFrom(run)
             resumed.state, resumed.message, resumed.finished_at = cpb.RUN_STATE_PENDING, "resumed by request", 0.0
@@ -149,6 +196,15 @@ class RunManager:
             m.RUNS_STARTED.labels(plan.kind, "resumed").inc()
             log.info("run resumed by request", extra={"run_id": run_id, "retry_failed": retry_failed})
             return resumed
+
+    @staticmethod
+    async def _settle(task: asyncio.Task, wait_s: float = 5.0) -> None:
+        """Gives an ended run's task a moment to write its final state, then stops it."""
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=wait_s)
+        except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def _launch(self, run: cpb.Run, plan: Plan) -> None:
         ex = RunExecutor(run, plan, self.store, self._clients(run.spec))
@@ -189,6 +245,8 @@ class RunManager:
             m.RUNS_STARTED.labels(plan.kind, "resumed").inc()
             resumed.append(run.id)
             log.info("run resumed", extra={"run_id": run.id})
+        # Serve GetRun only once each resumed run has counted its records (progress, elapsed time).
+        await asyncio.gather(*(self.executors[r].loaded.wait() for r in resumed if r in self.executors))
         await SCOREBOARD.load(self.store, finished)
         return resumed
 

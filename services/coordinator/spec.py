@@ -60,15 +60,32 @@ def kind_of(spec: cpb.RunSpec) -> str:
     return which
 
 
-async def read_input(f: cpb.InputFile, field: str, store: Any) -> tuple[str, bytes]:
-    """Returns (name, bytes) of an input file given inline or by URL."""
-    if f.content:
-        return f.name or field, bytes(f.content)
-    if not f.url:
-        raise InvalidArgument(field, "give the file inline (content) or a url (file:///..., s3://bucket/key, or a store key)")
-    name = f.name or f.url.rsplit("/", 1)[-1]
-    if f.url.startswith("file://") or f.url.startswith("/"):
-        path = Path(f.url[len("file://"):] if f.url.startswith("file://") else f.url)
+class InputReader:
+    """Reads a run's input files: inline, by URL (``file://``, ``s3://``; confined by the coordinator's
+    InputPolicy when it has one, before anything is touched), or a key of the coordinator's store."""
+
+    def __init__(self, store: Any, policy: Any = None) -> None:
+        self.store, self.policy = store, policy
+
+    async def read(self, f: cpb.InputFile, field: str) -> tuple[str, bytes]:
+        """Returns (name, bytes) of an input file given inline or by URL."""
+        if f.content:
+            return f.name or field, bytes(f.content)
+        if not f.url:
+            raise InvalidArgument(field, "give the file inline (content) or a url (file:///..., s3://bucket/key, or a store key)")
+        name = f.name or f.url.rsplit("/", 1)[-1]
+        if f.url.startswith("file://") or f.url.startswith("/"):
+            return name, self._read_path(Path(f.url[len("file://"):] if f.url.startswith("file://") else f.url), field)
+        if f.url.startswith("s3://"):
+            return name, await self._read_s3(f.url, field)
+        try:
+            return name, await self.store.get(f.url)
+        except Exception as e:
+            raise InvalidArgument(f"{field}.url", f"no object {f.url!r} in the coordinator's store ({e})") from e
+
+    def _read_path(self, path: Path, field: str) -> bytes:
+        if self.policy is not None:
+            path = self.policy.check_path(field, path)
         try:
             if not path.is_file():  # a device or FIFO could block or never end
                 raise InvalidArgument(f"{field}.url", f"{path} is not a regular file")
@@ -77,27 +94,34 @@ async def read_input(f: cpb.InputFile, field: str, store: Any) -> tuple[str, byt
             if len(data) > MAX_INPUT_BYTES:
                 raise LimitExceeded(f"{field}.url", f"{path} is larger than {MAX_INPUT_BYTES} bytes; split it",
                                     "the coordinator's MAX_INPUT_BYTES")
-            return name, data
+            return data
         except OSError as e:
             raise InvalidArgument(f"{field}.url", f"cannot read {path}: {e.strerror}") from e
-    if f.url.startswith("s3://"):
+
+    async def _read_s3(self, url: str, field: str) -> bytes:
+        from parrot.errors import ConfigError
         from parrot.storage import open_store
 
-        from parrot.errors import ConfigError
-
-        bucket, _, key = f.url[len("s3://"):].partition("/")
+        bucket, _, key = url[len("s3://"):].partition("/")
+        if self.policy is not None:
+            self.policy.check_s3(field, bucket, key)
         try:
             other = open_store(f"s3://{bucket}")
         except ConfigError as e:
-            raise InvalidArgument(f"{field}.url", f"cannot read {f.url}: {e}") from e
+            raise InvalidArgument(f"{field}.url", f"cannot read {url}: {e}") from e
         try:
-            return name, await other.get(key)
+            return await other.get(key)
         except Exception as e:
-            raise InvalidArgument(f"{field}.url", f"cannot read {f.url}: {e}") from e
-    try:
-        return name, await store.get(f.url)
-    except Exception as e:
-        raise InvalidArgument(f"{field}.url", f"no object {f.url!r} in the coordinator's store ({e})") from e
+            raise InvalidArgument(f"{field}.url", f"cannot read {url}: {e}") from e
+
+
+def target_field(field_name: str, target: str) -> None:
+    """INVALID_ARGUMENT naming the field when a (non-empty) target is not a gRPC address."""
+    from parrot.client import target_problem
+
+    problem = target_problem(target) if target else None
+    if problem:
+        raise InvalidArgument(field_name, problem)
 
 
 def check_common(spec: cpb.RunSpec, limits: RunLimits) -> None:
@@ -111,30 +135,37 @@ def check_common(spec: cpb.RunSpec, limits: RunLimits) -> None:
     r = spec.retry
     if r.max_attempts > 20:
         raise InvalidArgument("spec.retry.max_attempts", f"is {r.max_attempts}; allowed 1..20 (0 = 4)")
-    for name in ("initial_backoff_s", "max_backoff_s", "call_deadline_s"):
+    for name, top in (("initial_backoff_s", 3600), ("max_backoff_s", 3600), ("call_deadline_s", 3600),
+                      ("outage_budget_s", 86400)):
         v = getattr(r, name)
-        if v < 0 or v > 3600 or v != v:
-            raise InvalidArgument(f"spec.retry.{name}", f"is {v}; allowed 0..3600 (0 = default)")
+        if v < 0 or v > top or v != v:
+            raise InvalidArgument(f"spec.retry.{name}", f"is {v}; allowed 0..{top} (0 = default)")
+    for role in ("responder", "asker", "judge", "baseline_responder"):
+        target_field(f"spec.targets.{role}", getattr(spec.targets, role))
+    if spec.WhichOneof("kind") == "evaluation":
+        target_field("spec.evaluation.second_judge", spec.evaluation.second_judge)
     if len(spec.name) > 200:
         raise InvalidArgument("spec.name", "is longer than 200 characters")
 
 
-async def plan_run(spec: cpb.RunSpec, store: Any,
-                   limits: RunLimits | None = None) -> tuple[Plan, dict[str, tuple[str, bytes]]]:
+async def plan_run(spec: cpb.RunSpec, store: Any, limits: RunLimits | None = None,
+                   input_policy: Any = None) -> tuple[Plan, dict[str, tuple[str, bytes]]]:
     """Validates the spec and parses its inputs. Returns the plan and the input files read.
 
-    ``limits`` None (a resumed run, already accepted once) checks no coordinator limits.
+    ``limits`` None (a resumed run, already accepted once) checks no coordinator limits;
+    ``input_policy`` (services.coordinator.policy.InputPolicy) confines input URLs.
     """
+    reader = InputReader(store, input_policy)
     lim = limits or RunLimits(max_turns=10**6, max_concurrency=10**6, max_conversations=10**9, max_new_tokens=10**9)
     check_common(spec, lim)
     kind = kind_of(spec)
     inputs: dict[str, tuple[str, bytes]] = {}
     if kind == "collection":
-        plan = await _plan_collection(spec, store, inputs, lim)
+        plan = await _plan_collection(spec, reader, inputs, lim)
     elif kind == "negatives":
-        plan = await _plan_negatives(spec, store, inputs)
+        plan = await _plan_negatives(spec, reader, inputs)
     else:
-        plan = await _plan_evaluation(spec, store, inputs, lim)
+        plan = await _plan_evaluation(spec, reader, inputs, lim)
     if len(plan.units) > lim.max_conversations:
         raise _limit(f"spec.{kind}", f"has {len(plan.units)} conversations; at most {lim.max_conversations} per run "
                      "(use spec.limit or split the input)", "max_conversations")
@@ -151,7 +182,7 @@ def _parse(field: str, fn: Any, *args: Any) -> Any:
         raise InvalidArgument(field, str(e)) from e
 
 
-async def _plan_collection(spec: cpb.RunSpec, store: Any, inputs: dict, lim: RunLimits) -> Plan:
+async def _plan_collection(spec: cpb.RunSpec, reader: InputReader, inputs: dict, lim: RunLimits) -> Plan:
     from parrot.datasets import load_seeds
 
     c = spec.collection
@@ -166,7 +197,7 @@ async def _plan_collection(spec: cpb.RunSpec, store: Any, inputs: dict, lim: Run
         raise InvalidArgument("spec.collection.seed_format", f"is {c.seed_format!r}; allowed: auto, sharegpt, queries")
     if not 0 <= c.near_duplicate_threshold <= 1:
         raise InvalidArgument("spec.collection.near_duplicate_threshold", "allowed range is 0..1 (0 = default 0.8)")
-    name, data = await read_input(c.seeds, "spec.collection.seeds", store)
+    name, data = await reader.read(c.seeds, "spec.collection.seeds")
     inputs["seeds"] = (name, data)
     seedset = _parse("spec.collection.seeds", load_seeds, name, data, c.seed_format or "auto")
     seeds = seedset.seeds[: spec.limit] if spec.limit else seedset.seeds
@@ -176,7 +207,7 @@ async def _plan_collection(spec: cpb.RunSpec, store: Any, inputs: dict, lim: Run
     return Plan("collection", units, {"seeds_skipped": dict(seedset.skipped)})
 
 
-async def _plan_evaluation(spec: cpb.RunSpec, store: Any, inputs: dict, lim: RunLimits) -> Plan:
+async def _plan_evaluation(spec: cpb.RunSpec, reader: InputReader, inputs: dict, lim: RunLimits) -> Plan:
     from parrot.datasets import SESSION_FORMATS, load_eval_sessions, load_references
 
     e = spec.evaluation
@@ -187,7 +218,7 @@ async def _plan_evaluation(spec: cpb.RunSpec, store: Any, inputs: dict, lim: Run
                               f"is {e.questions_format!r}; allowed: {', '.join(SESSION_FORMATS)}")
     if e.skip_judge and (e.pairwise or e.second_judge):
         raise InvalidArgument("spec.evaluation.skip_judge", "cannot be combined with pairwise or second_judge")
-    name, data = await read_input(e.questions, "spec.evaluation.questions", store)
+    name, data = await reader.read(e.questions, "spec.evaluation.questions")
     inputs["questions"] = (name, data)
     questions = _parse("spec.evaluation.questions", load_eval_sessions, name, data, e.questions_format or "auto")
     questions = questions[: spec.limit] if spec.limit else questions
@@ -195,7 +226,7 @@ async def _plan_evaluation(spec: cpb.RunSpec, store: Any, inputs: dict, lim: Run
         raise InvalidArgument("spec.evaluation.questions", f"{name} has no questions")
     refs: dict[Any, list[str]] = {}
     if e.reference_answers.content or e.reference_answers.url:
-        rname, rdata = await read_input(e.reference_answers, "spec.evaluation.reference_answers", store)
+        rname, rdata = await reader.read(e.reference_answers, "spec.evaluation.reference_answers")
         inputs["reference_answers"] = (rname, rdata)
         refs = _parse("spec.evaluation.reference_answers", load_references, rname, rdata)
     units = []
@@ -243,7 +274,7 @@ def check_negatives(spec: cpb.RunSpec) -> list[str]:
     return strategies or list(STRATEGIES)
 
 
-async def _plan_negatives(spec: cpb.RunSpec, store: Any, inputs: dict) -> Plan:
+async def _plan_negatives(spec: cpb.RunSpec, reader: InputReader, inputs: dict) -> Plan:
     """One unit per cleaned conversation with at least one selected follow-up query.
 
     A unit holds the conversation, the selected queries (1-based user-turn index and the
@@ -258,7 +289,7 @@ async def _plan_negatives(spec: cpb.RunSpec, store: Any, inputs: dict) -> Plan:
 
     n = spec.negatives
     check_negatives(spec)
-    name, data = await read_input(n.conversations, "spec.negatives.conversations", store)
+    name, data = await reader.read(n.conversations, "spec.negatives.conversations")
     inputs["conversations"] = (name, data)
     records = _parse("spec.negatives.conversations", load_sharegpt, name, data)
     records = records[: spec.limit] if spec.limit else records
