@@ -17,7 +17,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import REPO, start, stop  # noqa: F401  (REPO puts the repo on sys.path)
+from common import start, stop  # importing common puts the repo on sys.path
 
 import grpc  # noqa: E402
 

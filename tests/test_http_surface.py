@@ -92,14 +92,14 @@ class PacedBackend(Backend):
 
 
 class Served:
-    def __init__(self, services: tuple[str, ...] = ("responder",), load_s: float = 0.0, token: str | None = None):
+    def __init__(self, services: tuple[str, ...] = ("responder",), load_s: float = 0.0, token_env: str = "PARROT_NO_TOKEN"):
         self.gport, self.hport = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.hport}"
         self.target = f"127.0.0.1:{self.gport}"
         self.proc = ModelServiceProcess(ServeConfig(
             services=services, host="127.0.0.1", grpc_port=self.gport, http_port=self.hport,
             backend="test-paced", backend_config=PacedConfig(load_s=load_s), grace_s=1,
-            limits=InputLimits(max_new_tokens=MAX_NEW)))
+            limits=InputLimits(max_new_tokens=MAX_NEW), auth_token_env=token_env))
         self.backend: PacedBackend = self.proc.backend  # type: ignore[assignment]
 
     async def __aenter__(self) -> "Served":
@@ -380,3 +380,34 @@ def test_queue_depth_is_read_when_scraped():
     b._waiting.clear()
     b._inbox.get_nowait()
     assert depth() == 0
+
+
+async def test_token_on_every_inference_surface_probes_open(monkeypatch):
+    """With a token: POSTs on the OpenAI and KServe routes and Open Inference Protocol inference need it
+    (401 / UNAUTHENTICATED in each surface's shape, counted); readiness and liveness stay open."""
+    from kserve import InferenceGRPCClient
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    monkeypatch.setenv("PARROT_TEST_HTTP_TOKEN", "t0ken-for-the-http-surface-test")
+    async with Served(token_env="PARROT_TEST_HTTP_TOKEN") as s:
+        await s.wait_ready()
+        before = counter("parrot_auth_failures_total", transport="http", reason="missing")
+        async with httpx.AsyncClient(base_url=s.url, timeout=30) as c:
+            err = openai_error(await c.post("/v1/chat/completions", json=chat("hi")), 401)
+            assert err["type"] == "authentication_error"
+            r = await c.post("/v1/models/responder:predict", json={"instances": [v1_instance("hi")]})
+            assert r.status_code == 401 and isinstance(r.json()["error"], str)
+            assert (await c.post("/v1/chat/completions", json=chat("hi"),
+                                 headers={"authorization": "Bearer nope"})).status_code == 401
+            ok = await c.post("/v1/chat/completions", json=chat("hi"),
+                              headers={"authorization": "Bearer t0ken-for-the-http-surface-test"})
+            assert ok.status_code == 200, ok.text
+            assert (await c.get("/v2/health/ready")).status_code == 200
+        assert counter("parrot_auth_failures_total", transport="http", reason="missing") == before + 2
+        oip = InferenceGRPCClient(s.target, timeout=30)
+        assert await oip.is_server_ready() and await oip.is_model_ready("responder")
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await oip.infer(InferRequest(model_name="responder", infer_inputs=[
+                InferInput("request", [1], "BYTES", [json.dumps(v1_instance("hi"))])]))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        await oip.close()
