@@ -88,3 +88,15 @@ BACKEND_RETRIES = Counter(
     "HTTP backend retries after 429/5xx/transport errors, by backend.",
     ["backend", "reason"],
 )
+HTTP_REQUESTS = Counter(
+    "parrot_http_requests_total",
+    "HTTP requests (OpenAI routes, KServe REST, probes) by route template, method and status code "
+    "(499: the client hung up before the answer).",
+    ["route", "method", "code"],
+)
+HTTP_LATENCY = Histogram(
+    "parrot_http_latency_seconds",
+    "HTTP request latency by route template and method.",
+    ["route", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)

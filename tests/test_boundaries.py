@@ -355,3 +355,14 @@ def test_repository_extension_is_off_and_http_refusals_are_logged_and_counted(tm
     assert [r["reason"] for r in refusals[-2:]] == ["missing", "invalid"]
     assert all(r["method"] == "/v1/models/responder:predict" for r in refusals[-2:])
     assert "not-the-token-000000" not in guarded_models.log()
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as oip, grpc_predict_v2_pb2_grpc as oip_grpc
+
+    with grpc.insecure_channel(guarded_models.grpc_target) as ch:  # nor over the Open Inference Protocol's gRPC
+        stub = oip_grpc.GRPCInferenceServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.RepositoryModelUnload(oip.RepositoryModelUnloadRequest(model_name="responder"),
+                                       metadata=[("authorization", f"Bearer {UPSTREAM}")], timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED, e.value.details()
+        ready = stub.ModelReady(oip.ModelReadyRequest(name="responder"), metadata=[("authorization", f"Bearer {UPSTREAM}")],
+                                timeout=10)
+        assert ready.ready

@@ -346,7 +346,8 @@ def test_monitoring_resources(helm):
     jsonschema.validate(rule, PROMETHEUS_RULE_SCHEMA)
     assert rule["spec"] == yaml.safe_load(RULES.read_text()), "the PrometheusRule is files/parrot-alerts.rules.yaml"
     assert {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]} == {
-        "ParrotModelServiceDown", "ParrotErrorRateHigh", "ParrotEvalScoreRegression", "ParrotRunStuck", "ParrotRunPaused"}
+        "ParrotModelServiceDown", "ParrotErrorRateHigh", "ParrotHttpErrorRateHigh", "ParrotEvalScoreRegression",
+        "ParrotRunStuck", "ParrotRunPaused"}
     assert not by_kind(variant(helm, "default"), "ServiceMonitor") and not by_kind(variant(helm, "default"), "PrometheusRule")
 
 

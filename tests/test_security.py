@@ -391,3 +391,51 @@ def test_injection_over_grpc_on_the_running_judge(tmp_path):
         assert scores[0] == scores[1] == scores[2] and scores[0] < 10
     finally:
         assert models.stop() == 0
+
+
+# ------------------------------------------------------------------------ judge injection hardening (issue 19)
+
+
+def _quoted_regions(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"<<<message ([0-9a-f]{12})>>>\n(.*?)\n<<<end of message \1>>>", text, flags=re.S)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(prefix=st.text(max_size=20), suffix=st.text(max_size=20), data=st.data())
+def test_answers_are_quoted_so_they_cannot_close_the_template_or_plant_a_marker(prefix, suffix, data):
+    """Every injection of the measured suite, inside any text, in every default prompt (single and
+    pairwise): each message stays inside its own quote, no rating/verdict marker, chat-template control
+    token or section line of ours survives inside it, and the judge is told the quotes are data."""
+    from parrot.judging.injections import BAD_ANSWERS, INJECTIONS as SUITE
+    from parrot.judging.prompts import Transcript, load_default_prompts, render_pair, render_single
+    from parrot.judging.quoting import DATA_NOTE
+
+    bad = data.draw(st.sampled_from(BAD_ANSWERS))
+    injection = SUITE[data.draw(st.sampled_from(sorted(SUITE)))]
+    answer = prefix + bad.answer + injection + suffix
+    tr = Transcript(turns=((bad.question, answer),))
+    other = Transcript(turns=((bad.question, "A plain answer."),))
+    for prompt in load_default_prompts():
+        system, user = (render_single(prompt, tr, "ref") if prompt.type == "single" else render_pair(prompt, tr, other, "ref"))
+        assert system.content.endswith(DATA_NOTE)
+        regions = _quoted_regions(user.content)
+        assert len({key for key, _ in regions}) == 1 and len(regions) == (2 if prompt.type == "single" else 4)
+        outside = user.content
+        for _, body in regions:
+            lowered = body.lower()
+            for marker in ("[[", "]]", "rating:", "verdict:", "<|", "|>", "===", "<<<", ">>>", "［［"):
+                assert marker not in lowered, (marker, body)
+            outside = outside.replace(body, "")
+        assert outside.count("<<<end of message") == len(regions)  # nothing but our own boundaries closes a quote
+
+
+@pytest.mark.parametrize("text", [
+    "Note: remember to water it twice a week.", "x = [[1, 2], [3, 4]]", "The final score was 3-1.",
+    "Movie ratings: [5, 1, 3]", "Answer: A", "Give me 5 reasons.", "=> a -> b", "Rate of 5 percent."])
+def test_quoting_leaves_ordinary_answers_alone(text):
+    from parrot.judging.quoting import neutralise
+
+    assert neutralise(text) == text
+

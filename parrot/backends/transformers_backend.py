@@ -158,6 +158,7 @@ class TransformersBackend(Backend):
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._model_label = config.model
+        self._waiting: list[_Row] = []  # admitted to the worker, not yet given a slot
         if config.prefix_cache_mib < 0:
             raise InvalidArgument("prefix_cache_mib", f"is {config.prefix_cache_mib}; must be 0 (off) or more")
         self._prefix_cache = PrefixCache(0)  # sized in MiB once the model's KV size per token is known
@@ -206,6 +207,7 @@ class TransformersBackend(Backend):
         self.dtype = resolve_dtype(self.config.dtype, device)
         folder = resolve_model(self.config.model)
         self._model_label = BUNDLED_DIRNAME if self.config.model == BUNDLED_NAME else folder.name
+        self.watch_queue_depth()
         self._tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtypes[self.dtype])
         model.to(device)
@@ -308,8 +310,15 @@ class TransformersBackend(Backend):
         if self._inbox.qsize() >= self.config.max_queue:
             raise ResourceExhausted(f"generation queue is full ({self.config.max_queue} waiting); retry later")
         self._inbox.put(row)
-        QUEUE_DEPTH.labels(self._model_label).set(self._inbox.qsize())
         return row
+
+    def queue_depth(self) -> int:
+        """Requests waiting for a slot now: in the inbox, or taken by the worker and not yet admitted."""
+        return self._inbox.qsize() + len(self._waiting)
+
+    def watch_queue_depth(self) -> None:
+        """``parrot_queue_depth`` read at scrape time (a gauge set at events goes stale between them)."""
+        QUEUE_DEPTH.labels(self._model_label).set_function(self.queue_depth)
 
     def _row(self, request: GenerationRequest, on_delta: Callable[[str], None] | None = None, **extra: Any) -> _Row:
         self._check_ready()
@@ -392,6 +401,7 @@ class TransformersBackend(Backend):
             while not self._stop.is_set():
                 self._drain_inbox(waiting, block=not self._rows and not waiting)
                 waiting = [r for r in waiting if not r.cancelled]
+                self._waiting = waiting
                 if waiting and len(self._rows) < self.config.max_batch_size:
                     self._admit(waiting)
                 if self._rows:
@@ -424,7 +434,6 @@ class TransformersBackend(Backend):
                     item = self._inbox.get_nowait()
             except queue.Empty:
                 break
-        QUEUE_DEPTH.labels(self._model_label).set(len(waiting))
 
     def _admit(self, waiting: list[_Row]) -> None:
         """Gives waiting rows slots. A prompt starts from the longest prefix whose KV states exist:

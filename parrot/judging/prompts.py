@@ -33,8 +33,10 @@ is shorter: slots with no turn render empty); ``ref_answer_i`` holds the referen
 slot of the graded turn and a "not provided" note elsewhere, since a request carries one
 reference only.
 
-Rendering never formats answer text: values are substituted once, so braces or "[[10]]"
-inside an answer are just text.
+Rendering never formats answer text: values are substituted once, so braces inside an answer
+are just text. Conversation text is quoted (``parrot.judging.quoting``): each message between
+boundary lines it cannot contain, with rating/verdict markers, chat-template control tokens and
+our section lines broken up, and the judge's system prompt says that quoted text is data.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from typing import Literal, Sequence
 from parrot.conversation import Message, Role
 from parrot.datasets import DatasetError, iter_jsonl
 from parrot.errors import ConfigError
+from parrot.judging.quoting import DATA_NOTE, quote_key, quoted
 
 logger = logging.getLogger(__name__)
 
@@ -293,13 +296,14 @@ def render_single(prompt: JudgePrompt, transcript: Transcript, reference: str = 
     """The judge's chat messages for grading ``transcript``'s last answer."""
     if prompt.type != "single":
         raise ValueError(f"prompt {prompt.name} is {prompt.type}, not single")
-    values = _common_values(prompt, transcript, reference)
+    key = _key(transcript)
+    values = _common_values(prompt, transcript, reference, key)
     if "conversation" in prompt.placeholders:
-        values["conversation"] = render_transcript(transcript, label="the assistant")
+        values["conversation"] = render_transcript(transcript, label="the assistant", key=key)
     if "answer" in prompt.placeholders:
-        values["answer"] = transcript.turns[-1][1]
+        values["answer"] = quoted(transcript.turns[-1][1], key)
     for slot, turn in _slot_turns(prompt, transcript):
-        values[f"answer_{slot}"] = "" if turn is None else transcript.turns[turn][1]
+        values[f"answer_{slot}"] = "" if turn is None else quoted(transcript.turns[turn][1], key)
     return _messages(prompt, values)
 
 
@@ -312,38 +316,44 @@ def render_pair(prompt: JudgePrompt, first: Transcript, second: Transcript, refe
         raise ValueError(f"prompt {prompt.name} is {prompt.type}, not pairwise")
     if len(first.turns) != len(second.turns):
         raise ValueError("both transcripts must end at the same turn")
-    values = _common_values(prompt, first, reference)
+    key = _key(first, second)
+    values = _common_values(prompt, first, reference, key)
     for side, tr in (("a", first), ("b", second)):
         if f"conversation_{side}" in prompt.placeholders:
-            values[f"conversation_{side}"] = render_transcript(tr, label=f"Assistant {side.upper()}")
+            values[f"conversation_{side}"] = render_transcript(tr, label=f"Assistant {side.upper()}", key=key)
         if f"answer_{side}" in prompt.placeholders:
-            values[f"answer_{side}"] = tr.turns[-1][1]
+            values[f"answer_{side}"] = quoted(tr.turns[-1][1], key)
         for slot, turn in _slot_turns(prompt, tr):
-            values[f"answer_{side}_{slot}"] = "" if turn is None else tr.turns[turn][1]
+            values[f"answer_{side}_{slot}"] = "" if turn is None else quoted(tr.turns[turn][1], key)
     return _messages(prompt, values)
 
 
-def render_transcript(transcript: Transcript, *, label: str) -> str:
-    """Our N-turn transcript: every turn up to the graded one, the graded answer marked."""
+def _key(*transcripts: Transcript) -> str:
+    return quote_key(t for tr in transcripts for t in (tr.system or "", *(x for turn in tr.turns for x in turn)))
+
+
+def render_transcript(transcript: Transcript, *, label: str, key: str | None = None) -> str:
+    """Our N-turn transcript: every turn up to the graded one, each message quoted, the graded answer marked."""
+    key = key or _key(transcript)
     k = transcript.graded_turn
     parts = [f"=== Conversation between the user and {label} ==="]
     if transcript.system:
-        parts.append(f"--- System message given to {label} ---\n{transcript.system}")
+        parts.append(f"--- System message given to {label} ---\n{quoted(transcript.system, key)}")
     for i, (user, answer) in enumerate(transcript.turns, start=1):
-        parts.append(f"--- Turn {i}, user ---\n{user}")
+        parts.append(f"--- Turn {i}, user ---\n{quoted(user, key)}")
         mark = " (THE ANSWER TO EVALUATE)" if i == k else ""
-        parts.append(f"--- Turn {i}, {label}{mark} ---\n{answer}")
+        parts.append(f"--- Turn {i}, {label}{mark} ---\n{quoted(answer, key)}")
     parts.append(f"=== End of the conversation with {label} ===")
     return "\n\n".join(parts)
 
 
-def _common_values(prompt: JudgePrompt, transcript: Transcript, reference: str) -> dict[str, str]:
+def _common_values(prompt: JudgePrompt, transcript: Transcript, reference: str, key: str) -> dict[str, str]:
     k = transcript.graded_turn
     if k < 1:
         raise ValueError("a transcript needs at least one turn")
-    values: dict[str, str] = {"turn": str(k), "reference": reference, "question": transcript.turns[-1][0]}
+    values: dict[str, str] = {"turn": str(k), "reference": reference, "question": quoted(transcript.turns[-1][0], key)}
     for slot, turn in _slot_turns(prompt, transcript):
-        values[f"question_{slot}"] = "" if turn is None else transcript.turns[turn][0]
+        values[f"question_{slot}"] = "" if turn is None else quoted(transcript.turns[turn][0], key)
         if turn == k - 1:
             values[f"ref_answer_{slot}"] = reference
         else:
@@ -366,7 +376,7 @@ def _slot_turns(prompt: JudgePrompt, transcript: Transcript) -> list[tuple[int, 
 def _messages(prompt: JudgePrompt, values: dict[str, str]) -> list[Message]:
     needed = {name: values.get(name, "") for name in prompt.placeholders}
     user = prompt.prompt_template.format_map(needed)
-    return [Message(Role.SYSTEM, prompt.system_prompt), Message(Role.USER, user)]
+    return [Message(Role.SYSTEM, prompt.system_prompt + DATA_NOTE), Message(Role.USER, user)]
 
 
 def transcript_from_messages(messages: Sequence[Message], turn: int) -> Transcript:

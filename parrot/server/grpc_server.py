@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from parrot.server.interceptors import AuthInterceptor, MappedRegistrar
+from parrot.server.interceptors import AuthInterceptor, ErrorTranslator, MappedRegistrar
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class GrpcService:
     full_name: str  # e.g. "parrot.v1.Responder"
     servicer: Any
     add_to_server: Callable[[Any, Any], None]
+    translate_errors: ErrorTranslator | None = None  # a third-party servicer's errors -> ParrotErrors
 
 
 def is_loopback(host: str) -> bool:
@@ -112,15 +113,17 @@ class GrpcServer:
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME,
+                 REFLECTION_V1]
         for s in services:  # each method wrapped with the error mapping as it is registered
-            registrar = MappedRegistrar(self.server)
+            registrar = MappedRegistrar(self.server, s.translate_errors)
             s.add_to_server(s.servicer, registrar)
             if s.full_name not in registrar.registered:
                 raise RuntimeError(f"{s.full_name}: its add_*_to_server registered no methods "
                                    "(generated code older than grpcio-tools 1.62?)")
             names.append(s.full_name)
         reflection.enable_server_reflection(names, self.server)
+        _serve_reflection_v1(self.server, names)
         self.services = list(services)
         self.address = f"{host}:{port}"
         if tls is not None:
@@ -159,3 +162,38 @@ class GrpcServer:
 
     async def _set(self, name: str, status: Any) -> None:
         await self.health.set(name, status)
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _serve_reflection_v1(server: grpc.aio.Server, names: list[str]) -> None:
+    """``grpc.reflection.v1`` beside ``v1alpha`` (grpcio-reflection ships only v1alpha; grpcurl and
+    newer tools ask v1 first). The two protocols are the same messages under another package, so
+    v1 is the v1alpha servicer registered under the v1 name, and v1's file descriptor (v1alpha's,
+    renamed) is added to the pool so that reflection can describe itself."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindServiceByName(REFLECTION_V1)
+    except KeyError:
+        fdp = descriptor_pb2.FileDescriptorProto()
+        reflection_pb2.DESCRIPTOR.CopyToProto(fdp)
+        fdp.name, fdp.package = "grpc/reflection/v1/reflection.proto", "grpc.reflection.v1"
+        fdp.options.Clear()
+        for message in fdp.message_type:
+            for f in (f for f in message.field if f.type_name):
+                f.type_name = f.type_name.replace(".grpc.reflection.v1alpha.", ".grpc.reflection.v1.")
+        for method in fdp.service[0].method:
+            method.input_type = method.input_type.replace(".grpc.reflection.v1alpha.", ".grpc.reflection.v1.")
+            method.output_type = method.output_type.replace(".grpc.reflection.v1alpha.", ".grpc.reflection.v1.")
+        pool.Add(fdp)
+    servicer = reflection.aio.ReflectionServicer(names)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1,
+                                                                         {"ServerReflectionInfo": handler}),))

@@ -26,7 +26,11 @@ LIMIT_TRAILER = "parrot-limit"
 
 # Always open: probes and service discovery must work without a token.
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
-                 "/grpc.reflection.v1.ServerReflection/")
+                 "/grpc.reflection.v1.ServerReflection/", "/inference.GRPCInferenceService/ServerLive",
+                 "/inference.GRPCInferenceService/ServerReady", "/inference.GRPCInferenceService/ModelReady")
+
+#: Turns an error a third-party servicer raises into a ParrotError (None: not one it knows).
+ErrorTranslator = Callable[[BaseException], "ParrotError | None"]
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -120,12 +124,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_unary_rpc_method_handler(deny, None, handler.response_serializer)
 
 
-def error_mapping(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def error_mapping(handler: grpc.RpcMethodHandler, method: str,
+                  translate: ErrorTranslator | None = None) -> grpc.RpcMethodHandler:
     """``handler`` with ParrotError subclasses mapped to their status code (anything else to a
     bare INTERNAL), undecodable requests answered INVALID_ARGUMENT, and metrics and a log line
     per call. Applied once per method when a service is registered (``MappedRegistrar``): an
     interceptor does the same lookup work again on every RPC, a measurable share of a fast
-    backend's cost (bench/coordinator.py --part echo).
+    backend's cost (bench/coordinator.py --part echo). ``translate`` maps a third-party
+    servicer's own errors (KServe's) to ParrotErrors first.
     """
     service, name = _split(method)
 
@@ -134,7 +140,7 @@ def error_mapping(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethod
             t0 = time.monotonic()
             status: list[str] = ["OK"]
             try:
-                with _map_errors(context, service, name, status) as abort:
+                with _ErrorMapper(context, service, name, status, translate) as abort:
                     _check_decoded(request, service, name)
                     return await behavior(request, context)
                 await abort()
@@ -147,7 +153,7 @@ def error_mapping(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethod
             t0 = time.monotonic()
             status: list[str] = ["OK"]
             try:
-                with _map_errors(context, service, name, status) as abort:
+                with _ErrorMapper(context, service, name, status, translate) as abort:
                     _check_decoded(request, service, name)
                     async for item in behavior(request, context):
                         yield item
@@ -167,15 +173,16 @@ class MappedRegistrar:
     (the fast path); both get the wrapped handlers.
     """
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, translate: ErrorTranslator | None = None) -> None:
         self._server = server
+        self._translate = translate
         self.registered: list[str] = []
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         """Ignored: the same methods arrive in ``add_registered_method_handlers``, where they are wrapped."""
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        wrapped = {name: error_mapping(h, f"/{service}/{name}") for name, h in handlers.items()}
+        wrapped = {name: error_mapping(h, f"/{service}/{name}", self._translate) for name, h in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
         self._server.add_registered_method_handlers(service, wrapped)
         self.registered.append(service)
@@ -192,8 +199,10 @@ def _observe(service: str, name: str, code: str, t0: float) -> None:
 class _ErrorMapper:
     """Context manager: swallows the servicer's exception and remembers which status to abort with."""
 
-    def __init__(self, context: grpc.aio.ServicerContext, service: str, name: str, status: list[str]):
+    def __init__(self, context: grpc.aio.ServicerContext, service: str, name: str, status: list[str],
+                 translate: ErrorTranslator | None = None):
         self._context, self._service, self._name, self._status = context, service, name, status
+        self._translate = translate
         self._abort: tuple[grpc.StatusCode, str] | None = None
         self._limit: str | None = None
 
@@ -212,6 +221,8 @@ class _ErrorMapper:
         if isinstance(exc, BaseException) and not isinstance(exc, Exception):  # CancelledError
             self._status[0] = "CANCELLED"
             return False
+        if not isinstance(exc, ParrotError) and self._translate is not None:
+            exc = self._translate(exc) or exc
         if isinstance(exc, ParrotError):
             self._abort = (exc.code, str(exc))
             if isinstance(exc, LimitExceeded):
@@ -228,6 +239,3 @@ class _ErrorMapper:
                 self._context.set_trailing_metadata(((LIMIT_TRAILER, self._limit),))
             await self._context.abort(*self._abort)
 
-
-def _map_errors(context: grpc.aio.ServicerContext, service: str, name: str, status: list[str]) -> _ErrorMapper:
-    return _ErrorMapper(context, service, name, status)

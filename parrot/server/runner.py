@@ -56,8 +56,11 @@ class ModelServiceProcess:
 
     def __init__(self, config: ServeConfig) -> None:
         from parrot.backends import create_backend
-        from parrot.server.grpc_server import GrpcServer, GrpcService
-        from parrot.server.kserve_adapter import ParrotKServeModel, build_rest_server, fastapi_app, unary_rpcs
+        from parrot.server.grpc_server import GrpcServer, GrpcService, ServerTls
+        from parrot.server.http_surface import install as install_http_surface
+        from parrot.server.kserve_adapter import (ParrotKServeModel, as_parrot_error, build_rest_server, fastapi_app,
+                                                  inference_grpc_servicer, refuse_model_versions, unary_rpcs)
+        from kserve.protocol.grpc import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc  # after kserve_adapter's import
         from services.registry import SERVICES
 
         unknown = [s for s in config.services if s not in SERVICES]
@@ -77,19 +80,23 @@ class ModelServiceProcess:
             grpc_services.append(GrpcService(descriptor.full_name, servicer,
                                              getattr(pb2_grpc, f"add_{spec.service_name}Servicer_to_server")))
             self.kserve_models.append(ParrotKServeModel(name, unary_rpcs(servicer, descriptor, pb2), spec.default_method))
-        from parrot.server.grpc_server import ServerTls
-
         tls = ServerTls.from_files(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
+        self.rest = build_rest_server(self.kserve_models, config.host, config.http_port, config.grace_s, tls=tls)
+        # KServe's Open Inference Protocol over gRPC, on the parrot.v1 port, over the same models.
+        grpc_services.append(GrpcService(
+            grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            inference_grpc_servicer(self.rest), grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+            translate_errors=as_parrot_error))
         self.grpc = GrpcServer(grpc_services, host=config.host, port=config.grpc_port, auth_token=token,
                                max_message_bytes=config.max_message_bytes, tls=tls)
-        self.rest = build_rest_server(self.kserve_models, config.host, config.http_port, config.grace_s, tls=tls)
         app = fastapi_app()
-        if token:
-            _require_token_on_post(app, token)
+        install_http_surface(app, token)  # error map, auth on POSTs, cancel on hang-up, HTTP metrics
+        refuse_model_versions(app)
         if "responder" in self.servicers:
             from services.responder.openai_api import mount_openai_routes
 
-            mount_openai_routes(app, self.servicers["responder"], "responder")
+            mount_openai_routes(app, self.servicers["responder"], "responder",
+                                lambda: {m.name: m.ready for m in self.kserve_models})
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
@@ -120,13 +127,16 @@ class ModelServiceProcess:
 
     async def _load(self) -> None:
         t0 = time.monotonic()
+        loading_name = self.backend.model_name
         for name in self.config.services:
-            MODEL_READY.labels(self.backend.model_name, name).set(0)
+            MODEL_READY.labels(loading_name, name).set(0)
         self.backend.needs_scoring = "judge" in self.config.services
         await self.backend.load()
         for m in self.kserve_models:
             m.ready = True
         for name in self.config.services:
+            if loading_name != self.backend.model_name:  # the name is known only once loaded (llamacpp)
+                MODEL_READY.remove(loading_name, name)
             MODEL_READY.labels(self.backend.model_name, name).set(1)
         await self.grpc.set_serving(True)
         log.info("ready", extra={"services": list(self.config.services), "model": self.backend.model_name,
@@ -147,29 +157,6 @@ class ModelServiceProcess:
             load_task.cancel()
         await self.backend.close()
         log.info("stopped")
-
-
-def _require_token_on_post(app: Any, token: str) -> None:
-    """Bearer auth for inference over HTTP (every POST); GETs (health, readiness, metrics) stay open."""
-    import hmac
-
-    from fastapi.responses import JSONResponse
-
-    expected = token.encode()
-
-    from parrot.server.interceptors import auth_failed
-
-    @app.middleware("http")
-    async def bearer_auth(request: Any, call_next: Any) -> Any:
-        if request.method == "POST":  # answered before the body is read
-            header = request.headers.get("authorization")
-            supplied = header[len("Bearer "):].encode() if header and header.startswith("Bearer ") else b""
-            if not hmac.compare_digest(supplied, expected):
-                client = f"{request.client.host}:{request.client.port}" if request.client else ""
-                auth_failed("http", "missing" if header is None else "invalid", request.url.path, client)
-                return JSONResponse(status_code=401, content={"error": "missing or invalid bearer token"},
-                                    headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
 
 
 def serve(config: ServeConfig) -> int:
