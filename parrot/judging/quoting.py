@@ -67,13 +67,27 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"<{3,}"), "< < <"),
     (re.compile(r">{3,}"), "> > >"),
 )
+# Double brackets left after the markers are gone (a dangling "[[" the judge would complete) are
+# spaced apart, except where they open and close a list of lists, like [[1, 2], [3, 4]].
+_NESTED_LIST = re.compile(r"\[\[[^\[\]\n]*\](?:\s*,\s*\[[^\[\]\n]*\])+\]|\[\[[^\[\]\n]*,[^\[\]\n]*\]\]")
+_DOUBLE = re.compile(rf"({_OPEN})(?={_OPEN})|({_CLOSE})(?={_CLOSE})")
+
+
+def _space_double_brackets(text: str) -> str:
+    out, last = [], 0
+    for m in _NESTED_LIST.finditer(text):
+        out.append(_DOUBLE.sub(lambda d: (d.group(1) or d.group(2)) + " ", text[last:m.start()]))
+        out.append(m.group(0))
+        last = m.end()
+    out.append(_DOUBLE.sub(lambda d: (d.group(1) or d.group(2)) + " ", text[last:]))
+    return "".join(out)
 
 
 def neutralise(text: str) -> str:
     """``text`` with markers, control tokens and delimiters broken up (see the module doc)."""
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
-    return text
+    return _space_double_brackets(text)
 
 
 def quote_key(texts: Iterable[str]) -> str:
