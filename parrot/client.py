@@ -109,16 +109,19 @@ def sync_channel(target: str) -> grpc.Channel:
     return grpc.insecure_channel(target, options=channel_options())
 
 
-def rpc_error_text(e: grpc.RpcError) -> str:
-    """``CODE: details`` of a failed call, with a hint when a plain-text client met a TLS server
-    (grpc only says the socket closed)."""
-    code, details = e.code(), e.details() or ""
-    text = f"{code.name}: {details}"
-    if code == grpc.StatusCode.UNAVAILABLE and tls_credentials() is None and any(
+def plaintext_tls_hint(e: grpc.RpcError) -> str:
+    """What to set when a plain-text client met a TLS server (grpc only says the socket closed); ""."""
+    details = e.details() or ""
+    if e.code() == grpc.StatusCode.UNAVAILABLE and tls_credentials() is None and any(
             s in details for s in ("Socket closed", "Connection reset", "Stream removed", "handshake")):
-        text += (" (if the server serves TLS, this client spoke plain text: set PARROT_TLS_CA to the CA "
-                 "certificate, or PARROT_TLS=1 for the system's roots)")
-    return text
+        return (" (if the server serves TLS, this client spoke plain text: set PARROT_TLS_CA to the CA "
+                "certificate, or PARROT_TLS=1 for the system's roots)")
+    return ""
+
+
+def rpc_error_text(e: grpc.RpcError) -> str:
+    """``CODE: details`` of a failed call, with the plain-text-meets-TLS hint when it applies."""
+    return f"{e.code().name}: {e.details() or ''}{plaintext_tls_hint(e)}"
 
 
 def auth_metadata(token_env: str = "PARROT_AUTH_TOKEN") -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ sessions move to the next one. ``routing="round_robin"`` (and any DNS name) lets
 calls round-robin over the resolved addresses.
 
 Outages: when every endpoint of a role answers UNAVAILABLE (the service restarting, its node
-lost), the role is *down*. Its calls are then retried about once a second, without counting
+lost), the role is *down*. Its calls are then retried about twice a second, without counting
 attempts, until the service answers or the outage has lasted the run's outage budget; the
 executor is told (``on_down`` / ``on_up``) so that it starts no new conversation meanwhile.
 Other retryable failures (deadlines, full queues) use the attempt count and jittered backoff.
@@ -155,14 +155,13 @@ async def check_reachable(target: str, service: str, timeout_s: float = 5.0,
     """None when ``service`` answers its health check SERVING within the timeout, else why not."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from parrot.client import rpc_error_text
+    from parrot.client import plaintext_tls_hint
 
     async with open_channel(target, creds) as ch:
         try:
             r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
         except grpc.aio.AioRpcError as e:
-            hint = rpc_error_text(e).partition(" (if the server serves TLS")[2]
-            return f"{service} at {target} is unreachable: {e.code().name}" + (f" (if the server serves TLS{hint}" if hint else "")
+            return f"{service} at {target} is unreachable: {e.code().name}{plaintext_tls_hint(e)}"
         if r.status != health_pb2.HealthCheckResponse.SERVING:
             return f"{service} at {target} is not serving (status {health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)})"
     return None

@@ -51,6 +51,10 @@ def unit_key(run_id: str, index: int) -> str:
 STORE = "object store"  # the pause key of a store fault (the others are role names)
 
 
+def _utc(t: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
 def _cause_label(cause: str) -> str:
     return "object_store" if cause == STORE else "model_service"
 
@@ -222,9 +226,8 @@ class RunExecutor:
     def _role_down(self, role: str, cause: str) -> None:
         if self.run.state != cpb.RUN_STATE_RUNNING:
             return
-        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         budget = self.clients.retry.outage_budget_s
-        self._pause(role, f"{role} unavailable since {since} ({cause}); no new conversation starts, the ones in "
+        self._pause(role, f"{role} unavailable since {_utc()} ({cause}); no new conversation starts, the ones in "
                           f"flight are held and retried for up to {budget:g}s (spec.retry.outage_budget_s)")
         log.warning("model service down; run paused", extra={"run_id": self.run.id, "role": role})
         self.publish(cpb.RUN_EVENT_TYPE_PAUSED, message=self.run.message)
@@ -251,7 +254,7 @@ class RunExecutor:
             for role in [c for c in self._pauses if c != STORE]:
                 if self.clients.outage_s(role) > budget:
                     raise RunStopped(f"{role} unavailable for more than {budget:g}s (spec.retry.outage_budget_s; "
-                                     f"since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self._pauses[role][0]))})")
+                                     f"since {_utc(self._pauses[role][0])})")
 
     async def _load_done(self) -> None:
         """Reads the unit records already persisted (a resumed run) and recounts progress."""

@@ -65,9 +65,6 @@ async def run_coordinator(cfg: CoordinatorServeConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await grpc_server.start()
-    leftovers = await store.remove_leftovers("runs/")  # writes a crash cut short (the coordinator is their only writer)
-    if leftovers:
-        log.info("removed temporary files of interrupted writes", extra={"files": leftovers})
     resumed = await manager.resume_all()
     await grpc_server.set_serving(True)
     MODEL_READY.labels("coordinator", "coordinator").set(1)

@@ -96,15 +96,15 @@ class RunManager:
                 "judge": t.judge or self.config.judge, "baseline_responder": t.baseline_responder,
                 "second_judge": spec.evaluation.second_judge if spec.WhichOneof("kind") == "evaluation" else ""}
 
-    def _tokens(self, spec: cpb.RunSpec) -> dict[str, str | None]:
+    def _tokens(self, targets: dict[str, str]) -> dict[str, str | None]:
         """The bearer token for each role's target; PERMISSION_DENIED for a target the policy does not allow."""
-        return {role: self.targets.token_for(_target_field(role), target)
-                for role, target in self._targets(spec).items() if target}
+        return {role: self.targets.token_for(_target_field(role), target) for role, target in targets.items() if target}
 
     def _clients(self, spec: cpb.RunSpec) -> ModelClients:
         retry = Retry.from_policy(spec.retry, Retry(outage_budget_s=self.config.outage_budget_s))
-        tls = {role: self.targets.credentials_for(t) for role, t in self._targets(spec).items() if t}
-        return ModelClients(self._targets(spec), retry, self._tokens(spec), tls=tls,
+        targets = self._targets(spec)
+        tls = {role: self.targets.credentials_for(t) for role, t in targets.items() if t}
+        return ModelClients(targets, retry, self._tokens(targets), tls=tls,
                             on_retry=lambda stage, code: m.MODEL_RETRIES.labels(stage, code).inc(),
                             routing=self.config.routing)
 
@@ -120,7 +120,7 @@ class RunManager:
             check_common(spec, self.config.limits)  # malformed addresses are INVALID_ARGUMENT before any policy
             targets = self._targets(spec)
             kind = kind_of(spec)
-            self._tokens(spec)  # every named target allowed, before the coordinator contacts or reads anything
+            self._tokens(targets)  # every named target allowed, before the coordinator contacts or reads anything
             plan, inputs = await plan_run(spec, self.store, self.config.limits, self.inputs)
             if self.config.check_targets:
                 for role in _roles(kind, spec):
@@ -239,6 +239,11 @@ class RunManager:
                 continue
             if run.id in self.executors:
                 continue
+            # Writes a crash cut short left temporary files; only a run that was executing has any
+            # (the coordinator is their only writer), so finished runs are not walked at start-up.
+            leftovers = await self.store.remove_leftovers(f"{run_prefix(run.id)}/")
+            if leftovers:
+                log.info("removed temporary files of interrupted writes", extra={"run_id": run.id, "files": leftovers})
             try:
                 plan, _ = await plan_run(run.spec, self.store)
                 self._launch(run, plan)  # PERMISSION_DENIED if the target policy changed meanwhile
