@@ -119,27 +119,29 @@ def resolve_params(
     limits: InputLimits,
     field_name: str = "params",
 ) -> GenerationParams:
-    """Applies defaults and checks ranges of generation parameters."""
+    """Applies defaults and checks ranges of generation parameters. Errors name ``<field_name>.<param>``,
+    or the bare parameter when ``field_name`` is empty (a top-level field, as in an OpenAI request body)."""
+    at = (lambda name: f"{field_name}.{name}") if field_name else (lambda name: name)  # noqa: E731
     mt = default_max_tokens if not max_tokens else int(max_tokens)
     if mt > limits.max_new_tokens:
-        raise LimitExceeded(f"{field_name}.max_tokens", f"is {mt}; at most {limits.max_new_tokens} new tokens are allowed",
+        raise LimitExceeded(at("max_tokens"), f"is {mt}; at most {limits.max_new_tokens} new tokens are allowed",
                             "--max-new-tokens / PARROT_MAX_NEW_TOKENS")
     if mt < 1:
-        raise InvalidArgument(f"{field_name}.max_tokens", f"is {mt}; allowed range is 1..{limits.max_new_tokens} (0 = default)")
+        raise InvalidArgument(at("max_tokens"), f"is {mt}; allowed range is 1..{limits.max_new_tokens} (0 = default)")
     t = 0.0 if temperature is None else float(temperature)
     if not math.isfinite(t) or t < 0.0 or t > 2.0:
-        raise InvalidArgument(f"{field_name}.temperature", f"is {t}; allowed range is 0..2 (0 = greedy)")
+        raise InvalidArgument(at("temperature"), f"is {t}; allowed range is 0..2 (0 = greedy)")
     p = 1.0 if top_p is None else float(top_p)
     if not math.isfinite(p) or p <= 0.0 or p > 1.0:
-        raise InvalidArgument(f"{field_name}.top_p", f"is {p}; allowed range is (0, 1]")
+        raise InvalidArgument(at("top_p"), f"is {p}; allowed range is (0, 1]")
     stops = tuple(stop)
     if len(stops) > limits.max_stop_sequences:
-        raise InvalidArgument(f"{field_name}.stop", f"has {len(stops)} entries; at most {limits.max_stop_sequences} are allowed")
+        raise InvalidArgument(at("stop"), f"has {len(stops)} entries; at most {limits.max_stop_sequences} are allowed")
     for i, s in enumerate(stops):
         if not s or len(s) > limits.max_stop_chars:
-            raise InvalidArgument(f"{field_name}.stop[{i}]", f"must be 1..{limits.max_stop_chars} characters long")
+            raise InvalidArgument(at(f"stop[{i}]"), f"must be 1..{limits.max_stop_chars} characters long")
     if seed is not None and (seed < 0 or seed > MAX_SEED):
-        raise InvalidArgument(f"{field_name}.seed", f"is {seed}; allowed range is 0..{MAX_SEED}")
+        raise InvalidArgument(at("seed"), f"is {seed}; allowed range is 0..{MAX_SEED}")
     return GenerationParams(max_tokens=mt, temperature=t, top_p=p, stop=stops, seed=seed)
 
 

@@ -167,7 +167,7 @@ async def test_errors_are_mapped_and_the_connection_survives():
 
             for stream in (False, True):  # over --max-new-tokens: 400 naming the field, never retried 5xx/429
                 err = openai_error(await c.post("/v1/chat/completions", json=chat("hi", max_tokens=MAX_NEW + 1, stream=stream)), 400)
-                assert err["code"] == "limit_exceeded" and "max_tokens" in err["message"] and err["param"]
+                assert err["code"] == "limit_exceeded" and "max_tokens" in err["message"] and err["param"] == "max_tokens"
                 assert (await c.post("/v1/chat/completions", json=chat("hi"))).status_code == 200
             err = openai_error(await c.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
             assert err["type"] == "invalid_request_error"

@@ -100,7 +100,7 @@ def parse_chat_request(body: ChatCompletionIn, responder: ResponderService) -> t
         seed=body.seed,
         default_max_tokens=responder.config.default_max_tokens,
         limits=limits,
-        field_name="request",
+        field_name="",  # OpenAI's error objects name the body's own field: "param": "max_tokens"
     )
     return messages, params, prefill
 
