@@ -41,7 +41,7 @@ def load_examples(path: str, limit: int) -> list[Any]:
 
 def contexts(examples: list[Any], max_history_turns: int) -> list[tuple[str, list[Message], str]]:
     """(example id, context ending with an answer, the person's follow-up) per held-out example."""
-    from services.asker.training_data import example_to_conversation
+    from parrot.asking.training_data import example_to_conversation
 
     out = []
     for example in examples:

@@ -38,7 +38,7 @@ def computed_and_total(procs) -> tuple[float, float]:
 async def drive(target: str, routing: str, work: list[list[str]], max_tokens: int) -> float:
     from parrot.conversation import Message, Role
     from parrot.v1 import conversation_pb2 as cpb
-    from services.coordinator.clients import ModelClients, Retry
+    from parrot.model_clients import ModelClients, Retry
 
     clients = ModelClients({"responder": target}, Retry(), None, routing=routing)
     params = cpb.GenerationParams(max_tokens=max_tokens, temperature=0.0)

@@ -193,7 +193,7 @@ def serve_cmd(
     from parrot.backends import backend_config_class
     from parrot.conversation import InputLimits
     from parrot.errors import ConfigError, InvalidArgument
-    from parrot.server.runner import ServeConfig, serve
+    from services.model_server import ServeConfig, serve
 
     if backend == "auto":
         from parrot.engines.llamacpp import auto_backend
@@ -267,7 +267,7 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
                        input_roots: str = "", upstream_token_file: Optional[str] = None, target_tls: str = "") -> None:
 
     from parrot.errors import ConfigError
-    from parrot.server.runner import read_auth_token
+    from services.model_server import read_auth_token
     from services.coordinator.server import CoordinatorServeConfig, serve_coordinator
     from services.coordinator.service import CoordinatorConfig
 

@@ -56,7 +56,7 @@ def extend_cmd(
     setup_logging()
     from parrot.benchmarks.extend import ExtendConfig, ExtendIncomplete, extend_file, review_sheet
     from parrot.errors import ConfigError
-    from services.coordinator.clients import ModelClients, Retry, check_reachable
+    from parrot.model_clients import ModelClients, Retry, check_reachable
 
     sessions = _load(questions, fmt)
     sessions = sessions[:limit] if limit else sessions

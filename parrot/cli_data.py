@@ -64,7 +64,7 @@ def _read_conversations(path: str, fmt: str) -> list[Any]:
     try:
         if fmt == "asker":
             from parrot.conversation import Message
-            from services.asker.prompting import from_role_swapped
+            from parrot.asking.prompting import from_role_swapped
 
             rows = load_conversations_file(path, "messages")
             out: list[tuple[str, list[Message]]] = []
@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
         setup_logging()
         from parrot.datasets import DatasetError, dumps_jsonl, load_sharegpt_file
         from parrot.datasets.cleaning import CleaningConfig
-        from services.asker.training_data import AskerDataConfig, build_asker_dataset, split_holdout
+        from parrot.asking.training_data import AskerDataConfig, build_asker_dataset, split_holdout
 
         if not 0 <= holdout < 1:
             fail(f"--holdout is {holdout}; allowed 0 <= x < 1")

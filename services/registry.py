@@ -13,7 +13,7 @@ class ServiceSpec:
     name: str           # CLI and KServe model name: asker | responder | judge
     service_name: str   # proto service name within parrot.v1
     default_method: str  # the RPC KServe REST calls when the body names none
-    build: Callable[[Backend, Any], Any]  # (backend, parrot.server.runner.ServeConfig) -> servicer
+    build: Callable[[Backend, Any], Any]  # (backend, services.model_server.ServeConfig) -> servicer
     pb2: Callable[[], tuple[Any, Any]]  # (pb2 module, pb2_grpc module), imported lazily
 
 

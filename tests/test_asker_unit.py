@@ -15,7 +15,7 @@ from parrot.conversation import Conversation, GenerationParams, InputLimits, Mes
 from parrot.errors import ConfigError, InvalidArgument, LimitExceeded, Unavailable
 from parrot.protoconv import messages_to_pb
 from parrot.v1 import asker_pb2, conversation_pb2
-from services.asker.prompting import (
+from parrot.asking.prompting import (
     PROMPTED_PREFILL,
     PROMPTED_SYSTEM,
     clean_question,

@@ -10,7 +10,7 @@ import sys
 
 from parrot.conversation import Message, Role
 from parrot.datasets import ShareGPTRecord, dumps_jsonl
-from services.asker.training_data import build_asker_dataset
+from parrot.asking.training_data import build_asker_dataset
 from tests.conftest import REPO, requires_model
 
 U, A = Role.USER, Role.ASSISTANT

@@ -8,7 +8,7 @@ import pytest
 from parrot.conversation import Message, Role
 from parrot.server.grpc_server import GrpcServer, GrpcService
 from parrot.v1 import conversation_pb2, responder_pb2, responder_pb2_grpc
-from services.coordinator.clients import CallFailed, ModelClients, Retry
+from parrot.model_clients import CallFailed, ModelClients, Retry
 
 
 class Flaky(responder_pb2_grpc.ResponderServicer):
@@ -146,7 +146,7 @@ def session(i: int, turns: int) -> list[Message]:
 
 
 def test_replica_addresses_and_session_keys():
-    from services.coordinator.clients import replica_addresses, session_key
+    from parrot.model_clients import replica_addresses, session_key
 
     assert replica_addresses("ipv4:127.0.0.1:1,127.0.0.1:2") == ["127.0.0.1:1", "127.0.0.1:2"]
     assert replica_addresses("127.0.0.1:1") == replica_addresses("dns:///svc:50051") == []

@@ -27,8 +27,8 @@ from parrot.datasets.capo import (
 )
 from parrot.datasets.cleaning import CleaningConfig, CleaningReport, clean_conversations, clean_messages
 from parrot.datasets.conversations import detect_format, load_conversations
-from services.asker.prompting import from_role_swapped, to_role_swapped
-from services.asker.training_data import (
+from parrot.asking.prompting import from_role_swapped, to_role_swapped
+from parrot.asking.training_data import (
     AskerDataConfig,
     build_asker_dataset,
     example_to_conversation,

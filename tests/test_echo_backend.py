@@ -19,7 +19,7 @@ from parrot.backends.echo_backend import EchoBackend, EchoBackendConfig, apply_l
 from parrot.conversation import Conversation, GenerationParams, Message, Role
 from parrot.errors import ConfigError, InvalidArgument, NotReady
 from parrot.judging.scoring import PAIR_CONTINUATIONS, RATING_CONTINUATIONS, pair_from_logprobs, rating_from_logprobs
-from services.asker.prompting import normalize, rejection_reason
+from parrot.asking.prompting import normalize, rejection_reason
 from services.asker.service import AskerConfig, AskerService
 from tests.conftest import start_service
 

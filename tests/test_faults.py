@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from parrot.v1 import coordinator_pb2 as cpb
-from services.coordinator.clients import Retry
+from parrot.model_clients import Retry
 from tests.conftest import PARROT, REPO, ServiceProcess, free_port, start_service, terminate, wait_serving
 from tests.test_coordinator import (
     coord_stub,

@@ -21,7 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import REGISTRY
 
-from parrot.backends.base import GenerationRequest, create_backend
+from parrot.backends.base import GenerationRequest
+from parrot.backends.registry import create_backend
 from parrot.backends.http_common import PrefillStripper, RetryPolicy, iter_sse_data, parse_retry_after
 from parrot.backends.openai_backend import OpenAIBackend, OpenAIBackendConfig
 from parrot.backends.tgi_backend import TGIBackend, TGIBackendConfig

@@ -20,10 +20,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from parrot.backends.base import Backend, GenerationRequest, GenerationResult, StreamEvent, register_backend
+from parrot.backends.base import Backend, GenerationRequest, GenerationResult, StreamEvent
+from parrot.backends.registry import register_backend
 from parrot.conversation import InputLimits
 from parrot.errors import NotReady
-from parrot.server.runner import ModelServiceProcess, ServeConfig
+from services.model_server import ModelServiceProcess, ServeConfig
 from tests.conftest import free_port
 
 MAX_NEW = 400  # --max-new-tokens of the test servers

@@ -11,9 +11,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from parrot.backends.base import register_backend
+from parrot.backends.registry import register_backend
 from parrot.conversation import InputLimits
-from parrot.server.runner import ModelServiceProcess, ServeConfig
+from services.model_server import ModelServiceProcess, ServeConfig
 from parrot.v1 import conversation_pb2 as cpb, responder_pb2, responder_pb2_grpc
 from tests.conftest import PARROT, free_port
 from tests.fakes import ScriptedBackend

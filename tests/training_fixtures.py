@@ -8,7 +8,7 @@ from typing import Any
 
 from parrot.conversation import Message, Role
 from parrot.datasets import to_sharegpt_record
-from services.asker.prompting import to_role_swapped
+from parrot.asking.prompting import to_role_swapped
 
 TOPICS = [
     ("How do I sort a list in Python?", "Use sorted(xs) or xs.sort().", "And in reverse?", "Pass reverse=True."),

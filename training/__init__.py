@@ -3,5 +3,5 @@
 A checkpoint written here is a Hugging Face folder the model services load by path
 (`parrot serve responder --model <folder>`); an asker checkpoint marks itself with
 ``parrot_model.json`` = ``{"role": "asker"}`` and is trained on the role-swapped format of
-``services.asker.prompting.to_role_swapped``.
+``parrot.asking.prompting.to_role_swapped``.
 """

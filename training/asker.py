@@ -1,10 +1,10 @@
 """`parrot train asker`: Parrot-Ask, SFT on role-swapped chats with the loss on the user turns.
 
 Rows are ``{"id", "messages", "source"}`` in the format of
-``services.asker.prompting.to_role_swapped`` plus the target user turn as the final
+``parrot.asking.prompting.to_role_swapped`` plus the target user turn as the final
 ``assistant`` message; the loss is on that message (``--loss-on all``: on every user turn).
 The checkpoint's ``parrot_model.json`` says ``{"role": "asker"}``, so the asker service serves it
-with the role-swapped format (``services.asker.prompting.resolve_format``).
+with the role-swapped format (``parrot.asking.prompting.resolve_format``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from training.sft import chat_trainer
 
 
 def train(cfg: AskerConfig) -> TrainResult:
-    from services.asker.prompting import ASKER_ROLE, FORMAT_ROLE_SWAPPED
+    from parrot.asking.prompting import ASKER_ROLE, FORMAT_ROLE_SWAPPED
 
     def build(local: Path, state: RunState) -> tuple[Any, Any, dict[str, Any]]:
         examples = load_asker_examples(*read_input(cfg.dataset), loss_on=cfg.loss_on)

@@ -6,7 +6,7 @@ Formats (every problem raises ``DatasetError`` naming the file, the line and the
   JSONL; the coordinator's collection output is this format) or chat records
   ``{"id"?, "messages": [{"role", "content"}...]}``. The loss is on every assistant message.
 - **Asker**: JSONL rows ``{"id", "messages", "source"}``: the role-swapped chat of
-  ``services.asker.prompting.to_role_swapped`` followed by the target user turn as the final
+  ``parrot.asking.prompting.to_role_swapped`` followed by the target user turn as the final
   ``assistant`` message. The loss is on that final message (``loss_on="all"``: on every
   assistant message, i.e. every user turn of the original conversation).
 - **CaPO**: JSONL rows in TRL's conversational preference format: ``{"prompt": [messages],

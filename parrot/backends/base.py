@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar, Sequence, TypeVar
 
 from parrot.conversation import GenerationParams, Message
-from parrot.errors import InvalidArgument, Unsupported
+from parrot.errors import Unsupported
 
 T = TypeVar("T")
 
@@ -118,44 +118,3 @@ async def gather_all_or_cancel(coros: Sequence[Awaitable[T]]) -> list[T]:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-
-
-_REGISTRY: dict[str, tuple[type[Backend], type]] = {}
-
-
-def register_backend(name: str, config_cls: type) -> Callable[[type[Backend]], type[Backend]]:
-    """Class decorator: makes a backend available by name with its config dataclass."""
-
-    def wrap(cls: type[Backend]) -> type[Backend]:
-        cls.name = name
-        _REGISTRY[name] = (cls, config_cls)
-        return cls
-
-    return wrap
-
-
-def backend_names() -> list[str]:
-    _import_builtin_backends()
-    return sorted(_REGISTRY)
-
-
-def backend_config_class(name: str) -> type:
-    _import_builtin_backends()
-    if name not in _REGISTRY:
-        raise InvalidArgument("backend", f"unknown backend {name!r}; allowed: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name][1]
-
-
-def create_backend(name: str, config: Any = None, **overrides: Any) -> Backend:
-    """Builds a backend by name. ``config`` is its config dataclass (or None for defaults)."""
-    cfg_cls = backend_config_class(name)
-    cfg = config if config is not None else cfg_cls()
-    if overrides:
-        cfg = dataclasses.replace(cfg, **overrides)
-    return _REGISTRY[name][0](cfg)
-
-
-def _import_builtin_backends() -> None:
-    # Imported lazily so that `parrot --help` does not import torch.
-    from parrot.backends import (  # noqa: F401
-        echo_backend, engine_backend, openai_backend, tgi_backend, transformers_backend)

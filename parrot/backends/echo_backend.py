@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, AsyncIterator, Sequence
 
-from parrot.backends.base import Backend, GenerationRequest, GenerationResult, StreamEvent, register_backend
+from parrot.backends.base import Backend, GenerationRequest, GenerationResult, StreamEvent
 from parrot.conversation import Message
 from parrot.errors import ConfigError, InvalidArgument, NotReady
 from parrot.metrics import GENERATED_TOKENS, PROMPT_TOKENS, child
@@ -187,9 +187,10 @@ def apply_limits(text: str, max_tokens: int, stops: Sequence[str]) -> tuple[str,
     return text, finish
 
 
-@register_backend("echo", EchoBackendConfig)
 class EchoBackend(Backend):
     """Instant, deterministic replies with no model (see the module docstring)."""
+
+    name = "echo"
 
     supports_scoring = True
 

@@ -36,7 +36,6 @@ from parrot.backends.base import (
     GenerationResult,
     StreamEvent,
     gather_all_or_cancel,
-    register_backend,
 )
 from parrot.backends.http_common import (
     error_detail,
@@ -87,9 +86,10 @@ class EngineBackendConfig:
             raise ConfigError(f"engine top_logprobs is {self.top_logprobs}; allowed 1..20")
 
 
-@register_backend("engine", EngineBackendConfig)
 class EngineBackend(Backend):
     """Generation, streaming and judge scores through an engine's OpenAI-compatible API."""
+
+    name = "engine"
 
     supports_scoring = True  # per instance: False in 'parsed' mode (set in __init__)
 
@@ -400,9 +400,10 @@ class LlamaCppBackendConfig:
     timeout_s: float = field(default=300.0, metadata={"help": "Per-request timeout in seconds."})
 
 
-@register_backend("llamacpp", LlamaCppBackendConfig)
 class LlamaCppBackend(EngineBackend):
     """The ``engine`` backend on a ``llama-server`` it starts and stops itself."""
+
+    name = "llamacpp"
 
     def __init__(self, config: LlamaCppBackendConfig) -> None:
         super().__init__(EngineBackendConfig(base_url="http://127.0.0.1:0/v1", top_logprobs=config.top_logprobs,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from parrot.backends.base import register_backend
 from parrot.backends.http_common import ChatCompletionsBackend, HTTPClient, RetryPolicy, loggable_url, read_api_key
 from parrot.errors import InvalidArgument, Unavailable
 
@@ -45,9 +44,10 @@ class OpenAIBackendConfig:
     max_concurrency: int = field(default=16, metadata={"help": "Most requests in flight to the upstream at once."})
 
 
-@register_backend("openai", OpenAIBackendConfig)
 class OpenAIBackend(ChatCompletionsBackend):
     """Generation through an OpenAI-compatible chat completions API."""
+
+    name = "openai"
 
     supports_scoring = False
     stream_usage_option = True

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from parrot.backends.base import GenerationRequest, register_backend
+from parrot.backends.base import GenerationRequest
 from parrot.backends.http_common import ChatCompletionsBackend, HTTPClient, RetryPolicy, loggable_url
 from parrot.conversation import GenerationParams
 from parrot.errors import Unavailable, Unsupported
@@ -47,9 +47,10 @@ class TGIBackendConfig:
     max_concurrency: int = field(default=16, metadata={"help": "Most requests in flight to the server at once."})
 
 
-@register_backend("tgi", TGIBackendConfig)
 class TGIBackend(ChatCompletionsBackend):
     """Generation through a TGI server's OpenAI-compatible Messages API."""
+
+    name = "tgi"
 
     supports_scoring = False
     # Older TGI releases reject unknown request fields; usage is read whenever it is sent.

@@ -29,7 +29,6 @@ from parrot.backends.base import (
     GenerationRequest,
     GenerationResult,
     StreamEvent,
-    register_backend,
 )
 from parrot.backends.prefix_cache import PrefixCache, common_prefix_len
 from parrot.conversation import GenerationParams, Message
@@ -137,8 +136,8 @@ class _Row:
         return (self.prompt_ids + self.gen_ids)[: self.kv_len]
 
 
-@register_backend("transformers", TransformersBackendConfig)
 class TransformersBackend(Backend):
+    name = "transformers"
     supports_scoring = True
 
     def __init__(self, config: TransformersBackendConfig) -> None:

@@ -14,7 +14,7 @@ Formats (``CONVERSATION_FORMATS``; "auto" decides by the first record):
 
 Asker SFT examples (``parrot data asker``) are ``messages`` records in the role-swapped format;
 ``parrot data stats --format asker`` reads them back as the conversations they came from
-(``services.asker.training_data.example_to_conversation``).
+(``parrot.asking.training_data.example_to_conversation``).
 """
 
 from __future__ import annotations

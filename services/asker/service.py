@@ -27,7 +27,7 @@ from parrot.errors import ConfigError, InvalidArgument, Unavailable
 from parrot.metrics import STAGE_LATENCY, child
 from parrot.protoconv import conversation_from_pb, finish_reason_to_pb, params_from_pb, usage_to_pb
 from parrot.v1 import asker_pb2, asker_pb2_grpc
-from services.asker.prompting import (
+from parrot.asking.prompting import (
     FORMATS,
     AskerFormat,
     AskerPrompt,

@@ -28,7 +28,7 @@ from parrot.errors import ParrotError, Unavailable
 from parrot.metrics import child
 from parrot.storage import StorageError
 from services.coordinator import metrics as m
-from services.coordinator.clients import CallFailed, ModelClients
+from parrot.model_clients import CallFailed, ModelClients
 from services.coordinator.kinds import UnitContext, UnitFailed, collect_conversation, evaluate_question
 from services.coordinator.kinds import negatives_conversation
 from services.coordinator.spec import DEFAULT_CONCURRENCY, Plan

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from parrot.conversation import Message, Role
 from parrot.v1 import conversation_pb2, coordinator_pb2 as cpb, judge_pb2
-from services.coordinator.clients import CallFailed, ModelClients
+from parrot.model_clients import CallFailed, ModelClients
 
 EMPTY_ANSWER = "(empty answer)"
 

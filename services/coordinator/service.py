@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from parrot.errors import FailedPrecondition, InvalidArgument, NotFound, ParrotError, ResourceExhausted
 from parrot.v1 import coordinator_pb2 as cpb, coordinator_pb2_grpc
 from services.coordinator import metrics as m
-from services.coordinator.clients import ModelClients, Retry, check_reachable
+from parrot.model_clients import ModelClients, Retry, check_reachable
 from services.coordinator.executor import TERMINAL, RunExecutor, run_prefix
 from services.coordinator.spec import Plan, RunLimits, check_common, kind_of, plan_run
 

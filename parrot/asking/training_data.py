@@ -8,7 +8,7 @@ of a cleaned conversation (``parrot.datasets.cleaning``), the example is::
 
 * ``k`` is the 1-based index of the target among the conversation's user turns (2 = the second
   user turn), so ids are unique within a file.
-* ``messages`` is ``to_role_swapped(context)`` (``services/asker/prompting.py``: the exact format
+* ``messages`` is ``to_role_swapped(context)`` (``parrot/asking/prompting.py``: the exact format
   the asker service sends a trained checkpoint; user turns become ``assistant`` messages, answers
   become ``user`` messages, the conversation's own system message is dropped) followed by the
   target user turn as the final ``{"role": "assistant", ...}`` message. Ordinary SFT with the
@@ -46,7 +46,7 @@ from parrot.datasets.cleaning import (
     whitespace_tokens,
 )
 from parrot.datasets.errors import json_type
-from services.asker.prompting import from_role_swapped, to_role_swapped
+from parrot.asking.prompting import from_role_swapped, to_role_swapped
 
 EXAMPLE_DROP_REASONS: tuple[str, ...] = ("target_too_long", "too_long", "duplicate_example")
 

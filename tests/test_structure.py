@@ -1,0 +1,101 @@
+"""The import contract (issue 16): the library sits below the services and training.
+
+- ``parrot`` (outside its CLI modules, ``parrot/cli*.py``) never imports ``services``, ``training`` or
+  the CLI, not even inside a function;
+- a service never imports another service (``services/asker`` never imports ``services.judge``, ...);
+  only the composition roots, ``services/registry.py`` and ``services/model_server.py``, import them all;
+- ``training`` never imports ``services`` (the asker contract both use lives in ``parrot.asking``).
+
+Every import statement counts, at module level or inside a function, so a lazy import cannot hide a
+climb back up.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+
+ROOTS = ("services/registry.py", "services/model_server.py")
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module) of every import in ``path``, relative ones resolved."""
+    package = path.relative_to(REPO).with_suffix("").parts[:-1]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            out += [(node.lineno, module)] if node.module else [(node.lineno, f"{module}.{a.name}") for a in node.names]
+    return out
+
+
+def files(folder: str) -> list[Path]:
+    return sorted(p for p in (REPO / folder).rglob("*.py") if "v1" not in p.relative_to(REPO).parts[:2])
+
+
+def top(module: str, depth: int = 1) -> str:
+    return ".".join(module.split(".")[:depth])
+
+
+def is_cli(path: Path) -> bool:
+    rel = path.relative_to(REPO)
+    return rel.parts[0] == "parrot" and (rel.parts[1].startswith("cli") if len(rel.parts) > 1 else False)
+
+
+def test_the_library_never_imports_services_training_or_the_cli():
+    bad = [f"{p.relative_to(REPO)}:{line}: {m}" for p in files("parrot") if not is_cli(p)
+           for line, m in imports(p)
+           if top(m) in ("services", "training") or top(m, 2) == "parrot.cli" or m.startswith("parrot.cli_")]
+    assert not bad, "the library reaches up:\n" + "\n".join(bad)
+
+
+def test_services_never_import_each_other():
+    bad = []
+    for p in files("services"):
+        rel = p.relative_to(REPO)
+        if rel.as_posix() in ROOTS or len(rel.parts) < 3:
+            continue
+        own = f"services.{rel.parts[1]}"
+        bad += [f"{rel}:{line}: {m}" for line, m in imports(p)
+                if top(m) == "services" and top(m, 2) != own]
+    assert not bad, "a service imports another service:\n" + "\n".join(bad)
+
+
+def test_training_never_imports_services():
+    bad = [f"{p.relative_to(REPO)}:{line}: {m}" for p in files("training") for line, m in imports(p) if top(m) == "services"]
+    assert not bad, "training imports a service:\n" + "\n".join(bad)
+
+
+def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
+    """The contract would pass vacuously if the checker missed imports inside functions or relative ones."""
+    probe = REPO / "parrot" / "_probe_for_test_structure.py"
+    probe.write_text("def f():\n    from services.registry import SERVICES\n    from .cli import app\n")
+    try:
+        found = [m for _, m in imports(probe)]
+        assert found == ["services.registry", "parrot.cli"], found
+    finally:
+        probe.unlink()
+
+
+def test_backends_are_found_by_a_static_table_and_base_imports_none():
+    """``parrot.backends.registry.BUILTIN`` names every built-in backend; importing the interface or the
+    registry imports no backend (no import circle through base.py, no torch for `parrot --help`)."""
+    import subprocess
+    import sys
+
+    from parrot.backends.registry import BUILTIN, backend_config_class, create_backend
+
+    code = ("import sys, parrot.backends, parrot.backends.registry; "
+            "print(sorted(m for m in sys.modules if m.endswith('_backend') or m in ('torch', 'transformers')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    for name in BUILTIN:
+        assert create_backend.__module__ == "parrot.backends.registry"
+        cls_module, cls_name, _ = BUILTIN[name]
+        cls = getattr(__import__(cls_module, fromlist=[cls_name]), cls_name)
+        assert cls.name == name and backend_config_class(name).__module__ == cls_module
