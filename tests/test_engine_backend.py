@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from parrot.backends.base import GenerationRequest
-from parrot.backends.engine_backend import (
+from parrot.backends.http.engine_backend import (
     EngineBackend,
     EngineBackendConfig,
     LlamaCppBackend,
@@ -135,7 +135,7 @@ async def test_asker_writes_distinct_candidates(llama):
 @requires_llama_server
 async def test_rating_scores_agree_with_the_in_process_engine(llama):
     """The engine's top-k rating distribution matches the transformers backend's exact one."""
-    from parrot.backends.transformers_backend import TransformersBackend, TransformersBackendConfig
+    from parrot.backends.transformers.backend import TransformersBackend, TransformersBackendConfig
 
     judge = msgs((Role.SYSTEM, "You are a strict judge. Rate the answer from 1 to 10."),
                  (U, "Question: What is the capital of France?\nAnswer: Paris is the capital of France."))
@@ -314,7 +314,7 @@ def test_parse_top_logprobs_both_shapes():
 
 
 def test_dtype_auto_follows_the_hardware(monkeypatch):
-    from parrot.backends import transformers_backend as tb
+    from parrot.backends.transformers import backend as tb
 
     assert tb.resolve_dtype("auto", "cuda") == "bfloat16"
     monkeypatch.setattr(tb, "native_bf16", lambda: False)

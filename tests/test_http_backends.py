@@ -23,9 +23,10 @@ from prometheus_client import REGISTRY
 
 from parrot.backends.base import GenerationRequest
 from parrot.backends.registry import create_backend
-from parrot.backends.http_common import PrefillStripper, RetryPolicy, iter_sse_data, parse_retry_after
-from parrot.backends.openai_backend import OpenAIBackend, OpenAIBackendConfig
-from parrot.backends.tgi_backend import TGIBackend, TGIBackendConfig
+from parrot.backends.http.chat_completions import PrefillStripper
+from parrot.backends.http.client import RetryPolicy, iter_sse_data, parse_retry_after
+from parrot.backends.http.openai_backend import OpenAIBackend, OpenAIBackendConfig
+from parrot.backends.http.tgi_backend import TGIBackend, TGIBackendConfig
 from parrot.conversation import GenerationParams, Message, Role
 from parrot.errors import ConfigError, DeadlineExceeded, InvalidArgument, Unavailable, Unsupported
 

@@ -367,7 +367,7 @@ async def test_open_inference_protocol_grpc_metadata_and_reflection_v1():
 def test_queue_depth_is_read_when_scraped():
     """parrot_queue_depth is what waits now (inbox + taken by the worker, not yet in a slot), not the
     value at the last event: it drops to 0 as soon as the queue drains."""
-    from parrot.backends.transformers_backend import TransformersBackend, TransformersBackendConfig
+    from parrot.backends.transformers.backend import TransformersBackend, TransformersBackendConfig
 
     b = TransformersBackend(TransformersBackendConfig(model="qd-test"))
     b.watch_queue_depth()

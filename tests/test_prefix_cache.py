@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from parrot.backends.prefix_cache import PrefixCache, common_prefix_len
+from parrot.backends.transformers.prefix_cache import PrefixCache, common_prefix_len
 
 
 @pytest.mark.parametrize("a,b,n", [

@@ -1,4 +1,4 @@
-"""Ragged steps (parrot.backends.ragged) on a tiny random Llama: packed rows, segments and
+"""Ragged steps (parrot.backends.transformers.ragged) on a tiny random Llama: packed rows, segments and
 continuation trees give the logits of ordinary one-sequence forward passes; the KV slots keep
 their contents through growth and copies; packed CPU linear layers match nn.Linear."""
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from parrot.backends import cpu_linear
-from parrot.backends.ragged import ContinuationTree, Segment, SlotCache, build_plan, install
+from parrot.backends.transformers import cpu_linear
+from parrot.backends.transformers.ragged import ContinuationTree, Segment, SlotCache, build_plan, install
 
 NO_MASK = torch.ones((1, 1, 1, 1), dtype=torch.bool)
 

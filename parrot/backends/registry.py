@@ -18,11 +18,11 @@ from parrot.errors import InvalidArgument
 # name -> (module, backend class, config dataclass)
 BUILTIN: dict[str, tuple[str, str, str]] = {
     "echo": ("parrot.backends.echo_backend", "EchoBackend", "EchoBackendConfig"),
-    "engine": ("parrot.backends.engine_backend", "EngineBackend", "EngineBackendConfig"),
-    "llamacpp": ("parrot.backends.engine_backend", "LlamaCppBackend", "LlamaCppBackendConfig"),
-    "openai": ("parrot.backends.openai_backend", "OpenAIBackend", "OpenAIBackendConfig"),
-    "tgi": ("parrot.backends.tgi_backend", "TGIBackend", "TGIBackendConfig"),
-    "transformers": ("parrot.backends.transformers_backend", "TransformersBackend", "TransformersBackendConfig"),
+    "engine": ("parrot.backends.http.engine_backend", "EngineBackend", "EngineBackendConfig"),
+    "llamacpp": ("parrot.backends.http.engine_backend", "LlamaCppBackend", "LlamaCppBackendConfig"),
+    "openai": ("parrot.backends.http.openai_backend", "OpenAIBackend", "OpenAIBackendConfig"),
+    "tgi": ("parrot.backends.http.tgi_backend", "TGIBackend", "TGIBackendConfig"),
+    "transformers": ("parrot.backends.transformers.backend", "TransformersBackend", "TransformersBackendConfig"),
 }
 _ADDED: dict[str, tuple[type[Backend], type]] = {}
 

@@ -2,7 +2,7 @@
 
 vLLM, KServe's Hugging Face runtime (OpenAI route) and hosted APIs such as GPT-4 judges.
 Plain ``httpx`` rather than the ``openai`` package, so that retries, timeouts and error
-mapping are ours (see ``parrot.backends.http_common``).
+mapping are ours (see ``parrot.backends.http.client`` and ``chat_completions``).
 
 Prefill follows vLLM's convention: the prefill is sent as a final assistant message with
 ``continue_final_message: true`` and ``add_generation_prompt: false``; our own responder's
@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from parrot.backends.http_common import ChatCompletionsBackend, HTTPClient, RetryPolicy, loggable_url, read_api_key
+from parrot.backends.http.chat_completions import ChatCompletionsBackend
+from parrot.backends.http.client import HTTPClient, RetryPolicy, loggable_url, read_api_key
 from parrot.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)

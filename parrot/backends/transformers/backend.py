@@ -4,7 +4,7 @@ One worker thread loads and owns the model (all torch work on one thread: with t
 on a helper thread, the batcher's packed steps took twice as long on the 2-core machine).
 Requests from any number of coroutines go into a queue. Every step the worker admits waiting
 requests into free *slots* of its KV buffers and runs **one** forward pass for all rows together
-(``parrot.backends.ragged``): one token for each decoding row, plus the new part of each admitted
+(``parrot.backends.transformers.ragged``): one token for each decoding row, plus the new part of each admitted
 prompt (whatever the prefix cache or a row being decoded cannot supply, in chunks of at most
 ``prefill_chunk_tokens`` per step), plus the scored prefix and rating continuations of judge
 rows that finished their explanation. It then samples one token per row with that row's own
@@ -30,7 +30,7 @@ from parrot.backends.base import (
     GenerationResult,
     StreamEvent,
 )
-from parrot.backends.prefix_cache import PrefixCache, common_prefix_len
+from parrot.backends.transformers.prefix_cache import PrefixCache, common_prefix_len
 from parrot.conversation import GenerationParams, Message
 from parrot.errors import InvalidArgument, NotReady, ResourceExhausted
 from parrot.metrics import (
@@ -190,8 +190,8 @@ class TransformersBackend(Backend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from parrot.backends import ragged
-        from parrot.backends.cpu_linear import pack_linear_layers
+        from parrot.backends.transformers import ragged
+        from parrot.backends.transformers.cpu_linear import pack_linear_layers
         from parrot.modelstore import BUNDLED_DIRNAME, BUNDLED_NAME, resolve_model
 
         t0 = time.monotonic()
@@ -283,7 +283,7 @@ class TransformersBackend(Backend):
 
     def _tree(self, continuations: Sequence[str]) -> Any:
         """The continuation tree for these strings (cached: a judge scores the same labels every time)."""
-        from parrot.backends.ragged import ContinuationTree
+        from parrot.backends.transformers.ragged import ContinuationTree
 
         if not continuations:
             raise InvalidArgument("continuations", "is empty")
@@ -505,7 +505,7 @@ class TransformersBackend(Backend):
         """One forward pass for every admitted row, then sampling, scoring and retiring."""
         import torch
 
-        from parrot.backends.ragged import Segment, build_plan
+        from parrot.backends.transformers.ragged import Segment, build_plan
 
         t0 = time.monotonic()
         self._drop_cancelled()

@@ -2,7 +2,7 @@
 
 TGI serves OpenAI-compatible chat at ``{url}/v1/chat/completions`` (applying the model's
 chat template), so this backend shares the HTTP, retry and SSE code of the ``openai``
-backend (``parrot.backends.http_common``). TGI's Messages API cannot continue a partial
+backend (``parrot.backends.http.chat_completions``). TGI's Messages API cannot continue a partial
 assistant message, so prefill is refused with ``Unsupported``.
 """
 
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parrot.backends.base import GenerationRequest
-from parrot.backends.http_common import ChatCompletionsBackend, HTTPClient, RetryPolicy, loggable_url
+from parrot.backends.http.chat_completions import ChatCompletionsBackend
+from parrot.backends.http.client import HTTPClient, RetryPolicy, loggable_url
 from parrot.conversation import GenerationParams
 from parrot.errors import Unavailable, Unsupported
 

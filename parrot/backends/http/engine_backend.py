@@ -37,14 +37,8 @@ from parrot.backends.base import (
     StreamEvent,
     gather_all_or_cancel,
 )
-from parrot.backends.http_common import (
-    error_detail,
-    finish_reason,
-    loggable_url,
-    read_api_key,
-    sampling_fields,
-    strip_prefill,
-)
+from parrot.backends.http.chat_completions import finish_reason, sampling_fields, strip_prefill
+from parrot.backends.http.client import error_detail, loggable_url, read_api_key
 from parrot.conversation import Message, Role
 from parrot.engines.llamacpp import DEFAULT_GGUF_TYPE, GGUF_TYPES, LlamaServer, LlamaServerSettings
 from parrot.errors import ConfigError, InvalidArgument, Unavailable
