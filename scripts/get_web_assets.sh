@@ -2,7 +2,8 @@
 # Fetches the charting library of the coordinator's run browser: uPlot (MIT, ~50 KB minified),
 # pinned to one version and checked against its npm integrity hash, into
 # services/coordinator/web/static/vendor/ (ignored by git; served with the page, no CDN at run
-# time). Uses `npm pack` when npm is present, else curl from the npm registry.
+# time). Uses `npm pack` when npm is present, else Python's urllib against the npm registry;
+# the tarball's sha512 is checked either way.
 # Idempotent: does nothing when the pinned version is already there.
 # Usage: scripts/get_web_assets.sh
 set -euo pipefail
@@ -23,14 +24,16 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 tarball="$tmp/uplot-$VERSION.tgz"
+PY=${PARROT_PYTHON:-python3}
 if command -v npm >/dev/null 2>&1; then
   log "npm pack uplot@$VERSION"
   (cd "$tmp" && npm pack --silent "uplot@$VERSION" >/dev/null)
-else
+else  # no npm (a slim image): the same tarball from the registry
   log "downloading uplot-$VERSION.tgz from registry.npmjs.org"
-  curl -fsSL --retry 3 -o "$tarball" "https://registry.npmjs.org/uplot/-/uplot-$VERSION.tgz"
+  "$PY" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+    "https://registry.npmjs.org/uplot/-/uplot-$VERSION.tgz" "$tarball"
 fi
-got="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
+got=$("$PY" -c 'import base64, hashlib, sys; print("sha512-" + base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$tarball")
 if [ "$got" != "$INTEGRITY" ]; then
   log "error: uplot-$VERSION.tgz has integrity $got, expected $INTEGRITY" >&2
   exit 1
