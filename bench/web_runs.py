@@ -28,9 +28,9 @@ def _questions(n: int, turns: int) -> list[dict[str, Any]]:
 
 async def write_eval_run(store_url: str, n: int = 20, turns: int = 4, seed: int = 0, offset: float = 0.0,
                          model_id: str = "synthetic", name: str = "synthetic", run_id: str | None = None,
-                         failed: int = 0) -> str:
+                         failed: int = 0, judged: bool = True) -> str:
     """Writes one succeeded evaluation run of ``n`` conversations; returns its id. The last
-    ``failed`` conversations are recorded as failed."""
+    ``failed`` conversations are recorded as failed; ``judged=False`` leaves every turn ungraded."""
     from parrot.storage import open_store
     from parrot.v1 import coordinator_pb2 as cpb
     from services.coordinator.executor import run_prefix, unit_key
@@ -63,7 +63,7 @@ async def write_eval_run(store_url: str, n: int = 20, turns: int = 4, seed: int 
                 "judgments": [{"turn": t, "score": s, "explanation": f"Rated {s:g}: synthetic judgment of turn {t}.",
                                "raw_output": f"Rating: [[{s:g}]]", "prompt_name": "single-v1-multi-turn",
                                "judge_model": "synthetic-judge", "method": "SCORE_METHOD_PARSED", "reference": ""}
-                              for t, s in enumerate(scores, 1)],
+                              for t, s in enumerate(scores, 1)] if judged else [],
                 "turns": turns, "tokens": 10 * turns, "judge_failures": 0,
                 "metadata": {"question_id": unit["question_id"], "category": unit["category"], "models": {}}}}
     sem = asyncio.Semaphore(64)

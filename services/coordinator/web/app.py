@@ -301,7 +301,7 @@ class WebUI:
         return await stream_runs(request, self.manager, self.stopping)
 
 
-async def _no_content() -> web.Response:
+async def _no_content(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
@@ -323,5 +323,5 @@ def build_app(manager: Any, config: WebConfig, auth_token: str | None, tls: bool
     ui = WebUI(manager, config, auth_token, tls)
     app = ui.app()
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/favicon.ico", lambda request: _no_content())
+    app.router.add_get("/favicon.ico", _no_content)
     return app, ui
