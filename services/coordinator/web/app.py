@@ -20,7 +20,7 @@ from parrot.storage import StorageError
 from services.coordinator.web import WebConfig
 from services.coordinator.web.auth import TokenAuth, safe_next, same_origin
 from services.coordinator.web.events import stream_runs
-from services.coordinator.web.runs import Filters, IndexCache, active_rows, list_runs, run_row, state_name, unit_record
+from services.coordinator.web.runs import Filters, IndexCache, Lru, finished_key, active_rows, list_runs, run_row, state_name, unit_record
 from services.coordinator.web import views
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class WebUI:
         self.tls = tls
         self.env = _templates()
         self.indexes = IndexCache(config.index_cache_runs)
+        self.views = Lru(4 * config.index_cache_runs)  # run pages and comparisons of finished runs
         self.stopping = asyncio.Event()
 
     # ---- plumbing -----------------------------------------------------------------------
@@ -194,10 +195,12 @@ class WebUI:
         run = await self._run(request)
         row = run_row(run)
         kind = row["kind"]
-        if kind == "evaluation":
-            body = await self.store(views.evaluation_view(self.manager.store, run))
+        build = views.evaluation_view if kind == "evaluation" else views.dataset_view
+        key = finished_key(self.manager, run)
+        if key is None:
+            body = await self.store(build(self.manager.store, run))
         else:
-            body = await self.store(views.dataset_view(self.manager.store, run))
+            body = await self.store(self.views.get(("run", key), lambda: build(self.manager.store, run)))
         return self.render(request, "run.html", run=row, body=body, title=run.id,
                            resumable=state_name(run.state) in ("failed", "cancelled", "succeeded"))
 
@@ -205,7 +208,7 @@ class WebUI:
         run = await self._run(request)
         filters = Filters.parse(request.query)
         page, size = self._page(request), self.config.page_size
-        index = await self.store(self.indexes.get(self.manager, run))
+        index = await self.store(self.indexes.get_index(self.manager, run))
         matched = [r for r in index.rows if filters.keep(r, index.units[r.index])]
         rows = views.page_rows(index, matched[page * size:(page + 1) * size])
         log.debug("conversations page", extra={"run_id": run.id, "rows": len(index.rows), "matched": len(matched)})
@@ -220,7 +223,7 @@ class WebUI:
             i = int(request.match_info["index"])
         except ValueError:
             raise NotFound(f"no conversation {request.match_info['index']!r} in run {run.id}") from None
-        index = await self.store(self.indexes.get(self.manager, run))
+        index = await self.store(self.indexes.get_index(self.manager, run))
         if not 0 <= i < len(index.units):
             raise NotFound(f"run {run.id} has conversations 0..{len(index.units) - 1}; there is no {i}")
         rec = await self.store(unit_record(self.manager, run.id, i))
@@ -238,10 +241,18 @@ class WebUI:
             choices = [r for r in rows if r["kind"] == "evaluation" and r["state"] == "succeeded"]
             return self.render(request, "compare.html", view=None, choices=choices, title="Compare runs",
                                a_id=a_id, b_id=b_id)
-        a, b = await self.store(load_run(self.manager.store, a_id)), await self.store(load_run(self.manager.store, b_id))
-        run_a = await self.store(self.manager.get(a_id))
-        index_a = await self.store(self.indexes.get(self.manager, run_a))
-        view = views.compare_view(a, b, index_a)
+        run_a, run_b = await self.store(self.manager.get(a_id)), await self.store(self.manager.get(b_id))
+
+        async def build() -> dict[str, Any]:
+            a, b = await load_run(self.manager.store, a_id), await load_run(self.manager.store, b_id)
+            index_a = await self.indexes.get_index(self.manager, run_a)
+            return await asyncio.to_thread(views.compare_view, a, b, index_a)  # keeps the event loop free
+
+        key_a, key_b = finished_key(self.manager, run_a), finished_key(self.manager, run_b)
+        if key_a is None or key_b is None:
+            view = await self.store(build())
+        else:
+            view = await self.store(self.views.get(("compare", key_a, key_b), build))
         return self.render(request, "compare.html", view=view, choices=[], title=f"Compare {a_id} and {b_id}",
                            a_id=a_id, b_id=b_id)
 

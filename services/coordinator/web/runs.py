@@ -14,7 +14,7 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from google.protobuf import json_format
 
@@ -163,28 +163,44 @@ def _apply_record(row: ConvRow, rec: dict[str, Any]) -> None:
         row.turns = max(row.turns, data["turns"])
 
 
-class IndexCache:
-    """The conversation index of the few finished runs looked at last."""
+class Lru:
+    """What the pages computed from finished runs, kept for the few runs looked at last; a key names
+    the run's state and finish time, so a resumed run's new outputs are never served stale."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[str, RunIndex] = OrderedDict()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._locks: dict[Any, asyncio.Lock] = {}
 
-    async def get(self, manager: Any, run: cpb.Run) -> RunIndex:
-        if run.state not in TERMINAL or run.id in manager.executors:
-            return await build_index(manager, run)
-        lock = self._locks.setdefault(run.id, asyncio.Lock())
-        async with lock:
-            if run.id in self._items:
-                self._items.move_to_end(run.id)
-                return self._items[run.id]
-            index = await build_index(manager, run)
-            self._items[run.id] = index
+    async def get(self, key: Any, build: Callable[[], Awaitable[Any]]) -> Any:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:  # one build per key, however many requests wait for it
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            value = await build()
+            self._items[key] = value
             while len(self._items) > self.size:
                 old, _ = self._items.popitem(last=False)
                 self._locks.pop(old, None)
-            return index
+            return value
+
+
+def finished_key(manager: Any, run: cpb.Run) -> tuple[str, int, float] | None:
+    """The cache key of a run that ended and is not executing here; None for one that may still change."""
+    if run.state not in TERMINAL or run.id in manager.executors:
+        return None
+    return (run.id, run.state, run.finished_at)
+
+
+class IndexCache(Lru):
+    """The conversation index of the few finished runs looked at last."""
+
+    async def get_index(self, manager: Any, run: cpb.Run) -> RunIndex:
+        key = finished_key(manager, run)
+        if key is None:
+            return await build_index(manager, run)
+        return await self.get(key, lambda: build_index(manager, run))
 
 
 async def build_index(manager: Any, run: cpb.Run) -> RunIndex:
