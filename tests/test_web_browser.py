@@ -280,6 +280,36 @@ def test_collection_dataset_highlights_context_dependent_follow_ups(stack, brows
     no_js_errors(browser)
 
 
+def test_negatives_dataset_shows_chosen_beside_each_rejected_answer(stack, browser):
+    from tests.test_negatives import CONVERSATIONS, negatives_spec
+
+    stub = stack["stub"]
+    run_id = stub.StartRun(cpb.StartRunRequest(spec=negatives_spec()), metadata=MD, timeout=30).id
+    wait_state(stub, run_id, cpb.RUN_STATE_SUCCEEDED)
+    results = stub.GetRunResults(cpb.GetRunResultsRequest(run_id=run_id, include_content=True), metadata=MD, timeout=30)
+    rows = [json.loads(line) for line in {a.name: a.content for a in results.artifacts}["preferences.jsonl"].splitlines()]
+    browser.get(stack["url"] + "/ui/?kind=negatives")
+    assert css(browser, f"#run-{run_id}")
+    browser.get(stack["url"] + f"/ui/runs/{run_id}/conversations")
+    count = int(by_id(browser, "matched").text.split(" of ")[0])
+    shown, total = [], 0
+    for i in range(count):
+        browser.get(stack["url"] + f"/ui/runs/{run_id}/conversations/{i}")
+        source_id = browser.title.split(": conversation ")[1].split(" ·")[0]
+        shown.append(source_id)
+        mine = [r for r in rows if r["source_id"] == source_id]
+        pairs = css(browser, "div.pair")
+        assert len(pairs) == len(mine), source_id
+        total += len(pairs)
+        for pair, row in zip(pairs, mine):
+            assert pair.find_element("css selector", ".chosen pre").text == row["chosen"][-1]["content"].strip()
+            assert pair.find_element("css selector", ".rejected pre").text == row["rejected"][-1]["content"].strip()
+            assert row["strategy"] in pair.find_element("css selector", ".pair-head").text
+    assert set(shown) <= {c["id"] for c in CONVERSATIONS}
+    assert rows and total == len(rows)  # every preference pair of the output is on a page
+    no_js_errors(browser)
+
+
 def test_unknown_run_is_a_404_page(stack, browser):
     browser.get(stack["url"] + "/ui/runs/run-20990101-000000-ffffff")
     assert by_id(browser, "error-title").text.startswith("404")

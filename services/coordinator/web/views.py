@@ -152,10 +152,10 @@ def _pair(p: dict[str, Any]) -> dict[str, Any]:
 
 def compare_view(a: Any, b: Any, index_a: RunIndex | None) -> dict[str, Any]:
     """Two evaluation runs (RunData): per-turn means and deltas, per category, the session turns that differ most."""
-    from parrot.reports.build import _by_item, build_report, per_turn_series
+    from parrot.reports.build import scores_by_session_turn, build_report, per_turn_series
 
     report = build_report([a, b])
-    items_a, items_b = _by_item(a), _by_item(b)
+    items_a, items_b = scores_by_session_turn(a), scores_by_session_turn(b)
     common = sorted(set(items_a) & set(items_b))
     if not common:
         raise FailedPrecondition(f"runs {a.run_id} and {b.run_id} share no graded session turn; compare runs "
@@ -169,6 +169,7 @@ def compare_view(a: Any, b: Any, index_a: RunIndex | None) -> dict[str, Any]:
     mean_a, mean_b = dict(zip(sa["turn"], sa["mean"])), dict(zip(sb["turn"], sb["mean"]))
     deltas = [{"turn": t, "a": mean_a.get(t), "b": mean_b.get(t),
                "delta": None if mean_a.get(t) is None or mean_b.get(t) is None else mean_b[t] - mean_a[t]} for t in turns]
-    return {"a": a, "b": b, "deltas": deltas, "differ": diffs[:TOP_DIFFERENCES], "common": len(common),
+    # Only labels are kept of the runs (a comparison is cached; their score lists are not).
+    return {"a": {"run_id": a.run_id, "label": a.label}, "b": {"run_id": b.run_id, "label": b.label}, "deltas": deltas, "differ": diffs[:TOP_DIFFERENCES], "common": len(common),
             "chart": {"a": sa, "b": sb, "labels": [a.label, b.label]},
             "sections": sections_dict(report, {"Runs", "Per category", "Instruction following per turn"})}
