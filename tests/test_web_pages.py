@@ -185,3 +185,27 @@ async def test_actions_refuse_a_cross_site_origin(web):
     assert r.status == 403
     r = await web.post(f"/ui/runs/{A}/resume", headers=BEARER, allow_redirects=False)
     assert r.status == 409 and "only failed or cancelled runs can be resumed" in await r.text()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_the_http_port_serves_the_page_only_when_enabled(runs, enabled):
+    """--no-web: the HTTP port is prometheus_client's server again (/metrics alone); --web: aiohttp with both."""
+    import httpx
+
+    from parrot.client import free_port
+    from services.coordinator.server import CoordinatorServeConfig, _HttpPort
+
+    port = free_port()
+    manager = RunManager(open_store(runs), CoordinatorConfig(store_url=runs, check_targets=False))
+    cfg = CoordinatorServeConfig(coordinator=manager.config, host="127.0.0.1", http_port=port, auth_token=TOKEN,
+                                 web=WebConfig(enabled=enabled))
+    http = _HttpPort(cfg, manager)
+    await http.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            assert (await client.get("/metrics")).status_code == 200
+            page = await client.get("/ui/", headers=BEARER)
+            # prometheus_client's server answers every path with the metrics: no page there
+            assert ('id="runs"' in page.text) is enabled and ("parrot_" in page.text) is not enabled
+    finally:
+        await http.stop()
