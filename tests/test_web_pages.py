@@ -133,6 +133,15 @@ async def test_store_outage_is_a_banner_not_a_trace(web):
     assert status == 200
 
 
+async def test_runs_are_listed_by_kind(web):
+    status, html = await get(web, "/ui/?kind=evaluation")
+    assert status == 200 and "3 evaluation runs" in html and all(f'id="run-{r}"' in html for r in (A, B, NOJUDGE))
+    status, html = await get(web, "/ui/?kind=collection")
+    assert status == 200 and "0 collection runs" in html and 'id="run-' not in html
+    status, html = await get(web, "/ui/?kind=bogus")
+    assert status == 400 and "allowed evaluation, collection, negatives" in html
+
+
 async def test_conversations_are_paged_and_filtered_on_the_server(web):
     status, html = await get(web, f"/ui/runs/{A}/conversations")
     assert status == 200 and "120 of 120 conversations" in html and "page 1 of 3" in html

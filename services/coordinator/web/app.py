@@ -167,15 +167,16 @@ class WebUI:
     async def runs_page(self, request: web.Request) -> web.Response:
         page, size = self._page(request), self.config.page_size
         kind = request.query.get("kind", "")
+        if kind not in ("", "evaluation", "collection", "negatives"):
+            raise InvalidArgument("kind", f"{kind!r}; allowed evaluation, collection, negatives")
         try:
-            rows, total = await self.store(list_runs(self.manager, page, size))
+            rows, total = await self.store(list_runs(self.manager, page, size, kind))
             banner = None
         except StoreDown as e:
             rows, total = active_rows(self.manager), len(self.manager.executors)
             banner = (f"The object store is not answering ({_clip(str(e))}); showing only the runs executing in this "
                       "coordinator.")
-        if kind:
-            rows = [r for r in rows if r["kind"] == kind]
+            rows = [r for r in rows if not kind or r["kind"] == kind]
         return self.render(request, "runs.html", status=503 if banner else 200, rows=rows, total=total, page=page + 1,
                            pages=max(1, -(-total // size)), banner=banner, kind=kind,
                            title="Datasets" if kind else "Runs")

@@ -23,6 +23,9 @@ from parrot.v1 import coordinator_pb2 as cpb
 from services.coordinator.executor import TERMINAL, run_prefix, unit_key
 
 
+KIND_SCAN = 2000  # runs read at most to list those of one kind
+
+
 def state_name(state: int) -> str:
     return cpb.RunState.Name(state).removeprefix("RUN_STATE_").lower()
 
@@ -39,16 +42,29 @@ def run_row(run: cpb.Run) -> dict[str, Any]:
             "terminal": run.state in TERMINAL}
 
 
-async def list_runs(manager: Any, page: int, size: int) -> tuple[list[dict[str, Any]], int]:
-    """A page of runs, newest first, and how many runs the store holds. Reads only the page's run.json."""
+async def list_runs(manager: Any, page: int, size: int, kind: str = "") -> tuple[list[dict[str, Any]], int]:
+    """A page of runs, newest first, and how many runs there are. Reads only the page's run.json;
+    with ``kind``, reads run.json newest first until the page is full (at most KIND_SCAN runs), and
+    the count is of the runs read."""
     ids = list(reversed(await manager.store.list_folders("runs/")))
-    rows = []
-    for run_id in ids[page * size:(page + 1) * size]:
-        try:
-            rows.append(run_row(await manager.get(run_id)))
-        except NotFound:  # a folder without run.json (a StartRun that failed before recording)
-            continue
+    if kind:
+        matched: list[dict[str, Any]] = []
+        for run_id in ids[:KIND_SCAN]:
+            row = await _row(manager, run_id)
+            if row is not None and row["kind"] == kind:
+                matched.append(row)
+                if len(matched) > (page + 1) * size:
+                    break
+        return matched[page * size:(page + 1) * size], len(matched)
+    rows = [row for run_id in ids[page * size:(page + 1) * size] if (row := await _row(manager, run_id)) is not None]
     return rows, len(ids)
+
+
+async def _row(manager: Any, run_id: str) -> dict[str, Any] | None:
+    try:
+        return run_row(await manager.get(run_id))
+    except NotFound:  # a folder without run.json (a StartRun that failed before recording)
+        return None
 
 
 def active_rows(manager: Any) -> list[dict[str, Any]]:
