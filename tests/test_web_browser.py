@@ -95,6 +95,7 @@ def wait_state(stub, run_id: str, state: int, timeout: float = 60) -> cpb.Run:
 def browser(stack):
     driver = start_browser()
     driver.set_page_load_timeout(30)
+    login(driver, stack["url"])
     yield driver
     driver.quit()
 
@@ -107,6 +108,13 @@ def shots(stack):
         DOCS.mkdir(parents=True, exist_ok=True)
         for png in folder.glob("*.png"):
             shutil.copy(png, DOCS / png.name)
+
+
+def login(driver, url: str) -> None:
+    driver.get(url + "/ui/login")
+    by_id(driver, "token").send_keys(TOKEN)
+    by_id(driver, "login-submit").click()
+    until(lambda: css(driver, "#runs"), what="the runs page after login")
 
 
 def by_id(driver, element_id: str):
@@ -148,6 +156,7 @@ def test_without_the_token_the_page_is_refused_and_login_opens_it(stack, browser
     assert httpx.get(stack["url"] + "/ui/events", timeout=10).status_code == 401
     assert httpx.post(stack["url"] + f"/ui/runs/{A}/resume", timeout=10).status_code == 401
     assert httpx.get(stack["url"] + "/ui/", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).status_code == 200
+    browser.delete_all_cookies()  # logged out
     browser.get(stack["url"] + f"/ui/runs/{A}")
     assert by_id(browser, "login")  # the refusal is a login form
     by_id(browser, "token").send_keys("wrong-token-0123456789")
@@ -197,7 +206,10 @@ def test_cancel_and_resume_buttons(stack, browser):
     until(lambda: by_id(browser, "run-state").text == "cancelled", what="cancelled")
     assert stub.GetRun(cpb.GetRunRequest(run_id=run_id), metadata=MD, timeout=10).state == cpb.RUN_STATE_CANCELLED
     by_id(browser, "resume").click()
-    wait_state(stub, run_id, cpb.RUN_STATE_SUCCEEDED, timeout=90)
+    # The run page follows the resumed run live and reloads itself when it ends (outputs, no Cancel).
+    until(lambda: by_id(browser, "run-state").text == "succeeded" and not css(browser, "#cancel"), timeout=90,
+          what="the run page to show the resumed run succeeded")
+    assert by_id(browser, "run-progress").text.startswith("60 finished, 0 failed")
     run = stub.GetRun(cpb.GetRunRequest(run_id=run_id), metadata=MD, timeout=10)
     assert run.progress.finished == 60
 

@@ -97,7 +97,8 @@ class WebUI:
         elif not self.auth.allowed(request):
             log.info("web request refused: no valid token", extra={"path": request.path, "peer": request.remote})
             if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
-                response = self.render(request, "login.html", status=401, next=safe_next(request.path_qs), failed=False)
+                response = self.render(request, "login.html", status=401, next=safe_next(request.path_qs), failed=False,
+                                       title="Log in", login_form=True)
             else:
                 response = web.Response(status=401, text="401: send the coordinator's token (Authorization: Bearer ...)",
                                         headers={"WWW-Authenticate": 'Bearer realm="parrot"'})
@@ -287,7 +288,8 @@ class WebUI:
     # ---- login --------------------------------------------------------------------------
 
     async def login_page(self, request: web.Request) -> web.Response:
-        return self.render(request, "login.html", next=safe_next(request.query.get("next", "/ui/")), failed=False)
+        return self.render(request, "login.html", next=safe_next(request.query.get("next", "/ui/")), failed=False,
+                           title="Log in", login_form=True)
 
     async def login(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -296,7 +298,8 @@ class WebUI:
             raise web.HTTPSeeOther(target)
         if not self.auth.check_token(str(form.get("token", ""))):
             log.info("web login refused", extra={"peer": request.remote})
-            return self.render(request, "login.html", status=401, next=target, failed=True)
+            return self.render(request, "login.html", status=401, next=target, failed=True, title="Log in",
+                               login_form=True)
         log.info("web login", extra={"peer": request.remote})
         response = web.HTTPSeeOther(target)
         self.auth.login(response, secure=self.tls)

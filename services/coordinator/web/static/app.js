@@ -52,6 +52,26 @@ function updateRow(r) {
   tr.querySelector(".eta").textContent = fmtDuration(r.eta_s);
 }
 
+function updateRunPage(r) {
+  const facts = document.getElementById("run-facts");
+  if (!facts || facts.dataset.run !== r.id) return;
+  const state = document.getElementById("run-state");
+  state.className = "state-" + r.state;
+  state.textContent = r.state;
+  document.getElementById("run-progress").textContent = r.finished + " finished, " + r.failed + " failed, " +
+    r.in_flight + " in flight, of " + r.total + " (" + r.percent + "%) · elapsed " + fmtDuration(r.elapsed_s) +
+    (r.eta_s ? " · ETA " + fmtDuration(r.eta_s) : "");
+  // The run ended while the page was open: reload it for its outputs and the resume button.
+  if (r.terminal && facts.dataset.terminal === "0") { facts.dataset.terminal = "1"; setTimeout(() => location.reload(), 500); }
+}
+
+function liveRunPage() {
+  const facts = document.getElementById("run-facts");
+  if (!facts || facts.dataset.terminal === "1" || !window.EventSource) return;
+  const source = new EventSource("/ui/events");
+  source.addEventListener("run", (e) => updateRunPage(JSON.parse(e.data)));
+}
+
 function liveRuns() {
   if (!document.getElementById("runs") || !window.EventSource) return;
   const pill = document.getElementById("live");
@@ -114,4 +134,4 @@ function charts() {
   if (cmp && d.a) { compareChart(cmp, d); cmp.dataset.drawn = "1"; }
 }
 
-document.addEventListener("DOMContentLoaded", () => { liveRuns(); charts(); });
+document.addEventListener("DOMContentLoaded", () => { liveRuns(); liveRunPage(); charts(); });
