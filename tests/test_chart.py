@@ -1085,3 +1085,17 @@ def test_run_browser_is_off_by_default_and_exposed_when_enabled(helm):
     assert web_rule and web_rule[0]["ports"] == [{"port": COORD_HTTP, "protocol": "TCP"}]
     proc = run_helm(helm, "template", "parrot", str(CHART), "--set", "coordinator.web.ingress.enabled=true", check=False)
     assert proc.returncode != 0 and "needs coordinator.web.enabled" in proc.stderr
+
+
+@pytest.mark.parametrize("args, expected", [(VARIANTS["web"], "https://parrot.example.com/ui/"),
+                                            (("--set", "coordinator.web.enabled=true"),
+                                             "port-forward service/parrot-coordinator 8080:80"),
+                                            ((), None)])
+def test_notes_tell_where_the_run_browser_is(helm, args, expected):
+    proc = run_helm(helm, "install", "parrot", str(CHART), "--namespace", "parrot", "--dry-run=client", *args,
+                    check=False)
+    if proc.returncode != 0 and "kubernetes cluster unreachable" in proc.stderr.lower():
+        pytest.skip("this helm needs a cluster for install --dry-run=client")
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert ("run browser" in notes) is (expected is not None)
+    assert expected is None or expected in notes
