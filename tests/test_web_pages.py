@@ -82,7 +82,10 @@ async def get(client, path: str, **kw):
 
 
 async def test_no_token_is_refused_and_the_login_form_sets_a_cookie_without_the_token(web, caplog):
+    from parrot.metrics import AUTH_FAILURES
+
     caplog.set_level(logging.DEBUG)
+    before = {r: AUTH_FAILURES.labels("http", r)._value.get() for r in ("missing", "invalid")}
     r = await web.get("/ui/", headers={"Accept": "text/html"})
     assert r.status == 401 and 'id="login"' in await r.text()
     r = await web.get("/ui/api/runs")
@@ -91,6 +94,10 @@ async def test_no_token_is_refused_and_the_login_form_sets_a_cookie_without_the_
     assert r.status == 401
     r = await web.post("/ui/login", data={"token": "not-it", "next": "/ui/"}, allow_redirects=False)
     assert r.status == 401 and "not the coordinator" in await r.text()
+    # every refusal counted (as the gRPC ones are) and logged without the token
+    assert AUTH_FAILURES.labels("http", "missing")._value.get() - before["missing"] == 2
+    assert AUTH_FAILURES.labels("http", "invalid")._value.get() - before["invalid"] == 2
+    assert any(rec.getMessage() == "authentication failed" and rec.method == "GET /ui/api/runs" for rec in caplog.records)
     r = await web.post("/ui/login", data={"token": TOKEN, "next": "https://evil.example/"}, allow_redirects=False)
     assert r.status == 303 and r.headers["Location"] == "/ui/"  # never sends the browser elsewhere
     cookie = r.cookies[COOKIE]

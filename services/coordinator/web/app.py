@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from aiohttp import web
 
 from parrot.errors import FailedPrecondition, InvalidArgument, NotFound, ParrotError, Unavailable
+from parrot.server.interceptors import auth_failed
 from parrot.storage import StorageError
 from services.coordinator.web import WebConfig
 from services.coordinator.web.auth import TokenAuth, safe_next, same_origin
@@ -95,7 +96,7 @@ class WebUI:
         if request.path.startswith("/ui/static/") or request.path in ("/ui/login", "/metrics", "/favicon.ico"):
             response = await handler(request)
         elif not self.auth.allowed(request):
-            log.info("web request refused: no valid token", extra={"path": request.path, "peer": request.remote})
+            auth_failed("http", self.auth.refusal_reason(request), f"{request.method} {request.path}", str(request.remote))
             if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
                 response = self.render(request, "login.html", status=401, next=safe_next(request.path_qs), failed=False,
                                        title="Log in", login_form=True)
@@ -297,7 +298,7 @@ class WebUI:
         if not self.auth.enabled:
             raise web.HTTPSeeOther(target)
         if not self.auth.check_token(str(form.get("token", ""))):
-            log.info("web login refused", extra={"peer": request.remote})
+            auth_failed("http", "invalid", "POST /ui/login", str(request.remote))
             return self.render(request, "login.html", status=401, next=target, failed=True, title="Log in",
                                login_form=True)
         log.info("web login", extra={"peer": request.remote})

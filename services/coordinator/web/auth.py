@@ -45,6 +45,11 @@ class TokenAuth:
         cookie = request.cookies.get(COOKIE, "")
         return bool(cookie) and self._session is not None and hmac.compare_digest(cookie, self._session)
 
+    @staticmethod
+    def refusal_reason(request: web.Request) -> str:
+        """``missing`` (no token, no session cookie) or ``invalid``: the labels of parrot_auth_failures_total."""
+        return "invalid" if request.headers.get("Authorization") or request.cookies.get(COOKIE) else "missing"
+
     def login(self, response: web.StreamResponse, secure: bool) -> None:
         assert self._session is not None
         response.set_cookie(COOKIE, self._session, httponly=True, samesite="Strict", secure=secure, path="/ui")
