@@ -201,10 +201,20 @@ def test_cancel_and_resume_buttons(stack, browser):
     stub = stack["stub"]
     run_id = stub.StartRun(cpb.StartRunRequest(spec=eval_spec(60, "to-cancel", concurrency=1)), metadata=MD,
                            timeout=30).id
+    wait_state(stub, run_id, cpb.RUN_STATE_RUNNING)
+    # While it runs, its conversations come from the executor's records in memory.
+    browser.get(stack["url"] + f"/ui/runs/{run_id}/conversations?status=pending")
+    assert int(by_id(browser, "matched").text.split(" of ")[0]) > 30
+    assert by_id(browser, "matched").text.split(" of ")[1].startswith("60 conversations")
     browser.get(stack["url"] + f"/ui/runs/{run_id}")
     by_id(browser, "cancel").click()
     until(lambda: by_id(browser, "run-state").text == "cancelled", what="cancelled")
-    assert stub.GetRun(cpb.GetRunRequest(run_id=run_id), metadata=MD, timeout=10).state == cpb.RUN_STATE_CANCELLED
+    run = stub.GetRun(cpb.GetRunRequest(run_id=run_id), metadata=MD, timeout=10)
+    assert run.state == cpb.RUN_STATE_CANCELLED
+    # Cancelled before its outputs: the list comes from the conversation records in the store.
+    browser.get(stack["url"] + f"/ui/runs/{run_id}/conversations?status=finished")
+    assert by_id(browser, "matched").text.startswith(f"{run.progress.finished} of 60 conversations")
+    browser.get(stack["url"] + f"/ui/runs/{run_id}")
     by_id(browser, "resume").click()
     # The run page follows the resumed run live and reloads itself when it ends (outputs, no Cancel).
     until(lambda: by_id(browser, "run-state").text == "succeeded" and not css(browser, "#cancel"), timeout=90,
