@@ -32,6 +32,22 @@ CHART_JS = STATIC / "vendor" / "uPlot.iife.min.js"
 T = TypeVar("T")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+# (method, path, WebUI handler); /ui/static/ and the 404 page are added after these.
+ROUTES = (
+    ("GET", "/ui/", "runs_page"),
+    ("GET", "/ui/login", "login_page"),
+    ("POST", "/ui/login", "login"),
+    ("POST", "/ui/logout", "logout"),
+    ("GET", "/ui/events", "events"),
+    ("GET", "/ui/api/runs", "runs_json"),
+    ("GET", "/ui/runs/{run_id}", "run_page"),
+    ("GET", "/ui/runs/{run_id}/conversations", "conversations_page"),
+    ("GET", "/ui/runs/{run_id}/conversations/{index}", "conversation_page"),
+    ("POST", "/ui/runs/{run_id}/cancel", "cancel"),
+    ("POST", "/ui/runs/{run_id}/resume", "resume"),
+    ("GET", "/ui/compare", "compare_page"),
+    ("GET", "/ui/datasets", "datasets_page"),
+)
 STATUS = {NotFound: 404, InvalidArgument: 400, FailedPrecondition: 409}
 TITLES = {404: "not found", 400: "bad request", 409: "not possible now", 403: "not allowed", 429: "too many runs"}
 
@@ -138,19 +154,8 @@ class WebUI:
         r = app.router
         r.add_get("/", _to_ui)
         r.add_get("/ui", _to_ui)
-        r.add_get("/ui/", self.runs_page)
-        r.add_get("/ui/login", self.login_page)
-        r.add_post("/ui/login", self.login)
-        r.add_post("/ui/logout", self.logout)
-        r.add_get("/ui/events", self.events)
-        r.add_get("/ui/api/runs", self.runs_json)
-        r.add_get("/ui/runs/{run_id}", self.run_page)
-        r.add_get("/ui/runs/{run_id}/conversations", self.conversations_page)
-        r.add_get("/ui/runs/{run_id}/conversations/{index}", self.conversation_page)
-        r.add_post("/ui/runs/{run_id}/cancel", self.cancel)
-        r.add_post("/ui/runs/{run_id}/resume", self.resume)
-        r.add_get("/ui/compare", self.compare_page)
-        r.add_get("/ui/datasets", self.datasets_page)
+        for method, path, name in ROUTES:
+            r.add_route(method, path, getattr(self, name))
         r.add_static("/ui/static/", STATIC, follow_symlinks=False)
         app.router.add_route("*", "/ui/{tail:.*}", self.not_found)
         return app
