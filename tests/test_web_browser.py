@@ -173,6 +173,7 @@ def test_run_list_updates_while_a_run_progresses(stack, browser, shots):
     browser.get(stack["url"] + "/ui/")
     until(lambda: "live" == by_id(browser, "live").text, what="the event stream to open")
     browser.execute_script("window.__sameDocument = true;")
+    runs_before = int(by_id(browser, "run-count").text)
     run_id = stack["stub"].StartRun(cpb.StartRunRequest(spec=eval_spec(40, "live", concurrency=2)), metadata=MD,
                                     timeout=30).id
     row = until(lambda: css(browser, f"#run-{run_id}"), what="the new run's row")[0]
@@ -194,6 +195,8 @@ def test_run_list_updates_while_a_run_progresses(stack, browser, shots):
     middle = [s for s in seen if 0 < int(s.split(" / ")[0]) < 40]
     assert len(middle) >= 3, f"the row did not move while the run ran: {seen}"
     assert browser.execute_script("return window.__sameDocument === true;"), "the page reloaded"
+    assert int(by_id(browser, "run-count").text) == runs_before + 1
+    assert row.find_element("css selector", ".percent").text == "100%"
     no_js_errors(browser)
 
 

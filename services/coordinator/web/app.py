@@ -63,6 +63,7 @@ def _templates() -> Any:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = lambda x, d=2: "–" if x is None else f"{x:.{d}f}"
+    env.filters["pct"] = lambda x: f"{x:g}"  # as the page's script prints it: 100, 12.5
     env.filters["signed"] = lambda x: "–" if x is None else f"{x:+.2f}"
     env.filters["duration"] = _duration
     env.filters["utc"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "–"

@@ -36,6 +36,8 @@ function updateRow(r) {
     const bar = tr.querySelector(".bar");
     bar.innerHTML = '<progress max="100"></progress> <span class="percent"></span>';
     body.prepend(tr);
+    const count = document.getElementById("run-count");
+    if (count) count.textContent = Number(count.textContent) + 1;
   }
   const state = tr.querySelector(".state");
   state.innerHTML = "";
