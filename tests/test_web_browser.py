@@ -260,6 +260,12 @@ def test_run_page_draws_the_per_turn_curve(stack, browser, shots):
     assert len(css(browser, "#failures tbody tr")) == 2
     save_png(browser, shots / "run.png")
     no_js_errors(browser)
+    # A run whose sessions carry instructions: instruction following per turn, charted with its CI too.
+    browser.get(stack["url"] + f"/ui/runs/{stack['checked']}")
+    inst = by_id(browser, "instruction-chart")
+    until(lambda: inst.get_attribute("data-drawn") == "1", what="the instruction chart")
+    assert inst.find_elements("css selector", "canvas")
+    assert "Instruction following per turn" in browser.page_source
 
 
 def test_compare_shows_the_deltas(stack, browser, shots):

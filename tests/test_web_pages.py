@@ -111,8 +111,13 @@ async def test_no_token_is_refused_and_the_login_form_sets_a_cookie_without_the_
 
 
 async def test_unknown_run_and_conversation_get_a_404_page(web):
+    from parrot.metrics import HTTP_REQUESTS
+
+    counted = HTTP_REQUESTS.labels("/ui/runs/{run_id}", "GET", "404")
+    before = counted._value.get()
     status, html = await get(web, "/ui/runs/run-20990101-000000-ffffff")
     assert status == 404 and "does not exist" in html and "Traceback" not in html
+    assert counted._value.get() == before + 1  # counted by route template, not by run id
     status, html = await get(web, f"/ui/runs/{A}/conversations/100000")
     assert status == 404 and "there is no 100000" in html
     status, html = await get(web, "/ui/runs/..%2Fetc")

@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from aiohttp import web
 
 from parrot.errors import FailedPrecondition, InvalidArgument, NotFound, ParrotError, Unavailable
+from parrot.metrics import HTTP_LATENCY, HTTP_REQUESTS, child
 from parrot.server.interceptors import auth_failed
 from parrot.storage import StorageError
 from services.coordinator.web import WebConfig
@@ -110,6 +111,28 @@ class WebUI:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
+        """Counts and times every request by route template (parrot_http_requests_total /
+        parrot_http_latency_seconds, as the model services' HTTP routes), logs it at DEBUG."""
+        t0 = time.monotonic()
+        status = 500
+        try:
+            response = await self._dispatch(request, handler)
+            status = response.status
+            return response
+        except web.HTTPException as e:  # redirects and refusals raised by the handlers
+            status = e.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            elapsed = time.monotonic() - t0
+            child(HTTP_REQUESTS, route, request.method, str(status)).inc()
+            child(HTTP_LATENCY, route, request.method).observe(elapsed)
+            log.debug("web request", extra={"route": route, "method": request.method, "status": status,
+                                            "ms": round(1000 * elapsed, 1)})
+
+    async def _dispatch(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                        ) -> web.StreamResponse:
         if request.path.startswith("/ui/static/") or request.path in ("/ui/login", "/metrics", "/favicon.ico"):
             response = await handler(request)
         elif not self.auth.allowed(request):
