@@ -224,10 +224,10 @@ async def build_index(manager: Any, run: cpb.Run) -> RunIndex:
 
     t0 = time.monotonic()
     store = manager.store
-    plan, _ = await plan_run(run.spec, store)
+    ex = manager.executors.get(run.id)
+    plan = ex.plan if ex is not None else (await plan_run(run.spec, store))[0]  # an executing run has its plan
     rows = [_unit_row(i, u) for i, u in enumerate(plan.units)]
     by_question = {str(u.get("question_id", u.get("id"))): i for i, u in enumerate(plan.units)}
-    ex = manager.executors.get(run.id)
     outputs = f"{run_prefix(run.id)}/outputs"
     if ex is not None:
         for i, rec in list(ex.units.items()):
