@@ -376,8 +376,10 @@ def up_cmd(
         if str(e) == "stopping":
             raise typer.Exit(0)
         _fail(str(e))
+    web_off = os.environ.get("PARROT_WEB", "").lower() in ("0", "false", "no", "off")
+    browser = "" if web_off else f"; run browser http://127.0.0.1:{coordinator_http_port}/ui/"
     typer.secho(f"parrot is up: models {models_target} (HTTP {http_port}, backend {backend}), coordinator 127.0.0.1:{coordinator_port} "
-                f"(metrics {coordinator_http_port}). Ctrl-C to stop.", fg=typer.colors.GREEN, err=True)
+                f"(metrics {coordinator_http_port}{browser}). Ctrl-C to stop.", fg=typer.colors.GREEN, err=True)
     rc = 0
     while not stopping:
         for p in procs:
