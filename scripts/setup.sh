@@ -30,6 +30,9 @@ scripts/gen_protos.sh .venv/bin/python
 scripts/get_helm.sh .venv/bin/python || echo "[setup] warning: no helm; chart tests will skip"
 # A real Prometheus for the metrics integration tests (Debian's package; needs root for apt).
 scripts/get_prometheus.sh || echo "[setup] warning: no prometheus; its tests will skip (and fail in CI)"
+# The run browser: its charting library (uPlot, pinned, from npm) and a real headless browser for its tests.
+scripts/get_web_assets.sh || echo "[setup] warning: no uPlot; the run browser shows tables without charts (its tests fail)"
+scripts/get_chromium.sh || echo "[setup] warning: no chromium; the run browser's tests will skip (and fail in CI)"
 .venv/bin/parrot model prepare
 # llama.cpp's llama-server, the CPU engine of the embedded default: built once per machine from the
 # pinned llama-cpp-python sdist (MIT) into ~/.cache/parrot-engines (about 4-7 min on 2 cores; reused after).

@@ -52,6 +52,12 @@ VARIANTS: dict[str, tuple[str, ...]] = {
                    "--set", "responder.maxReplicas=4", "--set", "responder.scaleMetric=concurrency"),
     "auth-storage": ("--set", "auth.existingSecret=parrot-auth", "--set", "auth.secretKey=tok",
                      "--set", "asker.storageUri=s3://parrot/models/asker-v2"),
+    "web": ("--set", "coordinator.web.enabled=true", "--set", "coordinator.web.ingress.enabled=true",
+            "--set", "coordinator.web.ingress.host=parrot.example.com", "--set", "coordinator.web.ingress.className=nginx",
+            "--set", "coordinator.web.ingress.tls[0].secretName=parrot-web-tls",
+            "--set", "coordinator.web.ingress.tls[0].hosts[0]=parrot.example.com",
+            "--set", "coordinator.web.allowFrom[0].namespaceSelector.matchLabels.name=ingress-nginx",
+            "--set", "networkPolicy.metricsNamespaceSelector.name=monitoring"),
 }
 
 
@@ -1052,3 +1058,44 @@ def test_get_helm_is_idempotent(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "present" in proc.stdout and fake.read_text().endswith("v4.0.0-fake\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["helm"]
+
+
+def test_run_browser_is_off_by_default_and_exposed_when_enabled(helm):
+    """coordinator.web: PARROT_WEB follows it (the CLI's default is on, so off is said explicitly); when on,
+    a "web" Service port to httpPort, an optional Ingress for /ui only, and the NetworkPolicy opens httpPort
+    to the listed peers."""
+    default = variant(helm, "default")
+    coord = by_kind(default, "Deployment")["parrot-coordinator"]["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(coord)["PARROT_WEB"] == "false"
+    assert not by_kind(default, "Ingress")
+    assert [p["name"] for p in by_kind(default, "Service")["parrot-coordinator"]["spec"]["ports"]] == ["grpc", "http"]
+
+    docs = variant(helm, "web")
+    coord = by_kind(docs, "Deployment")["parrot-coordinator"]["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(coord)["PARROT_WEB"] == "true"
+    ports = {p["name"]: p for p in by_kind(docs, "Service")["parrot-coordinator"]["spec"]["ports"]}
+    assert ports["web"]["port"] == 80 and ports["web"]["targetPort"] == "http"
+    ingress = by_kind(docs, "Ingress")["parrot-coordinator"]["spec"]
+    assert ingress["ingressClassName"] == "nginx" and ingress["tls"][0]["secretName"] == "parrot-web-tls"
+    rule = ingress["rules"][0]
+    assert rule["host"] == "parrot.example.com"
+    assert [(p["path"], p["backend"]["service"]["port"]["name"]) for p in rule["http"]["paths"]] == [("/ui", "web")]
+    policy = by_kind(docs, "NetworkPolicy")["parrot-coordinator"]["spec"]["ingress"]
+    web_rule = [r for r in policy if {"namespaceSelector": {"matchLabels": {"name": "ingress-nginx"}}} in r["from"]]
+    assert web_rule and web_rule[0]["ports"] == [{"port": COORD_HTTP, "protocol": "TCP"}]
+    proc = run_helm(helm, "template", "parrot", str(CHART), "--set", "coordinator.web.ingress.enabled=true", check=False)
+    assert proc.returncode != 0 and "needs coordinator.web.enabled" in proc.stderr
+
+
+@pytest.mark.parametrize("args, expected", [(VARIANTS["web"], "https://parrot.example.com/ui/"),
+                                            (("--set", "coordinator.web.enabled=true"),
+                                             "port-forward service/parrot-coordinator 8080:80"),
+                                            ((), None)])
+def test_notes_tell_where_the_run_browser_is(helm, args, expected):
+    proc = run_helm(helm, "install", "parrot", str(CHART), "--namespace", "parrot", "--dry-run=client", *args,
+                    check=False)
+    if proc.returncode != 0 and "kubernetes cluster unreachable" in proc.stderr.lower():
+        pytest.skip("this helm needs a cluster for install --dry-run=client")
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert ("run browser" in notes) is (expected is not None)
+    assert expected is None or expected in notes

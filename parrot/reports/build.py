@@ -183,8 +183,8 @@ def regression_rows(ref: RunData, run: RunData) -> list[dict[str, Any]]:
             if delta is not None and delta < 0:
                 where = f"category {key}" if kind == "per_category" else f"turn {key}"
                 rows.append({"where": where, "reference": _mean(rs[kind][key]), "value": _mean(block), "delta": delta})
-    ref_items = _by_item(ref)
-    for item, value in _by_item(run).items():
+    ref_items = scores_by_session_turn(ref)
+    for item, value in scores_by_session_turn(run).items():
         if item in ref_items:
             delta = value - ref_items[item]
             if delta < 0:
@@ -194,7 +194,8 @@ def regression_rows(ref: RunData, run: RunData) -> list[dict[str, Any]]:
     return rows
 
 
-def _by_item(run: RunData) -> dict[tuple[str, int], float]:
+def scores_by_session_turn(run: RunData) -> dict[tuple[str, int], float]:
+    """{(question id, turn): score} of the run's graded turns (also the run browser's comparison)."""
     out: dict[tuple[str, int], float] = {}
     for rec in run.scores:
         if rec.get("score") is not None:

@@ -1,4 +1,5 @@
-"""`parrot serve coordinator`: the Coordinator gRPC API on the shared bootstrap, /metrics over HTTP.
+"""`parrot serve coordinator`: the Coordinator gRPC API on the shared bootstrap; over HTTP, /metrics
+and (unless --no-web) the run browser at /ui/ (services/coordinator/web), on the same port.
 
 On start it resumes every run its store records as pending or running.
 """
@@ -9,11 +10,13 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
+from typing import Any
 
 from parrot.metrics import MODEL_READY
 from parrot.server.grpc_server import GrpcServer, GrpcService, ServerTls
 from parrot.v1 import coordinator_pb2, coordinator_pb2_grpc
 from services.coordinator.service import CoordinatorConfig, CoordinatorService, RunManager
+from services.coordinator.web import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +35,62 @@ class CoordinatorServeConfig:
     tls_key_file: str | None = field(default=None, metadata={"help": "PEM private key for the certificate."})
     tls_client_ca_file: str | None = field(default=None, metadata={
         "help": "PEM CA: require client certificates it signed, on both ports (mutual TLS)."})
+    web: WebConfig = field(default_factory=WebConfig, metadata={"help": "The run browser on the HTTP port."})
+
+
+class _HttpPort:
+    """The HTTP port: prometheus_client's own server (/metrics alone) or, with the run browser,
+    an aiohttp application on the event loop serving /metrics and /ui/ (same TLS settings)."""
+
+    def __init__(self, cfg: CoordinatorServeConfig, manager: RunManager) -> None:
+        self.cfg, self.manager = cfg, manager
+        self._plain: Any = None
+        self._runner: Any = None
+        self._ui: Any = None
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        if not cfg.web.enabled:
+            from prometheus_client import start_http_server
+
+            # /metrics over TLS too when the process has a certificate: no port of it speaks plain text then.
+            self._plain, _ = start_http_server(cfg.http_port, addr=cfg.host, certfile=cfg.tls_cert_file,
+                                               keyfile=cfg.tls_key_file, client_cafile=cfg.tls_client_ca_file,
+                                               client_auth_required=cfg.tls_client_ca_file is not None)
+            return
+        from aiohttp import web
+
+        from services.coordinator.web.app import build_app
+
+        app, self._ui = build_app(self.manager, cfg.web, cfg.auth_token, tls=cfg.tls_cert_file is not None)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, cfg.host, cfg.http_port, ssl_context=self._ssl(), reuse_address=True).start()
+        if not cfg.auth_token:
+            log.warning("the run browser at /ui/ is open: the coordinator has no auth token (PARROT_AUTH_TOKEN_FILE)")
+
+    def _ssl(self) -> Any:
+        cfg = self.cfg
+        if not cfg.tls_cert_file:
+            return None
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
+        if cfg.tls_client_ca_file:
+            ctx.load_verify_locations(cfg.tls_client_ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    async def stop(self) -> None:
+        if self._plain is not None:
+            self._plain.shutdown()
+        if self._runner is not None:
+            self._ui.stopping.set()  # ends the live event streams
+            await self._runner.cleanup()
 
 
 async def run_coordinator(cfg: CoordinatorServeConfig) -> int:
-    from prometheus_client import start_http_server
-
     from parrot.storage import open_store
     from services.coordinator import metrics as m
 
@@ -56,10 +110,8 @@ async def run_coordinator(cfg: CoordinatorServeConfig) -> int:
         [GrpcService(descriptor.full_name, CoordinatorService(manager), coordinator_pb2_grpc.add_CoordinatorServicer_to_server)],
         host=cfg.host, port=cfg.grpc_port, auth_token=cfg.auth_token, max_message_bytes=cfg.max_message_bytes,
         tls=tls)
-    # /metrics over TLS too when the process has a certificate: no port of it speaks plain text then.
-    http_server, _ = start_http_server(cfg.http_port, addr=cfg.host, certfile=cfg.tls_cert_file, keyfile=cfg.tls_key_file,
-                                       client_cafile=cfg.tls_client_ca_file,
-                                       client_auth_required=cfg.tls_client_ca_file is not None)
+    http_port = _HttpPort(cfg, manager)
+    await http_port.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -70,12 +122,13 @@ async def run_coordinator(cfg: CoordinatorServeConfig) -> int:
     MODEL_READY.labels("coordinator", "coordinator").set(1)
     log.info("ready", extra={"grpc_port": grpc_server.port, "http_port": cfg.http_port, "store": cfg.coordinator.store_url,
                              "auth": "on" if grpc_server.auth else "off", "tls": grpc_server.tls,
+                             "web": "/ui/" if cfg.web.enabled else "off",
                              "resumed_runs": resumed})
     await stop.wait()
     log.info("stopping; unfinished runs resume on next start")
     await grpc_server.stop(cfg.grace_s)
+    await http_port.stop()
     await manager.close()
-    http_server.shutdown()
     log.info("stopped")
     return 0
 

@@ -239,6 +239,8 @@ async def _plan_evaluation(spec: cpb.RunSpec, reader: InputReader, inputs: dict,
                 "turns": list(q.turns), "references": references}
         if q.instructions:
             unit["instructions"] = [[i.as_dict() for i in turn] for turn in q.instructions]
+        if (q.extra or {}).get("turn_provenance"):  # drafted turns (`bench extend`): shown by the run browser
+            unit["provenance"] = q.extra["turn_provenance"]
         units.append(unit)
     if e.skip_judge and not any("instructions" in u for u in units):
         raise InvalidArgument("spec.evaluation.skip_judge", f"{name} carries no per-turn instructions, so there would be "
