@@ -138,7 +138,7 @@ def serve_cmd(
                                              "PATTERN[=none|upstream|TOKEN_FILE] comma-separated (PATTERN: fnmatch over "
                                              "host:port; the credential sent to it: none by default)."),
     input_roots: str = typer.Option("", envvar="PARROT_INPUT_ROOTS",
-                                    help="coordinator: folders and s3://bucket[/prefix] a run's input URLs may name "
+                                    help="coordinator: folders and s3://bucket/PREFIX a run's input URLs may name "
                                          "(comma-separated; the store itself always)."),
     upstream_token_file: Optional[str] = typer.Option(None, envvar="PARROT_UPSTREAM_TOKEN_FILE",
                                                       help="coordinator: file with the token sent to its own model "

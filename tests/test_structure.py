@@ -99,3 +99,26 @@ def test_backends_are_found_by_a_static_table_and_base_imports_none():
         cls_module, cls_name, _ = BUILTIN[name]
         cls = getattr(__import__(cls_module, fromlist=[cls_name]), cls_name)
         assert cls.name == name and backend_config_class(name).__module__ == cls_module
+
+
+def test_every_command_renders_its_help():
+    """`parrot X --help` for every command and group (Rich markup in a help text, such as a literal
+    "[/prefix]", crashed `parrot serve --help`)."""
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from parrot.cli import app
+
+    def paths(cmd: object, prefix: list[str]) -> list[list[str]]:
+        out = [prefix]
+        if getattr(cmd, "commands", None):  # a group
+            for name, sub in cmd.commands.items():  # type: ignore[attr-defined]
+                out += paths(sub, prefix + [name])
+        return out
+
+    every = paths(get_command(app), [])
+    assert len(every) > 20
+    runner = CliRunner()
+    for path in every:
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and "Usage" in result.output, (path, result.output[-2000:], result.exception)
