@@ -28,6 +28,8 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
+from parrot.client import channel_options, tls_credentials
+from parrot.client import plaintext_tls_hint
 from parrot.conversation import Message, Role
 from parrot.errors import InvalidArgument, ParrotError
 from parrot.metrics import STAGE_LATENCY, child
@@ -135,7 +137,6 @@ class Retry:
 def open_channel(target: str, creds: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
     """A channel to a model service: TLS with ``creds`` (the coordinator's --target-tls), else when
     PARROT_TLS_CA / PARROT_TLS are set (parrot.client), else plain text."""
-    from parrot.client import channel_options, tls_credentials
 
     options = [
         ("grpc.service_config", _SERVICE_CONFIG),
@@ -155,7 +156,6 @@ async def check_reachable(target: str, service: str, timeout_s: float = 5.0,
     """None when ``service`` answers its health check SERVING within the timeout, else why not."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from parrot.client import plaintext_tls_hint
 
     async with open_channel(target, creds) as ch:
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from parrot.errors import ConfigError
+from parrot.storage import ObjectNotFound, open_store
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,6 @@ def fetch_model_folder(url: str) -> Path:
     """
     import hashlib
 
-    from parrot.storage import ObjectNotFound, open_store
 
     if url.startswith("file://"):
         from urllib.parse import unquote, urlsplit

@@ -122,3 +122,26 @@ def test_every_command_renders_its_help():
     for path in every:
         result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0 and "Usage" in result.output, (path, result.output[-2000:], result.exception)
+
+
+def test_the_library_imports_its_own_modules_lazily_only_for_heavy_dependencies():
+    """An import of a project module inside a function hides the structure (and cycles). In the library
+    (outside the CLI) one is allowed only where it keeps a heavy dependency lazy, saying which on its
+    line (``# lazy: torch``), and there are few of them."""
+    lazy, unexplained = [], []
+    for p in files("parrot"):
+        if is_cli(p):
+            continue
+        lines = p.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for n in ast.walk(node):
+                module = n.module if isinstance(n, ast.ImportFrom) else n.names[0].name if isinstance(n, ast.Import) else None
+                if module and (getattr(n, "level", 0) or top(module) in ("parrot", "services", "training")):
+                    where = f"{p.relative_to(REPO)}:{n.lineno}"
+                    lazy.append(where)
+                    if "# lazy:" not in lines[n.end_lineno - 1]:
+                        unexplained.append(f"{where}: {lines[n.lineno - 1].strip()}")
+    assert not unexplained, "in-function imports of project modules without a '# lazy: <dependency>' reason:\n" + "\n".join(unexplained)
+    assert len(set(lazy)) < 20, lazy

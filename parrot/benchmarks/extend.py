@@ -27,9 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from parrot.analysis import FollowUpFilter, is_context_dependent
 from parrot.conversation import Message, Role
 from parrot.datasets.mtbench import Question
+from parrot.datasets.mtbench import instructions_record
+from parrot.errors import ConfigError
 from parrot.errors import ParrotError
+from parrot.v1 import conversation_pb2
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +58,6 @@ class ExtendConfig:
     seed: int = field(default=0, metadata={"help": "Base seed of the generation calls."})
 
     def __post_init__(self) -> None:
-        from parrot.errors import ConfigError
-
         if not 2 <= self.turns <= 64:
             raise ConfigError(f"turns is {self.turns}; allowed 2..64")
         if self.concurrency < 1 or self.max_asks_per_turn < 1:
@@ -75,8 +77,6 @@ class ExtendIncomplete(ParrotError):
 
 
 def _params(max_tokens: int, seed: int, temperature: float | None = None) -> Any:
-    from parrot.v1 import conversation_pb2
-
     p = conversation_pb2.GenerationParams(max_tokens=max_tokens, seed=seed % (2**62))
     if temperature is not None:
         p.temperature = temperature
@@ -90,7 +90,6 @@ def _topic(q: Question) -> str:
 
 async def extend_session(q: Question, index: int, cfg: ExtendConfig, clients: Any) -> dict[str, Any]:
     """One session extended to ``cfg.turns`` user turns, as an output record."""
-    from parrot.analysis import FollowUpFilter, is_context_dependent
 
     record = q.as_record()
     record.pop("turn_provenance", None)
@@ -143,8 +142,6 @@ async def extend_session(q: Question, index: int, cfg: ExtendConfig, clients: An
                            "review": "pending"})
     record["turns"] = turns
     if q.instructions is not None:
-        from parrot.datasets.mtbench import instructions_record
-
         record["instructions"] = [instructions_record(s) for s in q.instructions] + [None] * (len(turns) - len(q.turns))
     record["turn_provenance"] = provenance
     record["extension"] = {"status": status, "target_turns": cfg.turns, "reason": reason, "models": models,

@@ -18,7 +18,6 @@ perturbed, one strategy each (the Parrot paper's three):
     against the wrong turn.
 
 Rows are TRL's conversational preference format, one per (query, strategy)::
-
     {"prompt": [history messages..., {"role": "user", "content": query}],
      "chosen": [{"role": "assistant", "content": ...}],
      "rejected": [{"role": "assistant", "content": ...}],
@@ -34,6 +33,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from parrot.analysis.filters import normalize
 from parrot.conversation import Message, Role
 from parrot.datasets.errors import DatasetError, iter_jsonl, json_type, read_file
 
@@ -58,8 +58,6 @@ def exchanges(history: Sequence[Message]) -> list[tuple[Message, Message]]:
 
 
 def _content_words(text: str) -> set[str]:
-    from parrot.analysis.filters import normalize
-
     return {w for w in normalize(text).split() if len(w) >= 4}  # short words are mostly function words
 
 

@@ -29,6 +29,7 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
+from parrot.analysis.filters import normalize
 from parrot.conversation import Message, Role
 from parrot.datasets.sharegpt import ShareGPTRecord
 
@@ -78,7 +79,6 @@ class CleaningReport:
 
 def conversation_key(messages: Sequence[Message]) -> str:
     """A hash of the normalized messages (roles and texts): equal for duplicates up to case and punctuation."""
-    from parrot.analysis.filters import normalize
 
     h = hashlib.sha256()
     for m in messages:

@@ -24,6 +24,8 @@ from typing import Literal
 
 from parrot.conversation import Message, Role
 from parrot.datasets.errors import DatasetError, decode_text, iter_records, json_type, read_file
+from parrot.datasets.mtbench import load_questions
+from parrot.datasets.sharegpt import load_sharegpt
 
 ConversationFormat = Literal["auto", "sharegpt", "mtbench", "messages"]
 CONVERSATION_FORMATS: tuple[str, ...] = ("auto", "sharegpt", "mtbench", "messages")
@@ -56,12 +58,8 @@ def load_conversations(name: str, text: str | bytes, fmt: str = "auto") -> list[
     if fmt == "auto":
         fmt = detect_format(name, content)
     if fmt == "sharegpt":
-        from parrot.datasets.sharegpt import load_sharegpt
-
         return [(r.id, r.messages) for r in load_sharegpt(name, content)]
     if fmt == "mtbench":
-        from parrot.datasets.mtbench import load_questions
-
         return [(str(q.question_id), [Message(Role.USER, t) for t in q.turns]) for q in load_questions(name, content)]
     return load_messages_records(name, content)
 

@@ -4,7 +4,6 @@ Every loader in :mod:`parrot.datasets` takes a display ``name`` (a file name or 
 key, used only in messages) and the content as ``str`` or ``bytes``, so a caller can load from a
 path, an upload or object-store bytes alike. Problems are reported as ``DatasetError`` naming the
 source, the 1-based line where the offending record starts and the field inside it, for example::
-
     questions.jsonl:7: field 'turns': expected a non-empty list of strings
 
 Records in a JSON array file get the line where the record starts as well; ``line`` is None only
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from parrot.errors import InvalidArgument
+from parrot.errors import clip
 
 _DECODER = json.JSONDecoder()
 _WS = " \t\r\n"
@@ -31,8 +31,6 @@ class DatasetError(InvalidArgument, ValueError):
     """
 
     def __init__(self, file: str, line: int | None, field: str | None, problem: str):
-        from parrot.errors import clip
-
         self.file = clip(file, 300)
         self.line = line
         self.field = clip(field, 200) if field else field

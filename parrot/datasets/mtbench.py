@@ -1,7 +1,6 @@
 """MT-Bench style question files (FastChat's ``question.jsonl``) of any number of turns.
 
 One JSON object a line (blank lines are skipped)::
-
     {"question_id": 81, "category": "writing", "turns": ["...", "..."], "reference": ["..."]}
 
 ``question_id`` is an integer or a non-empty string, unique in the file; ``category`` is a
@@ -26,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from parrot.datasets.errors import DatasetError, iter_jsonl, json_type, read_file
 from parrot.datasets.fastchat import QuestionId, load_answers, question_id_field
+from parrot.instructions import InstructionError, parse_session_instructions
 
 
 # Keys besides the question fields that are kept on load and written back by ``as_record``.
@@ -66,7 +66,6 @@ def record_instructions(name: str, line: int, record: dict[str, Any], n_turns: i
     """The record's per-turn instructions, validated; errors name the file, line and field."""
     if "instructions" not in record and not any(isinstance(k, str) and k.startswith("turn_") for k in record):
         return None
-    from parrot.instructions import InstructionError, parse_session_instructions
 
     try:
         return parse_session_instructions(record, n_turns)

@@ -27,7 +27,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from parrot.client import free_port
 from parrot.errors import ConfigError, Unavailable
+from parrot.modelstore import BUNDLED_NAME, bundled_gguf_path, resolve_model
+from parrot.modelstore import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +162,6 @@ def gguf_for(model: str, gguf_type: str = DEFAULT_GGUF_TYPE) -> tuple[Path, Path
     ``model`` is ``smollm2`` (the bundled model), a ``.gguf`` file, a Hugging Face folder (a training
     checkpoint) or an object-store URL of one. Folders are converted to ``gguf_type`` once and cached.
     """
-    from parrot.modelstore import BUNDLED_NAME, bundled_gguf_path, resolve_model
 
     if gguf_type not in GGUF_TYPES:
         raise ConfigError(f"gguf type {gguf_type!r}: allowed {', '.join(GGUF_TYPES)}")
@@ -178,7 +180,6 @@ def gguf_for(model: str, gguf_type: str = DEFAULT_GGUF_TYPE) -> tuple[Path, Path
 
 def convert_to_gguf(folder: Path, gguf_type: str) -> Path:
     """Converts a Hugging Face folder with llama.cpp's converter (cached while the folder is unchanged)."""
-    from parrot.modelstore import cache_dir
 
     out = cache_dir() / "gguf" / f"{folder.name}-{_folder_fingerprint(folder)}-{gguf_type}.gguf"
     if out.is_file():
@@ -246,8 +247,6 @@ class LlamaServer:
                 "--cache-ram", str(s.cache_ram_mib), "-fa", s.flash_attn, "--no-webui", *s.extra_args]
 
     async def start(self) -> None:
-        from parrot.client import free_port
-
         self.port = self.port or free_port()  # a restart keeps the port
         cmd = self.command()
         log.info("starting llama-server", extra={"cmd": " ".join(cmd)})

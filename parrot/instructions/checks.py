@@ -24,6 +24,7 @@ import json
 import re
 import unicodedata
 
+from parrot.instructions.language import detect_language
 from parrot.instructions.registry import Instruction, Param, compare, register
 
 _WORD = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
@@ -284,8 +285,6 @@ class ResponseLanguage(Instruction):
     description = "Answer in the language '{language}' (ISO 639-1 code)."
 
     def check(self, response: str) -> bool:
-        from parrot.instructions.language import detect_language
-
         detected = detect_language(response)
         return detected is not None and detected.split("-")[0] == self.language.strip().lower().split("-")[0]
 
@@ -358,7 +357,6 @@ def _is_english(text: str) -> bool:
     """The instruction says English: Chinese "in lowercase" or lowercase Russian does not pass.
     Detected on the lowercased text (a deviation: the reference detects all-capital text as it is,
     where langdetect takes short English like "FINE THANKS" for Vietnamese)."""
-    from parrot.instructions.language import detect_language
 
     return detect_language(text.lower()) == "en"
 

@@ -2,7 +2,6 @@
 
 Record format (in a session / question record, one entry per user turn, ``null`` or ``{}`` for a
 turn that adds nothing)::
-
     "instructions": [
         {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
         null,
@@ -33,6 +32,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from parrot.analysis.bootstrap import bootstrap_ci
 from parrot.instructions.registry import Instruction, InstructionError, make_instruction
 
 
@@ -185,7 +185,6 @@ def instruction_summary(records: Iterable[Mapping[str, Any]], n_resamples: int =
     ``{"mean", "n"}``. ``turn_over_turn`` holds prompt-level strict accuracy change from the turn
     before; ``turn_drop`` the change from turn 1.
     """
-    from parrot.analysis.bootstrap import bootstrap_ci
 
     per_turn: dict[int, list[list[dict[str, Any]]]] = defaultdict(list)
     per_category: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)

@@ -52,6 +52,7 @@ from typing import Literal, Sequence
 from parrot.conversation import Message, Role
 from parrot.datasets import DatasetError, iter_jsonl
 from parrot.errors import ConfigError
+from parrot.errors import clip
 from parrot.judging.quoting import DATA_NOTE, quote_key, quoted
 
 logger = logging.getLogger(__name__)
@@ -91,8 +92,6 @@ class PromptFileError(ConfigError):
     """A prompt file could not be read or holds a malformed record."""
 
     def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str):
-        from parrot.errors import clip
-
         self.path = str(path)
         self.line = line
         self.field = clip(field, 200) if field else field

@@ -14,7 +14,11 @@ import json
 import threading
 from typing import Any, Sequence
 
+from parrot.errors import InvalidArgument
+from parrot.reports.build import build_report
 from parrot.reports.data import RunData, load_run, load_run_folder, run_from_files
+from parrot.reports.render import to_html, to_markdown
+from parrot.v1 import report_pb2
 
 MAX_RUNS = 16
 IMAGE = "per_turn.png"
@@ -26,9 +30,7 @@ __all__ = ["MAX_RUNS", "RunData", "create_report", "create_report_rpc", "load_ru
 
 def render_report(runs: Sequence[RunData], title: str = "") -> dict[str, bytes]:
     """report.md, report.html, per_turn.png and report.json for the runs (the first is the reference)."""
-    from parrot.reports.build import build_report
-    from parrot.reports.plot import figure_png, per_turn_figure
-    from parrot.reports.render import to_html, to_markdown
+    from parrot.reports.plot import figure_png, per_turn_figure  # lazy: matplotlib
 
     report = build_report(runs, title, IMAGE)
     turns = len(report.data["turns"])
@@ -45,7 +47,6 @@ def report_id_for(run_ids: Sequence[str]) -> str:
 
 async def create_report(store: Any, run_ids: Sequence[str], title: str = "") -> tuple[str, dict[str, bytes], list[str]]:
     """(report id, files, store folders written) for finished evaluation runs in ``store``."""
-    from parrot.errors import InvalidArgument
 
     if not run_ids:
         raise InvalidArgument("run_ids", "give at least one run id")
@@ -68,7 +69,6 @@ async def create_report(store: Any, run_ids: Sequence[str], title: str = "") -> 
 
 async def create_report_rpc(store: Any, request: Any) -> Any:
     """The CreateReport RPC body: a CreateReportResponse."""
-    from parrot.v1 import report_pb2
 
     rid, files, folders = await create_report(store, list(request.run_ids), request.title)
     resp = report_pb2.CreateReportResponse(report_id=rid, stored_under=folders)

@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from parrot.errors import ConfigError
 from parrot.server.interceptors import AuthInterceptor, ErrorTranslator, MappedRegistrar
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,6 @@ class ServerTls:
         """Both files, or neither (plain text). A missing or unreadable one is a ConfigError naming the setting."""
         from pathlib import Path
 
-        from parrot.errors import ConfigError
 
         if not cert_file and not key_file:
             if client_ca_file:

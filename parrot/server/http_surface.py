@@ -28,6 +28,7 @@ from starlette.requests import ClientDisconnect
 
 from parrot.errors import InvalidArgument, LimitExceeded, NotFound, ParrotError
 from parrot.metrics import HTTP_LATENCY, HTTP_REQUESTS, child
+from parrot.server.interceptors import auth_failed
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,6 @@ class HttpSurface:
         try:
             refused = self._token is not None and scope["method"] == "POST" and self._refusal(scope)
             if refused:
-                from parrot.server.interceptors import auth_failed
-
                 client = scope.get("client") or ("", 0)
                 auth_failed("http", refused, scope["path"], f"{client[0]}:{client[1]}")
                 await _send_json(tracked_send, 401, error_body(scope["path"], 401, "missing or invalid bearer token",

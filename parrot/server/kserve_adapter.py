@@ -47,6 +47,7 @@ kserve = import_kserve()
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady  # noqa: E402
 from kserve.protocol.dataplane import DataPlane  # noqa: E402
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
+from parrot.server.http_surface import not_found
 
 RpcTable = dict[str, tuple[type[ProtoMessage], Callable[[ProtoMessage, Any], Any]]]
 
@@ -214,7 +215,6 @@ def _new_app(like: Any) -> Any:
 def refuse_model_versions(app: Any) -> None:
     """``/v2/models/<name>/versions/<v>/...``: a 404 naming the unversioned route (KServe answers 501,
     a server error, for a request that simply names something this server does not have)."""
-    from parrot.server.http_surface import not_found
 
     async def versioned(model_name: str, model_version: str, rest: str = "") -> Any:
         raise not_found("model version", f"{model_name}/versions/{model_version}",

@@ -41,8 +41,10 @@ from parrot.backends.http.chat_completions import finish_reason, sampling_fields
 from parrot.backends.http.client import error_detail, loggable_url, read_api_key
 from parrot.conversation import Message, Role
 from parrot.engines.llamacpp import DEFAULT_GGUF_TYPE, GGUF_TYPES, LlamaServer, LlamaServerSettings
+from parrot.engines.llamacpp import gguf_for, require_server
 from parrot.errors import ConfigError, InvalidArgument, Unavailable
 from parrot.metrics import ENGINE_RESTARTS, GENERATED_TOKENS, PREFIX_CACHE_TOKENS, PROMPT_TOKENS, child
+from parrot.modelstore import BUNDLED_DIRNAME, BUNDLED_NAME
 
 log = logging.getLogger(__name__)
 
@@ -418,9 +420,6 @@ class LlamaCppBackend(EngineBackend):
         return self.llama_config.model
 
     async def load(self) -> None:
-        from parrot.engines.llamacpp import gguf_for, require_server
-        from parrot.modelstore import BUNDLED_DIRNAME, BUNDLED_NAME
-
         cfg = self.llama_config
         binary = require_server()
         gguf, folder = await asyncio.to_thread(gguf_for, cfg.model, cfg.gguf_type)

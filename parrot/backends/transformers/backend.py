@@ -42,6 +42,7 @@ from parrot.metrics import (
     QUEUE_DEPTH,
     STAGE_LATENCY,
 )
+from parrot.modelstore import BUNDLED_DIRNAME, BUNDLED_NAME, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +191,8 @@ class TransformersBackend(Backend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from parrot.backends.transformers import ragged
-        from parrot.backends.transformers.cpu_linear import pack_linear_layers
-        from parrot.modelstore import BUNDLED_DIRNAME, BUNDLED_NAME, resolve_model
+        from parrot.backends.transformers import ragged  # lazy: torch
+        from parrot.backends.transformers.cpu_linear import pack_linear_layers  # lazy: torch
 
         t0 = time.monotonic()
         if self.config.num_threads:
@@ -283,7 +283,7 @@ class TransformersBackend(Backend):
 
     def _tree(self, continuations: Sequence[str]) -> Any:
         """The continuation tree for these strings (cached: a judge scores the same labels every time)."""
-        from parrot.backends.transformers.ragged import ContinuationTree
+        from parrot.backends.transformers.ragged import ContinuationTree  # lazy: torch
 
         if not continuations:
             raise InvalidArgument("continuations", "is empty")
@@ -505,7 +505,7 @@ class TransformersBackend(Backend):
         """One forward pass for every admitted row, then sampling, scoring and retiring."""
         import torch
 
-        from parrot.backends.transformers.ragged import Segment, build_plan
+        from parrot.backends.transformers.ragged import Segment, build_plan  # lazy: torch
 
         t0 = time.monotonic()
         self._drop_cancelled()
