@@ -13,7 +13,9 @@ from parrot.cli_runs import fail
 
 bench_app = typer.Typer(help="Benchmarks: extend sessions to N turns, check session files, list instruction checks.",
                         no_args_is_help=True)
-FORMAT = typer.Option("auto", "--format", help="Session file format: auto, mtbench, sessions, sharegpt.")
+FORMAT = typer.Option("auto", "--format", help="Session file format: auto, mtbench, sessions, sharegpt, or a published "
+                                                "benchmark file: mt-eval, mtbench101, multi-if, lost-in-conversation, "
+                                                "multichallenge.")
 
 
 def _load(path: str, fmt: str) -> list[Any]:
@@ -114,8 +116,9 @@ def extend_cmd(
 
 
 @bench_app.command("check")
-def check_cmd(path: str = typer.Argument(..., help="Session file."), fmt: str = FORMAT) -> None:
-    """Validate a session file (every record, every instruction) and print what it holds."""
+def check_cmd(path: str = typer.Argument(..., help="Session file (any --format, detected by default)."),
+              fmt: str = FORMAT) -> None:
+    """Validate a session or published benchmark file (every record, every instruction) and print what it holds."""
     sessions = _load(path, fmt)
     turns = [len(q.turns) for q in sessions]
     with_inst = sum(1 for q in sessions if q.instructions)
@@ -126,6 +129,13 @@ def check_cmd(path: str = typer.Argument(..., help="Session file."), fmt: str = 
     typer.echo(f"{path}: {len(sessions)} sessions, turns {min(turns)}..{max(turns)} (total {sum(turns)}); "
                f"{with_inst} with instructions ({n_inst} given)")
     typer.echo("categories: " + ", ".join(f"{c}={n}" for c, n in sorted(cats.items())))
+    protocols = {q.protocol.benchmark for q in sessions if q.protocol}
+    if protocols:
+        p = sessions[0].protocol
+        scored = sum(len(q.protocol.scored_turns or q.turns) for q in sessions if q.protocol)
+        golden = sum(1 for q in sessions if q.protocol and q.protocol.golden)
+        typer.echo(f"benchmark: {', '.join(sorted(protocols))}; default history: {p.default_history}; "
+                   f"judged turns: {scored}; with reference assistant turns (golden history): {golden}")
 
 
 @bench_app.command("instructions")

@@ -20,7 +20,7 @@ Question ids are compared as given: 81 and "81" are different ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -33,6 +33,34 @@ EXTRA_KEYS = ("turn_provenance", "source")
 
 
 @dataclass(frozen=True)
+class Protocol:
+    """How a published benchmark's item is run and scored (None on a plain question file).
+
+    ``golden`` holds the file's own assistant turns (the history answered against in golden-history
+    mode); ``scored_turns`` the 1-based turns that are judged (None = all); ``judge_prompt`` a
+    per-item judge prompt name; ``rubric`` a YES/NO criterion and ``expected_verdict`` the verdict that passes (MultiChallenge); ``shards`` and
+    ``full_prompt`` the sharded and fully specified instruction (Lost in Conversation);
+    ``instructions_in_force`` means each turn's instruction list is already cumulative (Multi-IF).
+    """
+
+    benchmark: str
+    task: str = ""
+    language: str = ""
+    golden: tuple[str, ...] = ()
+    scored_turns: tuple[int, ...] | None = None
+    default_history: str = "self"
+    judge_prompt: str = ""
+    rubric: str = ""
+    expected_verdict: str = ""
+    shards: tuple[str, ...] = ()
+    full_prompt: str = ""
+    instructions_in_force: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
 class Question:
     question_id: QuestionId
     category: str
@@ -42,6 +70,8 @@ class Question:
     instructions: list[list[Any]] | None = None
     # Other keys of the record (e.g. turn_provenance of an extended file).
     extra: dict[str, Any] | None = None
+    # The published benchmark's protocol, for files read by parrot.datasets.published.
+    protocol: Protocol | None = None
 
     def as_record(self) -> dict[str, Any]:
         """The question as a FastChat question-file record."""
