@@ -126,3 +126,22 @@ def test_fastchat_judgment_files_keep_every_turn_and_mark_failures():
     assert len({(tuple(r["judge"]), r["question_id"], r["model"]) for r in rows}) == 8
     assert [r["judge"][1] for r in rows[:3]] == ["single-v1", "single-v1-multi-turn", "single-v1-multi-turn-turn3"]
     assert [r["score"] for r in rows].count(FAILED_SCORE) == 1
+
+
+MULTI_IF_LANGUAGES = {
+    "en": "The weather today is rainy and cold, so we will stay at home and read a book together.",
+    "fr": "Le temps est pluvieux et froid aujourd'hui, alors nous resterons à la maison pour lire un livre.",
+    "es": "Hoy el tiempo está lluvioso y frío, así que nos quedaremos en casa leyendo un libro juntos.",
+    "it": "Oggi il tempo è piovoso e freddo, quindi resteremo a casa a leggere un libro insieme.",
+    "pt": "Hoje o tempo está chuvoso e frio, então vamos ficar em casa lendo um livro juntos.",
+    "ru": "Сегодня дождливо и холодно, поэтому мы останемся дома и будем читать книгу вместе.",
+    "hi": "आज मौसम बरसाती और ठंडा है, इसलिए हम घर पर रहेंगे और साथ में एक किताब पढ़ेंगे।",
+    "zh": "今天下雨又很冷，所以我们会待在家里一起看书。",
+}
+
+
+@pytest.mark.parametrize("code", sorted(MULTI_IF_LANGUAGES))
+def test_response_language_tells_the_eight_multi_if_languages_apart(code):
+    passes = [c for c in MULTI_IF_LANGUAGES
+              if verdict("language:response_language", MULTI_IF_LANGUAGES[code], language=c)[0]]
+    assert passes == [code]  # zh also matches langdetect's zh-cn / zh-tw

@@ -14,25 +14,10 @@ import pytest
 from parrot.backends.echo_backend import echo_reply
 from parrot.conversation import Message, Role
 from parrot.v1 import coordinator_pb2 as cpb
-from tests.conftest import start_service
-from tests.test_coordinator import coord_stub, results, start_coordinator, wait_done
+from tests.test_bench_eval import coordinator, models  # noqa: F401  (module fixtures: echo services + coordinator)
+from tests.test_coordinator import coord_stub, results, wait_done
 
 FIXTURES = Path(__file__).parent / "fixtures" / "published"
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    sp = start_service(tmp_path_factory.mktemp("echo"), ["all", "--backend", "echo"], wait_for="parrot.v1.Judge")
-    yield sp
-    assert sp.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def coordinator(tmp_path_factory, models):
-    tmp = tmp_path_factory.mktemp("coord")
-    c = start_coordinator(tmp, (tmp / "store").as_uri(), models.grpc_target)
-    yield c
-    assert c.stop() == 0, c.log()[-3000:]
 
 
 def lines(data: bytes) -> list[dict]:
@@ -162,3 +147,19 @@ def test_cli_eval_takes_the_published_files_with_no_conversion(coordinator, tmp_
                  "--repeats", "2", "--max-tokens", "16"], env)
     assert "lost-in-conversation (full, sharded arms)" in r.stdout and "pass^k: k=1" in r.stdout
     assert "sharded " in r.stdout and "concat " not in r.stdout
+
+
+@pytest.mark.parametrize("fixture,evaluation,needle", [
+    ("mtbench101.jsonl", {"history": "gold"}, "spec.evaluation.history"),
+    ("sharded_instructions.json", {"arms": ["sharded", "shards"]}, "spec.evaluation.arms[1]"),
+    ("sharded_instructions.json", {"arms": ["full", "full"]}, "listed twice"),
+    ("mt-bench_extended.jsonl", {"repeats": 65}, "spec.evaluation.repeats"),
+    ("multi-if.jsonl", {"history": "golden"}, "no reference assistant turn"),  # Multi-IF has no golden turns
+])
+def test_bad_protocol_settings_are_invalid_argument_naming_the_field(coordinator, fixture, evaluation, needle):
+    spec = cpb.RunSpec(name="bad", evaluation=cpb.EvaluationSpec(
+        questions=cpb.InputFile(name=fixture, content=(FIXTURES / fixture).read_bytes()), **evaluation))
+    with grpc.insecure_channel(coordinator.grpc_target) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            coord_stub(ch).StartRun(cpb.StartRunRequest(spec=spec), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in err.value.details()

@@ -164,3 +164,22 @@ def test_multichallenge_any_passing_attempt_counts_and_axes_are_averaged():
     out = protocols._multichallenge(items)
     assert out["per_axis"]["A"]["pass_rate"] == 0.5 and out["per_axis"]["B"]["pass_rate"] == 1.0
     assert out["overall"] == 0.75
+
+
+# ----------------------------------------------------------------------- drafts in published shapes
+
+def test_extended_drafts_in_mt_eval_and_mtbench101_shapes_load_back_with_golden_turns(tmp_path):
+    from parrot.benchmarks.shapes import write_shapes
+
+    records = [{"question_id": 81, "category": "writing", "turns": ["Write a poem.", "Shorter.", "Now about rain."],
+                "extension": {"status": "complete", "context_answers": ["A long poem.", "A short poem."]}},
+               {"question_id": "82", "category": "math", "turns": ["1+1?", "And 2+2?"],
+                "extension": {"status": "unchanged"}}]
+    paths = write_shapes(records, tmp_path / "draft.jsonl", ["mt-eval", "mtbench101"], task="CM")
+    assert [p.name for p in paths] == ["draft.mt-eval.jsonl", "draft.mtbench101.jsonl"]
+    mteval = load_eval_sessions_file(paths[0])
+    assert [q.protocol.benchmark for q in mteval] == ["mt-eval", "mt-eval"]
+    assert mteval[0].protocol.golden == ("A long poem.", "A short poem.", "") and mteval[0].turns[2] == "Now about rain."
+    mt101 = load_eval_sessions_file(paths[1])
+    assert mt101[0].protocol.task == "CM" and mt101[0].protocol.scored_turns == (2, 3)
+    assert mt101[1].protocol.golden == ("", "")  # an unchanged session has no drafted answers

@@ -9,7 +9,8 @@ as they are; ``startend:start_checker`` is our own addition. Definitions used by
   words of scripts without case never are;
 * ``number_paragraphs`` counts parts separated by a markdown divider line ``***`` (IFEval's
   convention); ``nth_paragraph_first_word`` counts parts separated by blank lines;
-* a *bullet* is a line starting with ``*`` or ``-`` followed by a space (``**bold**`` is not one);
+* a *bullet* is a line starting with ``*`` and another character than ``*``, or with ``-`` (as the
+  reference: ``**bold**`` is not one, a ``---`` rule is);
 * a *highlight* is ``*text*`` or ``**text**`` on one line;
 * a *placeholder* is text in square brackets, ``[address]``;
 * ``forbidden_words`` match whole words, ``existence`` and ``frequency`` count the keyword anywhere
@@ -30,7 +31,7 @@ __all__ = ["sentences", "words"]
 
 _WORD = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n")
-_BULLET = re.compile(r"^\s*[*\-]\s+\S", re.MULTILINE)
+_BULLET = re.compile(r"^\s*(?:\*[^*\n]|-).*$", re.MULTILINE)  # as the reference: "*x" or "-..." ("**bold**" is none)
 _HIGHLIGHT = re.compile(r"\*\*[^\n*]+\*\*|(?<!\*)\*[^\n*]+\*(?!\*)")
 _PLACEHOLDER = re.compile(r"\[.*?\]")  # as the reference: brackets on one line, even empty ones
 _DIVIDER = re.compile(r"^\s*\*\s*\*\s*\*\s*$", re.MULTILINE)

@@ -39,13 +39,9 @@ def check_fields(e: Any) -> tuple[str, list[str], int]:
     if e.history not in ("",) + HISTORY_MODES:
         raise InvalidArgument("spec.evaluation.history", f"is {e.history!r}; allowed: {', '.join(HISTORY_MODES)} "
                                                          "(empty = the benchmark's own protocol)")
-    arms: list[str] = []
-    for i, arm in enumerate(e.arms):
-        if arm not in LIC_ARMS:
-            raise InvalidArgument(f"spec.evaluation.arms[{i}]", f"is {arm!r}; allowed: {', '.join(LIC_ARMS)}")
-        if arm in arms:
-            raise InvalidArgument(f"spec.evaluation.arms[{i}]", f"{arm!r} is listed twice")
-        arms.append(arm)
+    from services.coordinator.spec import distinct_choices
+
+    arms = distinct_choices("spec.evaluation.arms", e.arms, LIC_ARMS)
     if e.repeats > MAX_REPEATS:
         raise InvalidArgument("spec.evaluation.repeats", f"is {e.repeats}; allowed 0..{MAX_REPEATS} (0 = 1)")
     if e.pairwise and e.history == "golden":

@@ -247,18 +247,24 @@ async def _plan_evaluation(spec: cpb.RunSpec, reader: InputReader, inputs: dict,
 NEGATIVES_CHOSEN_SOURCES = ("responder", "dataset")
 
 
+def distinct_choices(field_name: str, values: Any, allowed: tuple[str, ...]) -> list[str]:
+    """A repeated field's values, each one of ``allowed`` and none twice; INVALID_ARGUMENT names the item."""
+    out: list[str] = []
+    for i, v in enumerate(values):
+        if v not in allowed:
+            raise InvalidArgument(f"{field_name}[{i}]", f"is {v!r}; allowed: {', '.join(allowed)}")
+        if v in out:
+            raise InvalidArgument(f"{field_name}[{i}]", f"{v!r} is listed twice")
+        out.append(v)
+    return out
+
+
 def check_negatives(spec: cpb.RunSpec) -> list[str]:
     """Validates the negatives section; returns the strategies to use."""
     from parrot.datasets.capo import STRATEGIES
 
     n = spec.negatives
-    strategies: list[str] = []
-    for i, s in enumerate(n.strategies):
-        if s not in STRATEGIES:
-            raise InvalidArgument(f"spec.negatives.strategies[{i}]", f"is {s!r}; allowed: {', '.join(STRATEGIES)}")
-        if s in strategies:
-            raise InvalidArgument(f"spec.negatives.strategies[{i}]", f"{s!r} is listed twice")
-        strategies.append(s)
+    strategies = distinct_choices("spec.negatives.strategies", n.strategies, STRATEGIES)
     if n.chosen_source not in ("", *NEGATIVES_CHOSEN_SOURCES):
         raise InvalidArgument("spec.negatives.chosen_source",
                               f"is {n.chosen_source!r}; allowed: {', '.join(NEGATIVES_CHOSEN_SOURCES)} (empty = responder)")
