@@ -59,6 +59,8 @@ def test_capital_words_are_cased_tokens_all_capitals(response, n):
     ("snake_case stays one word", 4),
     ("我们今天去公园", 7),  # Chinese: one word per character, as Multi-IF counts
     ("東京へ行きます and back", 9),  # Japanese kana and kanji too, Latin words by spaces
+    ("ผมชอบกินข้าวผัดมาก", 5),  # Thai: newmm, as Multi-IF (ผม ชอบ กิน ข้าวผัด มาก)
+    ("วันนี้อากาศดี เราไปสวนกันเถอะ", 8),  # the space is no word
 ])
 def test_words_keep_combining_marks(text, n):
     assert len(words(text)) == n, words(text)

@@ -7,9 +7,10 @@ reference's ``\\w+``: "don't" is two words, as there), except that
   word, not one per vowel sign (a documented deviation from lm-eval, which splits there);
 * every Han, hiragana or katakana character is a word of its own (Chinese and Japanese are written
   without spaces; Multi-IF counts them so); Hangul words are separated by spaces as in English;
-* Thai is written without spaces between words and no Thai dictionary ships here: a run of Thai
-  letters between spaces or punctuation counts as one word, an undercount next to Multi-IF's
-  dictionary segmenter (pythainlp).
+* Thai is written without spaces between words: a run of Thai is cut into words by PyThaiNLP's
+  default ``newmm`` segmenter (dictionary maximal matching over Thai character clusters, from the
+  standalone ``newmm-tokenizer`` package), the segmenter Multi-IF counts with; its white-space
+  tokens are not words here (Multi-IF counts them too).
 
 *Sentences* (``length_constraints:number_sentences``), by the script most of the text's letters
 are in:
@@ -41,11 +42,27 @@ def _is_han_kana(c: str) -> bool:
     return _HAN_KANA.match(c) is not None
 
 
+def _thai_words(run: str) -> list[str]:
+    from newmm_tokenizer.tokenizer import word_tokenize
+
+    return [w for w in word_tokenize(run, keep_whitespace=False) if _WORDY.search(w)]
+
+
 def words(text: str) -> list[str]:
     """Words as defined in the module docstring."""
     out: list[str] = []
     cur: list[str] = []
+    thai: list[str] = []
     for c in text:
+        if _THAI.match(c):
+            if cur:
+                out.append("".join(cur))
+                cur = []
+            thai.append(c)
+            continue
+        if thai:
+            out += _thai_words("".join(thai))
+            thai = []
         cat = unicodedata.category(c)[0]
         if _is_han_kana(c):
             if cur:
@@ -59,6 +76,8 @@ def words(text: str) -> list[str]:
             cur = []
     if cur:
         out.append("".join(cur))
+    if thai:
+        out += _thai_words("".join(thai))
     return out
 
 
