@@ -163,3 +163,20 @@ def test_bad_protocol_settings_are_invalid_argument_naming_the_field(coordinator
         with pytest.raises(grpc.RpcError) as err:
             coord_stub(ch).StartRun(cpb.StartRunRequest(spec=spec), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in err.value.details()
+
+
+def test_a_plain_mtbench_file_in_golden_history_with_repeats(coordinator):
+    """MT-Bench's own reference answers serve as golden turns; the summary names the mode and pass^k."""
+    questions = [{"question_id": 1, "category": "math", "turns": ["What is 2+2?", "And times 3?"], "reference": ["4", "12"]}]
+    spec = cpb.RunSpec(name="plain", evaluation=cpb.EvaluationSpec(
+        questions=cpb.InputFile(name="q.jsonl", content=json.dumps(questions[0]).encode()), history="golden",
+        repeats=3))
+    with grpc.insecure_channel(coordinator.grpc_target) as ch:
+        stub = coord_stub(ch)
+        run = wait_done(stub, stub.StartRun(cpb.StartRunRequest(spec=spec), timeout=30).id)
+        assert run.state == cpb.RUN_STATE_SUCCEEDED, run.message
+        summary = json.loads(results(stub, run.id)["summary.json"])
+    proto = summary["protocol"]
+    assert proto["benchmark"] is None and proto["name"] == "sessions (golden history)"
+    assert proto["pass_k"]["items"] == 1 and set(proto["pass_k"]) >= {"1", "2", "3"}
+    assert summary["finished"] == 3  # one unit per repeat

@@ -20,7 +20,7 @@ Question ids are compared as given: 81 and "81" are different ids.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -55,9 +55,6 @@ class Protocol:
     shards: tuple[str, ...] = ()
     full_prompt: str = ""
     instructions_in_force: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)

@@ -89,9 +89,7 @@ def _evaluation_files(run: cpb.Run, plan: Any, done: list[dict[str, Any]]) -> di
                                "judge_model": next((j["judge_model"] for rec in done for j in rec["data"]["judgments"]
                                                     if j.get("judge_model")), None)}
     extra_files = _instruction_and_second_judge(run, plan, done, summary, model_id)
-    protocol = protocol_summary(plan, done, int(plan.notes.get("repeats", 1)))
-    if protocol:
-        summary["protocol"] = protocol
+    summary["protocol"] = protocol_summary(plan, done, int(plan.notes.get("repeats", 1)))
     if e.pairwise:
         wins = {"model_1": 0, "model_2": 0, "tie": 0}
         for rec in done:

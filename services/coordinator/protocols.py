@@ -97,17 +97,19 @@ def _lic_arm(base: dict[str, Any], p: Any, arm: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------- summary
 
-def protocol_summary(plan: Any, done: list[dict[str, Any]], repeats: int) -> dict[str, Any] | None:
-    """``summary["protocol"]`` for a run over a published benchmark file (None for plain files)."""
+def protocol_summary(plan: Any, done: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
+    """``summary["protocol"]``: the benchmark (None for a plain session file), history mode and scores."""
     units = {u["id"]: u for u in plan.units}
     benchmarks = {u.get("benchmark") for u in plan.units} - {None, ""}
-    if not benchmarks:
-        return _pass_k_only(units, done, repeats) if repeats > 1 else None
-    benchmark = sorted(benchmarks)[0]
+    benchmark = sorted(benchmarks)[0] if benchmarks else None
     modes = sorted({u.get("history", "self") for u in plan.units})
     out: dict[str, Any] = {"benchmark": benchmark, "history": modes[0] if len(modes) == 1 else modes,
-                           "name": f"{benchmark} ({'/'.join(modes)} history)"}
+                           "name": f"{benchmark or 'sessions'} ({'/'.join(modes)} history)"}
     items = [(units[rec["id"]], rec["data"]) for rec in done]
+    if benchmark is None:  # a plain session file: the history mode, and pass^k where it repeats
+        if repeats > 1:
+            out["pass_k"] = pass_k_block(items, repeats)
+        return out
     if benchmark == "mtbench101":
         out.update(_mtbench101(items))
     elif benchmark == "multichallenge":
@@ -117,11 +119,6 @@ def protocol_summary(plan: Any, done: list[dict[str, Any]], repeats: int) -> dic
         out["name"] = f"lost-in-conversation ({', '.join(sorted({u['arm'] for u in plan.units}))} arms)"
     out["pass_k"] = pass_k_block(items, repeats)
     return out
-
-
-def _pass_k_only(units: dict[str, Any], done: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
-    items = [(units[rec["id"]], rec["data"]) for rec in done]
-    return {"benchmark": None, "history": "self", "name": "repeats", "pass_k": pass_k_block(items, repeats)}
 
 
 def dialogue_score(data: dict[str, Any]) -> float | None:
