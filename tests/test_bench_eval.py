@@ -149,8 +149,11 @@ def test_cli_session_extend_eval_report(coordinator, models, tmp_path):
     src = tmp_path / "two_turn.jsonl"
     src.write_bytes(jsonl(TWO_TURN))
     out = tmp_path / "extended.jsonl"
-    r = run_cli(["bench", "extend", str(src), "--out", str(out), "--turns", "8", "--answer-max-tokens", "16"], env)
+    r = run_cli(["bench", "extend", str(src), "--out", str(out), "--turns", "8", "--answer-max-tokens", "16",
+                 "--also-shape", "mt-eval"], env)
     assert "wrote 2 sessions (12 new turns, 0 incomplete)" in r.stdout
+    mt_eval = lines((tmp_path / "extended.mt-eval.jsonl").read_bytes())  # the same draft in MT-Eval's shape
+    assert [len(x["conversation"]) for x in mt_eval] == [8, 8] and all(c["sys"] for c in mt_eval[0]["conversation"][:7])
     records = lines(out.read_bytes())
     assert [len(x["turns"]) for x in records] == [8, 8] and records[0]["turns"][:2] == TWO_TURN[0]["turns"]
     for rec in records:

@@ -55,18 +55,35 @@ def test_capital_words_are_cased_tokens_all_capitals(response, n):
 @pytest.mark.parametrize("text,n", [
     ("नमस्ते आप कैसे हैं दोस्त", 5),  # Hindi: vowel signs and viramas stay inside their word
     ("நான் இன்று காலை பள்ளிக்கு நடந்து சென்றேன் மகிழ்ச்சியாக", 7),  # Tamil
-    ("don't split well-known words", 4),
-    ("snake_case splits at the underscore", 6),
+    ("don't split well-known words", 6),  # the reference's \w+: don, t, split, well, known, words
+    ("snake_case stays one word", 4),
+    ("我们今天去公园", 7),  # Chinese: one word per character, as Multi-IF counts
+    ("東京へ行きます and back", 9),  # Japanese kana and kanji too, Latin words by spaces
+    ("ผมชอบกินข้าวผัดมาก", 5),  # Thai: newmm, as Multi-IF (ผม ชอบ กิน ข้าวผัด มาก)
+    ("วันนี้อากาศดี เราไปสวนกันเถอะ", 8),  # the space is no word
 ])
 def test_words_keep_combining_marks(text, n):
     assert len(words(text)) == n, words(text)
 
 
 def test_sentences_do_not_end_at_abbreviations():
+    """Punkt's English model, as the reference (checked against lm-eval in tests/test_ifeval_agreement.py):
+    titles, times and dotted abbreviations do not end a sentence; "e.g." before a lowercase word does."""
     text = ("Dr. Smith met Mr. Jones at 5 p.m. in the U.S. on Friday. They talked, e.g. about J. R. R. Tolkien "
             "and the Ph.D. program! Was it fun? Yes.")
-    assert len(sentences(text)) == 4, sentences(text)
+    assert sentences(text) == ["Dr. Smith met Mr. Jones at 5 p.m. in the U.S. on Friday.", "They talked, e.g.",
+                               "about J. R. R. Tolkien and the Ph.D. program!", "Was it fun?", "Yes."]
     assert len(sentences("One. Two.\n\nThree")) == 3
+
+
+@pytest.mark.parametrize("text,n", [
+    ("今天天气很好。我们去公园吧！你来吗？", 3),  # Chinese: at 。！？
+    ("今日は晴れです。\n公園に行きましょう", 2),  # Japanese: and at a line end
+    ("आज मौसम अच्छा है। हम पार्क चलें! तुम आओगे?", 3),  # Hindi: at । ! ?
+    ("วันนี้อากาศดี เราไปสวนกันเถอะ\nคุณจะมาไหม", 3),  # Thai: at spaces and line ends
+])
+def test_sentences_of_scripts_without_latin_full_stops(text, n):
+    assert len(sentences(text)) == n, sentences(text)
 
 
 def test_end_phrase_inside_a_closing_quote_and_quotation_can_both_hold():
@@ -111,3 +128,22 @@ def test_fastchat_judgment_files_keep_every_turn_and_mark_failures():
     assert len({(tuple(r["judge"]), r["question_id"], r["model"]) for r in rows}) == 8
     assert [r["judge"][1] for r in rows[:3]] == ["single-v1", "single-v1-multi-turn", "single-v1-multi-turn-turn3"]
     assert [r["score"] for r in rows].count(FAILED_SCORE) == 1
+
+
+MULTI_IF_LANGUAGES = {
+    "en": "The weather today is rainy and cold, so we will stay at home and read a book together.",
+    "fr": "Le temps est pluvieux et froid aujourd'hui, alors nous resterons à la maison pour lire un livre.",
+    "es": "Hoy el tiempo está lluvioso y frío, así que nos quedaremos en casa leyendo un libro juntos.",
+    "it": "Oggi il tempo è piovoso e freddo, quindi resteremo a casa a leggere un libro insieme.",
+    "pt": "Hoje o tempo está chuvoso e frio, então vamos ficar em casa lendo um livro juntos.",
+    "ru": "Сегодня дождливо и холодно, поэтому мы останемся дома и будем читать книгу вместе.",
+    "hi": "आज मौसम बरसाती और ठंडा है, इसलिए हम घर पर रहेंगे और साथ में एक किताब पढ़ेंगे।",
+    "zh": "今天下雨又很冷，所以我们会待在家里一起看书。",
+}
+
+
+@pytest.mark.parametrize("code", sorted(MULTI_IF_LANGUAGES))
+def test_response_language_tells_the_eight_multi_if_languages_apart(code):
+    passes = [c for c in MULTI_IF_LANGUAGES
+              if verdict("language:response_language", MULTI_IF_LANGUAGES[code], language=c)[0]]
+    assert passes == [code]  # zh also matches langdetect's zh-cn / zh-tw

@@ -136,8 +136,14 @@ def fastchat_file(tmp_path: Path) -> Path:
 
 def test_default_prompts_are_versioned_multi_turn_records():
     prompts = {p.name: p for p in load_default_prompts()}
-    assert set(prompts) == {DEFAULT_SINGLE_PROMPT, DEFAULT_SINGLE_REF_PROMPT, DEFAULT_PAIR_PROMPT, DEFAULT_PAIR_REF_PROMPT,
-                            "parrot-context-v1"}  # CaPO's context-dependence confirmation (tests/test_negatives.py)
+    benchmark = {n for n in prompts if n.startswith(("mtbench101-", "multichallenge-"))}
+    assert set(prompts) - benchmark == {DEFAULT_SINGLE_PROMPT, DEFAULT_SINGLE_REF_PROMPT, DEFAULT_PAIR_PROMPT,
+                                        DEFAULT_PAIR_REF_PROMPT,
+                                        "parrot-context-v1"}  # CaPO's context-dependence confirmation (tests/test_negatives.py)
+    # MT-Bench-101's 13 per-task prompts (the math / reasoning ones compare with a reference) and MultiChallenge's rubric
+    assert len(benchmark) == 14 and prompts["multichallenge-rubric-v1"].uses_reference
+    assert {n for n in benchmark if prompts[n].uses_reference} == {"mtbench101-mr-v1", "mtbench101-gr-v1",
+                                                                   "multichallenge-rubric-v1"}
     assert prompts[DEFAULT_SINGLE_PROMPT].type == "single" and not prompts[DEFAULT_SINGLE_PROMPT].uses_reference
     assert prompts[DEFAULT_SINGLE_REF_PROMPT].type == "single" and prompts[DEFAULT_SINGLE_REF_PROMPT].uses_reference
     assert prompts[DEFAULT_PAIR_PROMPT].type == "pairwise" and not prompts[DEFAULT_PAIR_PROMPT].uses_reference
@@ -148,11 +154,14 @@ def test_default_prompts_are_versioned_multi_turn_records():
 
 
 def test_package_file_is_fastchat_compatible_jsonl():
-    path = Path(__file__).resolve().parents[1] / "parrot" / "judging" / "prompts" / "parrot-v1.jsonl"
+    folder = Path(__file__).resolve().parents[1] / "parrot" / "judging" / "prompts"
     fields = {"name", "type", "system_prompt", "prompt_template", "description", "category", "output_format", "version"}
-    for line in path.read_text().splitlines():
-        assert set(json.loads(line)) == fields
-    assert [p.name for p in load_prompts(path)] == [p.name for p in load_default_prompts()]
+    names = []
+    for path in (folder / "parrot-v1.jsonl", folder / "benchmarks-v1.jsonl"):
+        for line in path.read_text().splitlines():
+            assert set(json.loads(line)) == fields
+        names += [p.name for p in load_prompts(path)]
+    assert names == [p.name for p in load_default_prompts()]
 
 
 def test_our_template_renders_every_turn_up_to_the_graded_one():
@@ -524,7 +533,7 @@ async def test_pair_compares_the_requested_turn():
 async def test_list_prompts_includes_an_extra_fastchat_file(fastchat_file: Path):
     service, _ = local_service()
     resp = await service.ListPrompts(judge_pb2.ListPromptsRequest(), None)
-    assert [p.name for p in resp.prompts] == [
+    assert [p.name for p in resp.prompts if not p.name.startswith(("mtbench101-", "multichallenge-"))] == [
         DEFAULT_SINGLE_PROMPT,
         DEFAULT_SINGLE_REF_PROMPT,
         DEFAULT_PAIR_PROMPT,

@@ -1,4 +1,6 @@
-"""Dataset formats the platform reads and writes: ShareGPT, MT-Bench questions, FastChat records.
+"""Dataset formats the platform reads and writes: ShareGPT, MT-Bench questions, FastChat records,
+and the published multi-turn benchmark files (MT-Eval, MT-Bench-101, Multi-IF, Lost in
+Conversation, MultiChallenge; :mod:`parrot.datasets.published`).
 
 Every loader takes a display ``name`` and the content (``str`` or ``bytes``), so it works on
 files, uploads and object-store bytes alike; ``load_*_file(path)`` wraps it for local files.
@@ -21,6 +23,7 @@ from parrot.datasets.fastchat import (
     single_judgment_record,
 )
 from parrot.datasets.mtbench import (
+    Protocol,
     Question,
     attach_references,
     load_questions,
@@ -28,6 +31,7 @@ from parrot.datasets.mtbench import (
     load_references,
     load_references_file,
 )
+from parrot.datasets.published import PUBLISHED_FORMATS, PUBLISHED_LOADERS
 from parrot.datasets.sessions import (
     SESSION_FORMATS,
     detect_session_format,
@@ -49,6 +53,9 @@ from parrot.datasets.sharegpt import (
 )
 
 __all__ = [
+    "PUBLISHED_FORMATS",
+    "PUBLISHED_LOADERS",
+    "Protocol",
     "SESSION_FORMATS",
     "Answer",
     "DatasetError",

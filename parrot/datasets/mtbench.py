@@ -33,6 +33,31 @@ EXTRA_KEYS = ("turn_provenance", "source")
 
 
 @dataclass(frozen=True)
+class Protocol:
+    """How a published benchmark's item is run and scored (None on a plain question file).
+
+    ``golden`` holds the file's own assistant turns (the history answered against in golden-history
+    mode); ``scored_turns`` the 1-based turns that are judged (None = all); ``judge_prompt`` a
+    per-item judge prompt name; ``rubric`` a YES/NO criterion and ``expected_verdict`` the verdict that passes (MultiChallenge); ``shards`` and
+    ``full_prompt`` the sharded and fully specified instruction (Lost in Conversation);
+    ``instructions_in_force`` means each turn's instruction list is already cumulative (Multi-IF).
+    """
+
+    benchmark: str
+    task: str = ""
+    language: str = ""
+    golden: tuple[str, ...] = ()
+    scored_turns: tuple[int, ...] | None = None
+    default_history: str = "self"
+    judge_prompt: str = ""
+    rubric: str = ""
+    expected_verdict: str = ""
+    shards: tuple[str, ...] = ()
+    full_prompt: str = ""
+    instructions_in_force: bool = False
+
+
+@dataclass(frozen=True)
 class Question:
     question_id: QuestionId
     category: str
@@ -42,6 +67,8 @@ class Question:
     instructions: list[list[Any]] | None = None
     # Other keys of the record (e.g. turn_provenance of an extended file).
     extra: dict[str, Any] | None = None
+    # The published benchmark's protocol, for files read by parrot.datasets.published.
+    protocol: Protocol | None = None
 
     def as_record(self) -> dict[str, Any]:
         """The question as a FastChat question-file record."""

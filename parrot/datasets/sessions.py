@@ -19,8 +19,11 @@ answers and per-turn instructions). Four file formats give them:
 * ``sharegpt``: ShareGPT conversations (JSON array or JSONL) used as sessions: the human turns
   only, category "sharegpt" (or the record's ``category`` if it is a string). A conversation
   with no non-empty human turn is an error naming its line.
+* the published benchmark files, read as they ship (see :mod:`parrot.datasets.published`):
+  ``mt-eval``, ``mtbench101``, ``multi-if``, ``lost-in-conversation``, ``multichallenge``.
 * ``auto``: decided by the first record: ``turns`` means mtbench, ``messages`` sessions,
-  ``conversations`` sharegpt.
+  ``conversations`` sharegpt, then the published shapes (a CSV header naming ``turn_1_prompt``
+  is Multi-IF).
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from pathlib import Path
 from parrot.conversation import Role
 from parrot.datasets.errors import DatasetError, decode_text, iter_jsonl, iter_records, json_type, read_file
 from parrot.datasets.mtbench import Question, load_questions, record_instructions
+from parrot.datasets.published import PUBLISHED_FORMATS, PUBLISHED_LOADERS, detect_published
 from parrot.datasets.sharegpt import load_sharegpt
 
-SESSION_FORMATS = ("auto", "mtbench", "sessions", "sharegpt")
+SESSION_FORMATS = ("auto", "mtbench", "sessions", "sharegpt") + PUBLISHED_FORMATS
 _ROLES = {"user": Role.USER, "assistant": Role.ASSISTANT, "system": Role.SYSTEM}
 
 
@@ -96,6 +100,9 @@ def sessions_from_sharegpt(name: str, text: str | bytes) -> list[Question]:
 
 
 def detect_session_format(name: str, text: str | bytes) -> str:
+    text = decode_text(name, text)
+    if detect_published(None, text):
+        return "multi-if"  # the CSV export
     first = next(iter_records(name, text), None)
     if first is None:
         raise DatasetError(name, None, None, "holds no records")
@@ -104,8 +111,13 @@ def detect_session_format(name: str, text: str | bytes) -> str:
         for key, fmt in (("turns", "mtbench"), ("messages", "sessions"), ("conversations", "sharegpt")):
             if key in value:
                 return fmt
-    raise DatasetError(name, line, None, "is not a session record: expected 'turns' (MT-Bench), 'messages' (sessions) "
-                                         "or 'conversations' (ShareGPT)")
+        published = detect_published(value)
+        if published:
+            return published
+    raise DatasetError(name, line, None, "is not a session record: expected 'turns' (MT-Bench), 'messages' (sessions), "
+                                         "'conversations' (ShareGPT), 'conversation' of {user, sys} (MT-Eval), "
+                                         "'history' + 'task' (MT-Bench-101), 'turn_1_prompt' (Multi-IF), 'shards' "
+                                         "(Lost in Conversation) or 'CONVERSATION' (MultiChallenge)")
 
 
 def load_eval_sessions(name: str, text: str | bytes, fmt: str = "auto") -> list[Question]:
@@ -115,7 +127,8 @@ def load_eval_sessions(name: str, text: str | bytes, fmt: str = "auto") -> list[
     text = decode_text(name, text)
     if fmt == "auto":
         fmt = detect_session_format(name, text)
-    loader = {"mtbench": load_questions, "sessions": load_sessions, "sharegpt": sessions_from_sharegpt}[fmt]
+    loader = {"mtbench": load_questions, "sessions": load_sessions, "sharegpt": sessions_from_sharegpt,
+              **PUBLISHED_LOADERS}[fmt]
     return loader(name, text)
 
 

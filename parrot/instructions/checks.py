@@ -3,96 +3,54 @@
 Ids follow the IFEval naming (``group:name``) so files written for IFEval-style evaluation load
 as they are; ``startend:start_checker`` is our own addition. Definitions used by the checks:
 
-* a *word* is a run of letters/digits and the combining marks that follow them (Indic vowel signs,
-  viramas, joiners stay inside their word), with inner apostrophes or hyphens (``don't``, ``well-known``);
-* a *sentence* ends at ``.``, ``!`` or ``?`` followed by white space or the end, or at a blank line,
-  but not after a title or suffix (Mr., Dr., St., Inc., Jr., ...), an initial (``J.``), a dotted
-  abbreviation (``U.S.``, ``e.g.``, ``p.m.``, ``Ph.D.``), as IFEval's reference splitter does;
+* *words* and *sentences* per script, as in :mod:`parrot.instructions.segmentation` (Punkt's
+  English model for sentences, as the reference; CJK, Thai and Hindi as Multi-IF counts them);
 * a *capital word* is a token with cased letters, all capitals (``NASA``; ``U.S.A.`` is one);
   words of scripts without case never are;
 * ``number_paragraphs`` counts parts separated by a markdown divider line ``***`` (IFEval's
   convention); ``nth_paragraph_first_word`` counts parts separated by blank lines;
-* a *bullet* is a line starting with ``*`` or ``-`` followed by a space (``**bold**`` is not one);
+* a *bullet* is a line starting with ``*`` and another character than ``*``, or with ``-`` (as the
+  reference: ``**bold**`` is not one, a ``---`` rule is);
 * a *highlight* is ``*text*`` or ``**text**`` on one line;
 * a *placeholder* is text in square brackets, ``[address]``;
-* keywords match whole words, case-insensitively.
+* ``forbidden_words`` match whole words, ``existence`` and ``frequency`` count the keyword anywhere
+  (as the reference: "the" counts inside "there"), case-insensitively.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import string
 import unicodedata
 
 from parrot.instructions.language import detect_language
 from parrot.instructions.registry import Instruction, Param, compare, register
+from parrot.instructions.segmentation import sentences, words
+
+__all__ = ["sentences", "words"]
 
 _WORD = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n")
-_BULLET = re.compile(r"^\s*[*\-]\s+\S", re.MULTILINE)
+_BULLET = re.compile(r"^\s*(?:\*[^*\n]|-).*$", re.MULTILINE)  # as the reference: "*x" or "-..." ("**bold**" is none)
 _HIGHLIGHT = re.compile(r"\*\*[^\n*]+\*\*|(?<!\*)\*[^\n*]+\*(?!\*)")
-_PLACEHOLDER = re.compile(r"\[[^\[\]\n]+\]")
+_PLACEHOLDER = re.compile(r"\[.*?\]")  # as the reference: brackets on one line, even empty ones
 _DIVIDER = re.compile(r"^\s*\*\s*\*\s*\*\s*$", re.MULTILINE)
 _TITLE = re.compile(r"<<[^\n<>]+>>")
 
 
-_JOINERS = "\u200c\u200d"  # zero-width (non-)joiners inside Indic and Arabic words
-_INNER = "'’-"
-
-
-def words(text: str) -> list[str]:
-    """Words as defined above. Combining marks (category M) and joiners continue a word, so a
-    Hindi or Tamil word is one word, not one per vowel sign (Python's \\w would split it)."""
-    out: list[str] = []
-    cur: list[str] = []
-    n = len(text)
-    for i, c in enumerate(text):
-        cat = unicodedata.category(c)[0]
-        if cat in "LN" or (cur and (cat == "M" or c in _JOINERS)):
-            cur.append(c)
-        elif cur and c in _INNER and i + 1 < n and unicodedata.category(text[i + 1])[0] in "LN":
-            cur.append(c)
-        elif cur:
-            out.append("".join(cur))
-            cur = []
-    if cur:
-        out.append("".join(cur))
-    return out
-
-
-# Abbreviations a sentence does not end at (IFEval's reference splitter protects the same kinds).
-_NO_END_WORDS = frozenset({"mr", "mrs", "ms", "dr", "st", "prof", "inc", "ltd", "jr", "sr", "co", "vs", "etc"})
-_DOTTED = re.compile(r"(?:[^\W\d_]\.){1,}[^\W\d_]?\.?$|ph\.d\.?$", re.IGNORECASE)
-
-
-def _ends_sentence(before: str) -> bool:
-    """False when the text before a '.' boundary ends with an abbreviation."""
-    token = before.rsplit(None, 1)[-1] if before.split() else ""
-    if not token.endswith("."):
-        return True
-    bare = token.rstrip(".").lstrip("(\"'“‘[").lower()
-    if bare in _NO_END_WORDS - {"etc"}:
-        return False
-    if len(bare) == 1 and bare.isalpha():  # an initial: J. R. R. Tolkien
-        return False
-    return not ("." in bare and _DOTTED.match(bare + "."))  # U.S., e.g., p.m., Ph.D.
-
-
-def sentences(text: str) -> list[str]:
-    t = text.strip()
-    parts, start = [], 0
-    for m in _SENTENCE_END.finditer(t):
-        if "\n\n" not in m.group(0).replace(" ", "") and not _ends_sentence(t[start:m.start()]):
-            continue
-        parts.append(t[start:m.start()])
-        start = m.end()
-    parts.append(t[start:])
-    return [s for s in parts if s and _WORD.search(s)]
 
 
 def _keyword_count(text: str, keyword: str) -> int:
-    pattern = r"(?<![^\W_])" + re.escape(keyword.strip()) + r"(?![^\W_])"
+    """Whole-word occurrences (``\b`` boundaries, as the reference's forbidden words)."""
+    pattern = r"\b" + re.escape(keyword.strip()) + r"\b"
     return len(re.findall(pattern, text, flags=re.IGNORECASE))
+
+
+def _occurrences(text: str, keyword: str) -> int:
+    """Occurrences anywhere, case-insensitive, as the reference counts keywords for ``existence`` and
+    ``frequency`` ("the" counts inside "there")."""
+    return len(re.findall(re.escape(keyword.strip()), text, flags=re.IGNORECASE)) if keyword.strip() else 0
 
 
 def _relation(name: str = "relation") -> Param:
@@ -146,8 +104,9 @@ class NthParagraphFirstWord(Instruction):
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", response) if p.strip()]
         if len(paragraphs) != self.num_paragraphs or self.nth_paragraph > len(paragraphs):
             return False
-        first = words(paragraphs[self.nth_paragraph - 1])
-        return bool(first) and first[0].lower() == self.first_word.strip().lower()
+        # The first white-space token without the punctuation around it, as the reference ("Don't" stays one).
+        token = paragraphs[self.nth_paragraph - 1].split()[0].strip(string.punctuation + "“”‘’«»")
+        return bool(token) and token.lower() == self.first_word.strip().lower()
 
 
 # ----------------------------------------------------------------------------- keywords
@@ -160,7 +119,7 @@ class KeywordsExistence(Instruction):
     description = "Include the keywords {keywords}."
 
     def check(self, response: str) -> bool:
-        return all(_keyword_count(response, k) > 0 for k in self.keywords)
+        return all(_occurrences(response, k) > 0 for k in self.keywords)
 
 
 @register
@@ -180,7 +139,7 @@ class KeywordFrequency(Instruction):
     description = "Use the word '{keyword}' {relation} {frequency} times."
 
     def check(self, response: str) -> bool:
-        return compare(_keyword_count(response, self.keyword), self.relation, self.frequency)
+        return compare(_occurrences(response, self.keyword), self.relation, self.frequency)
 
 
 @register
@@ -381,7 +340,9 @@ class Uppercase(Instruction):
         return response.isupper() and _is_english(response)
 
 
-_CAPS_TOKEN = re.compile(r"(?:[^\W\d_]\.){2,}|[^\W_]+(?:['’\-][^\W_]+)*")  # U.S.A. is one token
+# U.S.A. is one token, INSTALLED_APPS and WELL-KNOWN are one, DON'T is two (DON, T), as the reference's
+# word tokenizer splits it (DO, N'T).
+_CAPS_TOKEN = re.compile(r"(?:[^\W\d_]\.){2,}|\w+(?:-\w+)*")
 
 
 @register
@@ -415,13 +376,12 @@ class Postscript(Instruction):
     description = "End with a postscript starting with {postscript_marker}."
 
     def check(self, response: str) -> bool:
-        # As the reference: the marker anywhere (so **P.S.** counts), "P. S." spaced like "P.S.".
-        letters = [re.escape(c) for c in self.postscript_marker.strip().lower() if c not in ". "]
-        if letters and all(c.isalpha() for c in self.postscript_marker.strip().replace(".", "").replace(" ", "")):
-            pattern = r"\.?\s?".join(letters) + r"\.?"
-        else:
-            pattern = re.escape(self.postscript_marker.strip().lower())
-        return re.search(pattern, response.lower()) is not None
+        # As the reference: the marker anywhere (so **P.S.** counts), its dots required, a space
+        # allowed after each ("P. S." like "P.S."; "steps" is no "P.S.").
+        marker = self.postscript_marker.strip().lower().replace(" ", "")
+        pattern = re.escape(marker).replace(r"\.", r"\.\s?")
+        pattern = pattern[:-3] if pattern.endswith(r"\s?") else pattern
+        return bool(marker) and re.search(pattern, response.lower()) is not None
 
 
 @register

@@ -165,10 +165,13 @@ def check_turn(active: Sequence[InstructionSpec], response: str) -> list[dict[st
     return results
 
 
-def check_session(per_turn: Sequence[Sequence[InstructionSpec]], answers: Sequence[str]) -> list[dict[str, Any]]:
-    """Per-turn results for a session's answers: one entry per answered turn."""
+def check_session(per_turn: Sequence[Sequence[InstructionSpec]], answers: Sequence[str],
+                  accumulated: bool = True) -> list[dict[str, Any]]:
+    """Per-turn results for a session's answers: one entry per answered turn. With ``accumulated``
+    False each turn's list is taken as all that is in force (Multi-IF lists are cumulative)."""
     out = []
-    for t, (active, answer) in enumerate(zip(accumulate(per_turn), answers), 1):
+    in_force = accumulate(per_turn) if accumulated else [list(t) for t in per_turn]
+    for t, (active, answer) in enumerate(zip(in_force, answers), 1):
         results = check_turn(active, answer)
         out.append({"turn": t, "results": results,
                     "prompt_strict": all(r["strict"] for r in results) if results else None,

@@ -62,6 +62,8 @@ PROMPT_TYPES: tuple[str, ...] = ("single", "pairwise")
 OUTPUT_FORMATS: dict[str, str] = {"single": "[[rating]]", "pairwise": "[[A]]"}
 
 DEFAULT_PROMPTS_RESOURCE = "parrot-v1.jsonl"
+# Per-benchmark prompts (MT-Bench-101's per-task criteria in our wording, MultiChallenge's rubric).
+BENCHMARK_PROMPTS_RESOURCE = "benchmarks-v1.jsonl"
 DEFAULT_SINGLE_PROMPT = "parrot-single-v1"
 DEFAULT_SINGLE_REF_PROMPT = "parrot-single-ref-v1"
 DEFAULT_PAIR_PROMPT = "parrot-pair-v1"
@@ -149,9 +151,13 @@ def load_prompts(path: str | Path) -> list[JudgePrompt]:
 
 
 def load_default_prompts() -> list[JudgePrompt]:
-    """The prompts shipped with the package (``parrot/judging/prompts/parrot-v1.jsonl``)."""
-    res = resources.files("parrot.judging").joinpath("prompts", DEFAULT_PROMPTS_RESOURCE)
-    return parse_prompts(res.read_text(encoding="utf-8"), source=f"<package>/{DEFAULT_PROMPTS_RESOURCE}")
+    """The prompts shipped with the package (``parrot/judging/prompts/parrot-v1.jsonl`` and the
+    per-benchmark ``benchmarks-v1.jsonl``)."""
+    out: list[JudgePrompt] = []
+    for name in (DEFAULT_PROMPTS_RESOURCE, BENCHMARK_PROMPTS_RESOURCE):
+        res = resources.files("parrot.judging").joinpath("prompts", name)
+        out += parse_prompts(res.read_text(encoding="utf-8"), source=f"<package>/{name}")
+    return out
 
 
 def parse_prompts(text: str, *, source: str) -> list[JudgePrompt]:

@@ -130,12 +130,34 @@ async def _answer_all(ctx: UnitContext, turns: list[str], role: str, seed: int,
     return answers, messages, tokens
 
 
-def check_instructions(per_turn: list[list[dict[str, Any]]], answers: list[str]) -> list[dict[str, Any]]:
-    """Instruction checks of every answered turn against the instructions in force (accumulated)."""
+async def _answer_golden(ctx: UnitContext, turns: list[str], golden: list[str], role: str, seed: int,
+                         on_answer: Callable[[int, list[Message]], None]) -> tuple[list[str], int]:
+    """Answers every turn with the file's reference assistant turns as the history before it
+    (golden history); ``on_answer(turn, graded conversation)`` as in ``_answer_all``."""
+    answers: list[str] = []
+    tokens = 0
+    for i, q in enumerate(turns, 1):
+        messages: list[Message] = []
+        for u, g in zip(turns[: i - 1], golden):
+            messages += [Message(Role.USER, u), Message(Role.ASSISTANT, g if g.strip() else EMPTY_ANSWER)]
+        messages.append(Message(Role.USER, q))
+        resp = await ctx.clients.respond(messages, _params(ctx.spec, seed + i), role=role)
+        ctx.models[role] = resp.model
+        answers.append(resp.text)
+        tokens += resp.usage.completion_tokens
+        ctx.on_turn(resp.usage.completion_tokens)
+        on_answer(i, messages + [Message(Role.ASSISTANT, resp.text if resp.text.strip() else EMPTY_ANSWER)])
+    return answers, tokens
+
+
+def check_instructions(per_turn: list[list[dict[str, Any]]], answers: list[str],
+                       in_force: bool = False) -> list[dict[str, Any]]:
+    """Instruction checks of every answered turn against the instructions in force (accumulated
+    across turns, or as listed per turn when ``in_force``: Multi-IF's lists are cumulative)."""
     from parrot.instructions import InstructionSpec, check_session
 
     specs = [[InstructionSpec(i["instruction_id"], i["kwargs"], i["turn"]) for i in turn] for turn in per_turn]
-    return check_session(specs, answers)
+    return check_session(specs, answers, accumulated=not in_force)
 
 
 async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str, Any]:
@@ -146,10 +168,13 @@ async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str,
     t0 = time.monotonic()
     judge_params = conversation_pb2.GenerationParams(max_tokens=e.judge_max_tokens, temperature=0.0)
 
+    scored = set(unit.get("scored_turns") or range(1, len(turns) + 1))
+    prompt_name = e.judge_prompt or unit.get("judge_prompt", "")
+
     async def grade(t: int, conversation: list[Message], role: str = "judge") -> dict[str, Any]:
         ref = refs[t - 1] if t - 1 < len(refs) else ""
         try:
-            g = await ctx.clients.grade(conversation, t, ref, e.judge_prompt, judge_params, role=role)
+            g = await ctx.clients.grade(conversation, t, ref, prompt_name, judge_params, role=role)
         except CallFailed as err:  # a missing score fails the conversation (resume --retry-failed redoes it)
             raise UnitFailed(f"turn {t} not graded: {err}") from err
         ctx.models[role] = g.model
@@ -161,13 +186,19 @@ async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str,
     # answered, and turn t+1's judge prompt finds turn t's conversation in the judge's KV cache.
     n = len(turns)
     grading: list[asyncio.Future] = []
+    graded: dict[int, list[Message]] = {}
 
     def on_answer(t: int, conversation: list[Message]) -> None:
-        if not e.skip_judge:
-            grading.append(asyncio.ensure_future(grade(t, conversation)))
+        if t in scored:
+            graded[t] = conversation
+            if not e.skip_judge:
+                grading.append(asyncio.ensure_future(grade(t, conversation)))
 
     try:
-        answers, messages, tokens = await _answer_all(ctx, turns, "responder", seed, on_answer)
+        if unit.get("history") == "golden":
+            answers, tokens = await _answer_golden(ctx, turns, unit["golden"], "responder", seed, on_answer)
+        else:
+            answers, _, tokens = await _answer_all(ctx, turns, "responder", seed, on_answer)
         judgments = list(await asyncio.gather(*grading))
     finally:
         for task in grading:
@@ -176,11 +207,12 @@ async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str,
     record: dict[str, Any] = {"answers": answers, "judgments": judgments, "turns": n, "tokens": tokens,
                               "judge_failures": sum(1 for j in judgments if j["score"] is None)}
     if e.second_judge:
-        second = list(await asyncio.gather(*(grade(t, messages[: 2 * t], "second_judge") for t in range(1, n + 1))))
+        second = list(await asyncio.gather(*(grade(t, graded[t], "second_judge") for t in sorted(graded))))
         record["second_judgments"] = second
         record["judge_failures"] += sum(1 for j in second if j["score"] is None)
     if unit.get("instructions"):
-        record["instruction_checks"] = check_instructions(unit["instructions"], answers)
+        record["instruction_checks"] = check_instructions(unit["instructions"], answers,
+                                                          bool(unit.get("instructions_in_force")))
     if e.pairwise:
         base_answers, base_messages, base_tokens = await _answer_all(ctx, turns, "baseline_responder", seed)
         record["baseline_answers"] = base_answers
@@ -189,7 +221,7 @@ async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str,
         async def compare(t: int) -> dict[str, Any]:
             ref = refs[t - 1] if t - 1 < len(refs) else ""
             try:
-                p = await ctx.clients.compare(messages[: 2 * t], base_messages[: 2 * t], t, ref, "", judge_params)
+                p = await ctx.clients.compare(graded[t], base_messages[: 2 * t], t, ref, "", judge_params)
             except CallFailed as err:
                 raise UnitFailed(f"turn {t} not compared: {err}") from err
             names = {judge_pb2.PAIR_WINNER_A: "model_1", judge_pb2.PAIR_WINNER_B: "model_2", judge_pb2.PAIR_WINNER_TIE: "tie"}
@@ -197,10 +229,11 @@ async def evaluate_question(ctx: UnitContext, unit: dict[str, Any]) -> dict[str,
                     "verdicts": [{"swapped": v.swapped, "winner": names.get(v.winner), "raw_output": v.raw_output}
                                  for v in p.verdicts]}
 
-        record["pairwise"] = list(await asyncio.gather(*(compare(t) for t in range(1, len(turns) + 1))))
+        record["pairwise"] = list(await asyncio.gather(*(compare(t) for t in sorted(graded))))
         record["judge_failures"] += sum(1 for p in record["pairwise"] if p["winner"] is None)
     record["metadata"] = {"question_id": unit["question_id"], "category": unit["category"], "models": dict(ctx.models),
-                          "elapsed_s": round(time.monotonic() - t0, 3)}
+                          "history": unit.get("history", "self"), "elapsed_s": round(time.monotonic() - t0, 3),
+                          **{k: unit[k] for k in ("benchmark", "task", "language", "arm", "repeat") if unit.get(k)}}
     return record
 
 

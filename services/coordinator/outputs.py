@@ -52,6 +52,7 @@ async def write_outputs(run: cpb.Run, plan: Any, units: dict[int, dict[str, Any]
 def _evaluation_files(run: cpb.Run, plan: Any, done: list[dict[str, Any]]) -> dict[str, bytes]:
     from parrot.analysis import score_summary
     from parrot.datasets import fastchat
+    from services.coordinator.protocols import protocol_summary
 
     e = run.spec.evaluation
     model_id = e.model_id or "model"
@@ -66,7 +67,8 @@ def _evaluation_files(run: cpb.Run, plan: Any, done: list[dict[str, Any]]) -> di
                                               answer_id=f"{run.id}-{rec['index']}", tstamp=tstamp))
         for j in data["judgments"]:
             t = j["turn"]
-            scores.append({"question_id": qid, "category": unit["category"], "turn": t, "score": j["score"]})
+            scores.append({"question_id": qid, "category": unit["category"], "turn": t, "score": j["score"],
+                           **{k: unit[k] for k in ("task", "language", "arm", "repeat") if unit.get(k)}})
             if j["score"] is None:  # recorded by older runs; written as FastChat's -1, as documented
                 failures += 1
             judgments.append(fastchat.single_judgment_record(
@@ -87,6 +89,7 @@ def _evaluation_files(run: cpb.Run, plan: Any, done: list[dict[str, Any]]) -> di
                                "judge_model": next((j["judge_model"] for rec in done for j in rec["data"]["judgments"]
                                                     if j.get("judge_model")), None)}
     extra_files = _instruction_and_second_judge(run, plan, done, summary, model_id)
+    summary["protocol"] = protocol_summary(plan, done, int(plan.notes.get("repeats", 1)))
     if e.pairwise:
         wins = {"model_1": 0, "model_2": 0, "tie": 0}
         for rec in done:
@@ -118,10 +121,15 @@ def _instruction_and_second_judge(run: cpb.Run, plan: Any, done: list[dict[str, 
         for c in rec["data"].get("instruction_checks") or []:
             if c["results"]:
                 checks.append({"question_id": unit["question_id"], "category": unit["category"], "model_id": model_id,
-                               **c})
+                               **{k: unit[k] for k in ("language", "repeat") if unit.get(k)}, **c})
     if checks:
         files["instructions.jsonl"] = _jsonl(checks)
         summary["instructions"] = instruction_summary(checks)
+        languages = sorted({c["language"] for c in checks if c.get("language")})
+        if languages:  # Multi-IF: per-turn accuracy per language, with bootstrap CIs
+            summary["instructions"]["per_language"] = {
+                lang: {k: v for k, v in instruction_summary([c for c in checks if c.get("language") == lang]).items()
+                       if k in ("overall", "per_turn")} for lang in languages}
     if run.spec.evaluation.second_judge:
         first: dict[Any, float | None] = {}
         second: dict[Any, float | None] = {}

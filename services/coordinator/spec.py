@@ -209,6 +209,7 @@ async def _plan_collection(spec: cpb.RunSpec, reader: InputReader, inputs: dict,
 
 async def _plan_evaluation(spec: cpb.RunSpec, reader: InputReader, inputs: dict, lim: RunLimits) -> Plan:
     from parrot.datasets import SESSION_FORMATS, load_eval_sessions, load_references
+    from services.coordinator.protocols import check_fields, question_units
 
     e = spec.evaluation
     if e.pairwise and not spec.targets.baseline_responder:
@@ -229,26 +230,33 @@ async def _plan_evaluation(spec: cpb.RunSpec, reader: InputReader, inputs: dict,
         rname, rdata = await reader.read(e.reference_answers, "spec.evaluation.reference_answers")
         inputs["reference_answers"] = (rname, rdata)
         refs = _parse("spec.evaluation.reference_answers", load_references, rname, rdata)
+    history, arms, repeats = check_fields(e)
     units = []
     for q in questions:
         if len(q.turns) > lim.max_turns:
             raise _limit("spec.evaluation.questions", f"{name}: question {q.question_id} has {len(q.turns)} turns; at most "
                          f"{lim.max_turns} user turns per conversation", "max_turns")
         references = list(q.references or refs.get(q.question_id) or refs.get(str(q.question_id)) or [])
-        unit = {"id": str(q.question_id), "question_id": q.question_id, "category": q.category,
-                "turns": list(q.turns), "references": references}
-        if q.instructions:
-            unit["instructions"] = [[i.as_dict() for i in turn] for turn in q.instructions]
-        if (q.extra or {}).get("turn_provenance"):  # drafted turns (`bench extend`): shown by the run browser
-            unit["provenance"] = q.extra["turn_provenance"]
-        units.append(unit)
+        units += question_units(q, references, history, arms, repeats, name)
     if e.skip_judge and not any("instructions" in u for u in units):
         raise InvalidArgument("spec.evaluation.skip_judge", f"{name} carries no per-turn instructions, so there would be "
                                                             "nothing to grade; drop skip_judge or add instructions")
-    return Plan("evaluation", units, {"max_turns": max(len(u["turns"]) for u in units)})
+    return Plan("evaluation", units, {"max_turns": max(len(u["turns"]) for u in units), "repeats": repeats})
 
 
 NEGATIVES_CHOSEN_SOURCES = ("responder", "dataset")
+
+
+def distinct_choices(field_name: str, values: Any, allowed: tuple[str, ...]) -> list[str]:
+    """A repeated field's values, each one of ``allowed`` and none twice; INVALID_ARGUMENT names the item."""
+    out: list[str] = []
+    for i, v in enumerate(values):
+        if v not in allowed:
+            raise InvalidArgument(f"{field_name}[{i}]", f"is {v!r}; allowed: {', '.join(allowed)}")
+        if v in out:
+            raise InvalidArgument(f"{field_name}[{i}]", f"{v!r} is listed twice")
+        out.append(v)
+    return out
 
 
 def check_negatives(spec: cpb.RunSpec) -> list[str]:
@@ -256,13 +264,7 @@ def check_negatives(spec: cpb.RunSpec) -> list[str]:
     from parrot.datasets.capo import STRATEGIES
 
     n = spec.negatives
-    strategies: list[str] = []
-    for i, s in enumerate(n.strategies):
-        if s not in STRATEGIES:
-            raise InvalidArgument(f"spec.negatives.strategies[{i}]", f"is {s!r}; allowed: {', '.join(STRATEGIES)}")
-        if s in strategies:
-            raise InvalidArgument(f"spec.negatives.strategies[{i}]", f"{s!r} is listed twice")
-        strategies.append(s)
+    strategies = distinct_choices("spec.negatives.strategies", n.strategies, STRATEGIES)
     if n.chosen_source not in ("", *NEGATIVES_CHOSEN_SOURCES):
         raise InvalidArgument("spec.negatives.chosen_source",
                               f"is {n.chosen_source!r}; allowed: {', '.join(NEGATIVES_CHOSEN_SOURCES)} (empty = responder)")
