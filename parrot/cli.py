@@ -273,7 +273,7 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
                        web: tuple[bool, int] = (True, 50)) -> None:
 
     from parrot.errors import ConfigError
-    from services.model_server import read_auth_token
+    from parrot.server.process import ServerSettings
     from services.coordinator.server import CoordinatorServeConfig, serve_coordinator
     from services.coordinator.service import CoordinatorConfig
     from services.coordinator.web import WebConfig
@@ -283,7 +283,7 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
     from parrot.tokens import token_from
 
     try:
-        token = read_auth_token(auth_token_file)
+        token = ServerSettings(auth_token_file=auth_token_file).auth_token()
         upstream = token_from(upstream_token_file, "PARROT_UPSTREAM_TOKEN",
                               "--upstream-token-file / PARROT_UPSTREAM_TOKEN_FILE") or token
         coordinator = CoordinatorConfig(store_url=store or default_store_url(), responder=responder, asker=asker,
@@ -296,7 +296,8 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
     except ConfigError as e:
         _fail(str(e))
     cfg = CoordinatorServeConfig(
-        coordinator=coordinator, host=host, grpc_port=grpc_port, http_port=http_port, auth_token=token, grace_s=grace_s,
+        coordinator=coordinator, host=host, grpc_port=grpc_port, http_port=http_port, auth_token_file=auth_token_file,
+        grace_s=grace_s,
         tls_cert_file=tls[0], tls_key_file=tls[1], tls_client_ca_file=tls[2], max_message_bytes=max_message_bytes,
         storage_retry_s=storage_retry_s, web=web_config)
     try:

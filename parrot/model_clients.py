@@ -156,7 +156,6 @@ async def check_reachable(target: str, service: str, timeout_s: float = 5.0,
     """None when ``service`` answers its health check SERVING within the timeout, else why not."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-
     async with open_channel(target, creds) as ch:
         try:
             r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)

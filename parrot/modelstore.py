@@ -126,7 +126,6 @@ def fetch_model_folder(url: str) -> Path:
     """
     import hashlib
 
-
     if url.startswith("file://"):
         from urllib.parse import unquote, urlsplit
 

@@ -209,7 +209,7 @@ async def test_actions_refuse_a_cross_site_origin(web):
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-async def test_the_http_port_serves_the_page_only_when_enabled(runs, enabled):
+async def test_the_http_port_serves_the_page_only_when_enabled(runs, enabled, monkeypatch):
     """--no-web: the HTTP port is prometheus_client's server again (/metrics alone); --web: aiohttp with both."""
     import httpx
 
@@ -218,9 +218,10 @@ async def test_the_http_port_serves_the_page_only_when_enabled(runs, enabled):
 
     port = free_port()
     manager = RunManager(open_store(runs), CoordinatorConfig(store_url=runs, check_targets=False))
-    cfg = CoordinatorServeConfig(coordinator=manager.config, host="127.0.0.1", http_port=port, auth_token=TOKEN,
-                                 web=WebConfig(enabled=enabled))
-    http = _HttpPort(cfg, manager)
+    monkeypatch.setenv("PARROT_TEST_WEB_TOKEN", TOKEN)
+    cfg = CoordinatorServeConfig(coordinator=manager.config, host="127.0.0.1", http_port=port,
+                                 auth_token_env="PARROT_TEST_WEB_TOKEN", web=WebConfig(enabled=enabled))
+    http = _HttpPort(cfg, manager, cfg.auth_token())
     await http.start()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:

@@ -31,7 +31,6 @@ class ServerTls:
         """Both files, or neither (plain text). A missing or unreadable one is a ConfigError naming the setting."""
         from pathlib import Path
 
-
         if not cert_file and not key_file:
             if client_ca_file:
                 raise ConfigError("--tls-client-ca / PARROT_TLS_CLIENT_CA needs --tls-cert and --tls-key")

@@ -1,4 +1,5 @@
-"""`parrot serve coordinator`: the Coordinator gRPC API on the shared bootstrap; over HTTP, /metrics
+"""`parrot serve coordinator`: the Coordinator gRPC API on the shared bootstrap and lifecycle
+(``parrot.server.process``); over HTTP, /metrics
 and (unless --no-web) the run browser at /ui/ (services/coordinator/web), on the same port.
 
 On start it resumes every run its store records as pending or running.
@@ -8,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass, field
 from typing import Any
 
 from parrot.metrics import MODEL_READY
-from parrot.server.grpc_server import GrpcServer, GrpcService, ServerTls
+from parrot.server.grpc_server import GrpcServer, GrpcService
+from parrot.server.process import ServerProcess, ServerSettings
 from parrot.v1 import coordinator_pb2, coordinator_pb2_grpc
 from services.coordinator.service import CoordinatorConfig, CoordinatorService, RunManager
 from services.coordinator.web import WebConfig
@@ -22,19 +23,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class CoordinatorServeConfig:
-    coordinator: CoordinatorConfig
-    host: str = field(default="0.0.0.0", metadata={"help": "Interface to bind."})
+class CoordinatorServeConfig(ServerSettings):
+    """The coordinator process: the settings every server has (``ServerSettings``; its own port and
+    message-size defaults) and its own."""
+
+    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     grpc_port: int = field(default=50060, metadata={"help": "Coordinator gRPC port."})
-    http_port: int = field(default=8090, metadata={"help": "Prometheus /metrics port."})
-    auth_token: str | None = field(default=None, metadata={"help": "Bearer token callers must send."})
+    http_port: int = field(default=8090, metadata={"help": "HTTP port: /metrics and the run browser."})
     max_message_bytes: int = field(default=64 * 1024 * 1024, metadata={"help": "gRPC message size limit."})
-    grace_s: float = field(default=10.0, metadata={"help": "Seconds to finish calls in flight on SIGTERM."})
     storage_retry_s: float = field(default=600.0, metadata={"help": "How long object-store writes are retried."})
-    tls_cert_file: str | None = field(default=None, metadata={"help": "PEM certificate: serve gRPC over TLS."})
-    tls_key_file: str | None = field(default=None, metadata={"help": "PEM private key for the certificate."})
-    tls_client_ca_file: str | None = field(default=None, metadata={
-        "help": "PEM CA: require client certificates it signed, on both ports (mutual TLS)."})
     web: WebConfig = field(default_factory=WebConfig, metadata={"help": "The run browser on the HTTP port."})
 
 
@@ -42,8 +39,8 @@ class _HttpPort:
     """The HTTP port: prometheus_client's own server (/metrics alone) or, with the run browser,
     an aiohttp application on the event loop serving /metrics and /ui/ (same TLS settings)."""
 
-    def __init__(self, cfg: CoordinatorServeConfig, manager: RunManager) -> None:
-        self.cfg, self.manager = cfg, manager
+    def __init__(self, cfg: CoordinatorServeConfig, manager: RunManager, token: str | None = None) -> None:
+        self.cfg, self.manager, self.token = cfg, manager, token
         self._plain: Any = None
         self._runner: Any = None
         self._ui: Any = None
@@ -62,11 +59,11 @@ class _HttpPort:
 
         from services.coordinator.web.app import build_app
 
-        app, self._ui = build_app(self.manager, cfg.web, cfg.auth_token, tls=cfg.tls_cert_file is not None)
+        app, self._ui = build_app(self.manager, cfg.web, self.token, tls=cfg.tls_cert_file is not None)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, cfg.host, cfg.http_port, ssl_context=self._ssl(), reuse_address=True).start()
-        if not cfg.auth_token:
+        if not self.token:
             log.warning("the run browser at /ui/ is open: the coordinator has no auth token (PARROT_AUTH_TOKEN_FILE)")
 
     def _ssl(self) -> Any:
@@ -90,48 +87,58 @@ class _HttpPort:
             await self._runner.cleanup()
 
 
-async def run_coordinator(cfg: CoordinatorServeConfig) -> int:
-    from parrot.storage import open_store
-    from services.coordinator import metrics as m
+class CoordinatorProcess(ServerProcess):
+    """`parrot serve coordinator`: loading is resuming the runs the store records as pending or running."""
 
-    manager: RunManager | None = None
+    def __init__(self, cfg: CoordinatorServeConfig) -> None:
+        from parrot.storage import open_store
+        from services.coordinator import metrics as m
 
-    def on_retry(op: str, key: str, attempt: int, err: str) -> None:
-        if manager is None:
-            m.STORAGE_RETRIES.labels(op).inc()
-        else:  # pauses the runs concerned and says so in their events
-            manager.on_storage_retry(op, key, attempt, err)
+        self.settings = cfg
+        self.manager: RunManager | None = None
 
-    tls = ServerTls.from_files(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
-    store = open_store(cfg.coordinator.store_url, retry_for_s=cfg.storage_retry_s, on_retry=on_retry)
-    manager = RunManager(store, cfg.coordinator)
-    descriptor = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"]
-    grpc_server = GrpcServer(
-        [GrpcService(descriptor.full_name, CoordinatorService(manager), coordinator_pb2_grpc.add_CoordinatorServicer_to_server)],
-        host=cfg.host, port=cfg.grpc_port, auth_token=cfg.auth_token, max_message_bytes=cfg.max_message_bytes,
-        tls=tls)
-    http_port = _HttpPort(cfg, manager)
-    await http_port.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await grpc_server.start()
-    resumed = await manager.resume_all()
-    await grpc_server.set_serving(True)
-    MODEL_READY.labels("coordinator", "coordinator").set(1)
-    log.info("ready", extra={"grpc_port": grpc_server.port, "http_port": cfg.http_port, "store": cfg.coordinator.store_url,
-                             "auth": "on" if grpc_server.auth else "off", "tls": grpc_server.tls,
-                             "web": "/ui/" if cfg.web.enabled else "off",
-                             "resumed_runs": resumed})
-    await stop.wait()
-    log.info("stopping; unfinished runs resume on next start")
-    await grpc_server.stop(cfg.grace_s)
-    await http_port.stop()
-    await manager.close()
-    log.info("stopped")
-    return 0
+        def on_retry(op: str, key: str, attempt: int, err: str) -> None:
+            if self.manager is None:
+                m.STORAGE_RETRIES.labels(op).inc()
+            else:  # pauses the runs concerned and says so in their events
+                self.manager.on_storage_retry(op, key, attempt, err)
+
+        token = cfg.auth_token()
+        store = open_store(cfg.coordinator.store_url, retry_for_s=cfg.storage_retry_s, on_retry=on_retry)
+        self.manager = RunManager(store, cfg.coordinator)
+        descriptor = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"]
+        self.grpc = GrpcServer(
+            [GrpcService(descriptor.full_name, CoordinatorService(self.manager),
+                         coordinator_pb2_grpc.add_CoordinatorServicer_to_server)],
+            host=cfg.host, port=cfg.grpc_port, auth_token=token, max_message_bytes=cfg.max_message_bytes,
+            tls=cfg.tls())
+        self.http = _HttpPort(cfg, self.manager, token)
+        self._http_stopped = asyncio.Event()
+
+    async def serve_http(self) -> None:
+        await self.http.start()
+        await self._http_stopped.wait()
+
+    async def stop_http(self) -> None:
+        log.info("stopping; unfinished runs resume on next start")
+        await self.http.stop()
+        self._http_stopped.set()
+
+    async def load(self) -> dict[str, Any]:
+        assert self.manager is not None
+        resumed = await self.manager.resume_all()
+        MODEL_READY.labels("coordinator", "coordinator").set(1)
+        cfg = self.settings
+        return {"store": cfg.coordinator.store_url, "web": "/ui/" if cfg.web.enabled else "off",  # type: ignore[attr-defined]
+                "resumed_runs": resumed}
+
+    async def release(self) -> None:
+        assert self.manager is not None
+        await self.manager.close()
 
 
 def serve_coordinator(cfg: CoordinatorServeConfig) -> int:
-    return asyncio.run(run_coordinator(cfg))
+    async def main() -> int:
+        return await CoordinatorProcess(cfg).run()
+
+    return asyncio.run(main())
