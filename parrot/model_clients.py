@@ -28,12 +28,12 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
-from parrot.client import channel_options, tls_credentials
-from parrot.client import plaintext_tls_hint
+from parrot.client import channel_options, plaintext_tls_hint, tls_credentials
 from parrot.conversation import Message, Role
 from parrot.errors import InvalidArgument, ParrotError
 from parrot.metrics import STAGE_LATENCY, child
 from parrot.protoconv import messages_to_pb
+from parrot.retry import Backoff
 from parrot.v1 import asker_pb2, asker_pb2_grpc, judge_pb2, judge_pb2_grpc, responder_pb2, responder_pb2_grpc
 from parrot.v1 import conversation_pb2
 
@@ -131,7 +131,7 @@ class Retry:
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max, initial * 2^attempt)]."""
-        return random.uniform(0, min(self.max_backoff_s, self.initial_backoff_s * (2 ** attempt)))
+        return Backoff(self.initial_backoff_s, self.max_backoff_s, jitter=1.0).delay(attempt)
 
 
 def open_channel(target: str, creds: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:

@@ -194,3 +194,16 @@ async def test_a_failed_replicas_sessions_move_on():
     finally:
         await clients.close()
         await servers[1].stop(0)
+
+
+@pytest.mark.parametrize("jitter,low", [(1.0, 0.0), (0.5, 0.5), (0.0, 1.0)])
+def test_one_backoff_formula_for_every_retry_loop(jitter, low):
+    """parrot.retry.Backoff: the step doubles up to max_s; ``jitter`` is the random share of it."""
+    from parrot.retry import Backoff
+
+    b = Backoff(initial_s=0.5, max_s=4.0, jitter=jitter)
+    for attempt, step in [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (9, 4.0)]:
+        delays = [b.delay(attempt) for _ in range(200)]
+        assert all(step * low - 1e-9 <= d <= step + 1e-9 for d in delays), (attempt, min(delays), max(delays))
+        if jitter:
+            assert max(delays) - min(delays) > step * jitter * 0.5  # random within its share

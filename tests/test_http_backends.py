@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from parrot.backends.base import GenerationRequest
 from parrot.backends.registry import create_backend
 from parrot.backends.http.chat_completions import PrefillStripper
-from parrot.backends.http.client import RetryPolicy, iter_sse_data, parse_retry_after
+from parrot.backends.http.client import HttpRetry, iter_sse_data, parse_retry_after
 from parrot.backends.http.openai_backend import OpenAIBackend, OpenAIBackendConfig
 from parrot.backends.http.tgi_backend import TGIBackend, TGIBackendConfig
 from parrot.conversation import GenerationParams, Message, Role
@@ -577,7 +577,7 @@ def test_create_backend_by_name_and_unknown_name() -> None:
 
 
 def test_retry_policy_and_retry_after() -> None:
-    policy = RetryPolicy(max_retries=5, backoff_initial_s=0.5, backoff_max_s=2.0)
+    policy = HttpRetry(max_retries=5, backoff_initial_s=0.5, backoff_max_s=2.0)
     for i, cap in enumerate([0.5, 1.0, 2.0, 2.0]):
         assert cap / 2 <= policy.delay(i) <= cap
     assert policy.delay(3, retry_after=0.0) == 0.0

@@ -17,7 +17,6 @@ import asyncio
 import inspect
 import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -26,6 +25,7 @@ import grpc
 from prometheus_client import Counter
 
 from parrot.errors import InvalidArgument, ParrotError, Unavailable
+from parrot.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +258,8 @@ class ObjectStore(abc.ABC):
     # ---- retry loop ---------------------------------------------------------------------
 
     def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with 'equal jitter': half fixed, half random."""
-        cap = min(self.backoff_max_s, self.backoff_base_s * (2 ** (attempt - 1)))
-        return cap / 2 + random.uniform(0, cap / 2)
+        """Exponential backoff with 'equal jitter': half fixed, half random (``attempt`` is 1-based)."""
+        return Backoff(self.backoff_base_s, self.backoff_max_s, jitter=0.5).delay(attempt - 1)
 
     async def _notify_retry(self, op: str, key: str, attempt: int, cause: str) -> None:
         if self.on_retry is None:

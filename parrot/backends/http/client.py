@@ -1,6 +1,6 @@
 """An HTTP client for model APIs: retries, errors that name the problem, server-sent events.
 
-- ``RetryPolicy``: exponential backoff with jitter, honouring ``Retry-After``;
+- ``HttpRetry``: exponential backoff with jitter, honouring ``Retry-After``;
 - ``HTTPClient``: an ``httpx.AsyncClient`` wrapper that retries 429, 5xx, timeouts and
   transport errors, maps other 4xx to ``InvalidArgument`` and exhausted retries to
   ``Unavailable``, bounds concurrency, and parses server-sent events (``iter_sse_data``).
@@ -16,7 +16,6 @@ import email.utils
 import json
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Mapping
@@ -25,6 +24,7 @@ import httpx
 
 from parrot.errors import ConfigError, InvalidArgument, Unavailable
 from parrot.metrics import BACKEND_RETRIES
+from parrot.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ RETRYABLE_4XX = frozenset({408, 429})
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long to wait between attempts (``max_retries`` retries after the first try)."""
+class HttpRetry:
+    """How often and how long an HTTP model API is retried (``max_retries`` retries after the first try).
+    (The coordinator's model calls use ``parrot.model_clients.Retry``; both back off with ``parrot.retry``.)"""
 
     max_retries: int = 4
     backoff_initial_s: float = 0.5
@@ -52,8 +53,7 @@ class RetryPolicy:
         """
         if retry_after is not None:
             return min(max(retry_after, 0.0), MAX_RETRY_AFTER_S)
-        step = min(self.backoff_max_s, self.backoff_initial_s * (2**retry_index))
-        return max(0.0, step * random.uniform(0.5, 1.0))
+        return Backoff(self.backoff_initial_s, self.backoff_max_s, jitter=0.5).delay(retry_index)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -149,7 +149,7 @@ class HTTPClient:
         *,
         backend: str,
         timeout_s: float,
-        policy: RetryPolicy,
+        policy: HttpRetry,
         max_concurrency: int,
         api_key: str = "",
     ) -> None:

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 from parrot.backends.http.chat_completions import ChatCompletionsBackend
-from parrot.backends.http.client import HTTPClient, RetryPolicy, loggable_url, read_api_key
+from parrot.backends.http.client import HTTPClient, HttpRetry, loggable_url, read_api_key
 from parrot.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class OpenAIBackend(ChatCompletionsBackend):
         return HTTPClient(
             backend=self.name,
             timeout_s=cfg.timeout_s,
-            policy=RetryPolicy(cfg.max_retries, cfg.backoff_initial_s, cfg.backoff_max_s),
+            policy=HttpRetry(cfg.max_retries, cfg.backoff_initial_s, cfg.backoff_max_s),
             max_concurrency=cfg.max_concurrency,
             api_key=key,
         )

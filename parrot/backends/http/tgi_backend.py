@@ -16,7 +16,7 @@ from typing import Any
 
 from parrot.backends.base import GenerationRequest
 from parrot.backends.http.chat_completions import ChatCompletionsBackend
-from parrot.backends.http.client import HTTPClient, RetryPolicy, loggable_url
+from parrot.backends.http.client import HTTPClient, HttpRetry, loggable_url
 from parrot.conversation import GenerationParams
 from parrot.errors import Unavailable, Unsupported
 
@@ -98,7 +98,7 @@ class TGIBackend(ChatCompletionsBackend):
         return HTTPClient(
             backend=self.name,
             timeout_s=cfg.timeout_s,
-            policy=RetryPolicy(cfg.max_retries, cfg.backoff_initial_s, cfg.backoff_max_s),
+            policy=HttpRetry(cfg.max_retries, cfg.backoff_initial_s, cfg.backoff_max_s),
             max_concurrency=cfg.max_concurrency,
         )
 
