@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import typer
 
+from parrot.cli_common import TOKEN_ENV, fail, rpc
 from parrot.logs import setup_logging
 
 app = typer.Typer(help="Parrot: multi-turn instruction following for LLMs, as a platform.", no_args_is_help=True,
@@ -30,13 +31,7 @@ class ServiceName(str, Enum):
 
 
 TARGET = typer.Option("127.0.0.1:50051", "--target", "-t", envvar="PARROT_TARGET", help="gRPC address of the service.")
-TOKEN_ENV = typer.Option("PARROT_AUTH_TOKEN", help="Env var holding the bearer token to send (if set).")
 TIMEOUT = typer.Option(300.0, help="Deadline for the call in seconds.")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @model_app.command("prepare")
@@ -49,7 +44,7 @@ def model_prepare(force: bool = typer.Option(False, help="Convert again even if 
     try:
         path = prepare_bundled_model(force=force)
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(str(path))
 
 
@@ -63,7 +58,7 @@ def engine_build(force: bool = typer.Option(False, help="Build again even if the
     try:
         path = build_server(force=force)
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(str(path))
 
 
@@ -183,9 +178,9 @@ def serve_cmd(
             limits = RunLimits(max_turns=max_turns, max_concurrency=max_concurrency, max_conversations=max_conversations,
                                max_new_tokens=max_new_tokens)
         except ConfigError as e:
-            _fail(str(e))
+            fail(str(e))
         if routing not in ("affinity", "round_robin"):
-            _fail(f"--routing / PARROT_ROUTING is {routing!r}; allowed: affinity, round_robin")
+            fail(f"--routing / PARROT_ROUTING is {routing!r}; allowed: affinity, round_robin")
         _serve_coordinator(host, grpc_port or 50060, http_port or 8090, store_url, responder, asker, judge, max_active_runs,
                            auth_token_file, grace_s, limits=limits, routing=routing, tls=(tls_cert, tls_key, tls_client_ca),
                            max_message_bytes=max_message_bytes or 64 * 1024 * 1024, storage_retry_s=storage_retry_s,
@@ -207,11 +202,11 @@ def serve_cmd(
         try:
             backend = auto_backend()
         except ConfigError as e:
-            _fail(str(e))
+            fail(str(e))
     try:
         cfg_cls = backend_config_class(backend)
     except InvalidArgument as e:
-        _fail(f"--backend: {e.problem}")
+        fail(f"--backend: {e.problem}")
     options: dict[str, Any] = {}
     if backend == "llamacpp":
         from parrot.engines.llamacpp import LlamaServerSettings, require_server
@@ -219,13 +214,13 @@ def serve_cmd(
         try:
             require_server()  # fail before binding ports: the binary is missing or misnamed
         except ConfigError as e:
-            _fail(str(e))
+            fail(str(e))
         options = {"model": model, "gguf_type": gguf_type,
                    "server": LlamaServerSettings(parallel=engine_parallel, ctx_per_slot=engine_ctx_per_slot,
                                                  threads=engine_threads)}
     elif backend == "engine":
         if not base_url:
-            _fail("--base-url / PARROT_BASE_URL is required for the engine backend (the engine's …/v1 URL)")
+            fail("--base-url / PARROT_BASE_URL is required for the engine backend (the engine's …/v1 URL)")
         options = {"base_url": base_url.rstrip("/"), "model": "" if model == "smollm2" else model,
                    "tokenizer": engine_tokenizer, "scoring": engine_scoring, "wait_s": engine_wait_s,
                    "api_key_env": api_key_env,
@@ -235,11 +230,11 @@ def serve_cmd(
                    "prefix_cache_mib": prefix_cache_mib, "prefill_chunk_tokens": prefill_chunk_tokens}
     elif backend == "openai":
         if not base_url:
-            _fail("--base-url / PARROT_BASE_URL is required for the openai backend")
+            fail("--base-url / PARROT_BASE_URL is required for the openai backend")
         options = {"base_url": base_url.rstrip("/"), "model": model, "api_key_env": api_key_env, "api_key_file": api_key_file}
     elif backend == "tgi":
         if not base_url:
-            _fail("--base-url / PARROT_BASE_URL is required for the tgi backend (the TGI server URL)")
+            fail("--base-url / PARROT_BASE_URL is required for the tgi backend (the TGI server URL)")
         options = {"url": base_url.rstrip("/"), "model_name": "" if model == "smollm2" else model}
     elif backend == "echo":
         options = {"delay_s": echo_delay_s, "model_name": "echo" if model == "smollm2" else model}
@@ -254,7 +249,7 @@ def serve_cmd(
         )
         rc = serve(config)
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
     raise typer.Exit(rc)
 
 
@@ -279,7 +274,7 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
     from services.coordinator.web import WebConfig
 
     if not 0 <= storage_retry_s <= 86400:
-        _fail(f"--storage-retry-s / PARROT_STORAGE_RETRY_S is {storage_retry_s}; allowed 0..86400")
+        fail(f"--storage-retry-s / PARROT_STORAGE_RETRY_S is {storage_retry_s}; allowed 0..86400")
     from parrot.tokens import token_from
 
     try:
@@ -294,7 +289,7 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
                                         **({"limits": limits} if limits is not None else {}))
         web_config = WebConfig(enabled=web[0], page_size=web[1])
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
     cfg = CoordinatorServeConfig(
         coordinator=coordinator, host=host, grpc_port=grpc_port, http_port=http_port, auth_token_file=auth_token_file,
         grace_s=grace_s,
@@ -303,7 +298,7 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
     try:
         rc = serve_coordinator(cfg)
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
     raise typer.Exit(rc)
 
 
@@ -330,7 +325,7 @@ def up_cmd(
         try:
             backend = auto_backend()
         except ConfigError as e:
-            _fail(str(e))
+            fail(str(e))
     typer.secho(f"[up] model services: backend {backend}, model {model} (the engine and model file are logged below)",
                 err=True)
     import signal
@@ -376,7 +371,7 @@ def up_cmd(
             p.wait(60)
         if str(e) == "stopping":
             raise typer.Exit(0)
-        _fail(str(e))
+        fail(str(e))
     web_off = os.environ.get("PARROT_WEB", "").lower() in ("0", "false", "no", "off")
     browser = "" if web_off else f"; run browser http://127.0.0.1:{coordinator_http_port}/ui/"
     typer.secho(f"parrot is up: models {models_target} (HTTP {http_port}, backend {backend}), coordinator 127.0.0.1:{coordinator_port} "
@@ -405,7 +400,7 @@ def _conversation(file: Optional[str], messages: list[tuple[str, str]]) -> Any:
     try:
         msgs = load_conversation(file) if file else []
     except ConversationFileError as e:
-        _fail(str(e))
+        fail(str(e))
     msgs += [Message(Role(r), t) for r, t in messages]
     return messages_to_pb(msgs)
 
@@ -419,23 +414,6 @@ def _params(max_tokens: int, temperature: Optional[float], seed: Optional[int]) 
     if seed is not None:
         p.seed = seed
     return p
-
-
-async def _call(target: str, token_env: str, timeout: float, fn: Any) -> Any:
-    import grpc
-
-    from parrot.client import auth_metadata, channel, rpc_error_text
-    from parrot.errors import ConfigError
-
-    try:
-        md = auth_metadata(token_env)
-    except ConfigError as e:
-        _fail(str(e))
-    async with channel(target) as ch:
-        try:
-            return await fn(ch, md, timeout)
-        except grpc.aio.AioRpcError as e:
-            _fail(rpc_error_text(e))
 
 
 @app.command("chat")
@@ -455,27 +433,27 @@ def chat_cmd(
     history: list[tuple[str, str]] = [("system", system)] if system else []
     interactive = message is None and sys.stdin.isatty()
     if message is None and not interactive:
-        _fail("give a MESSAGE (or run in a terminal to chat interactively)")
+        fail("give a MESSAGE (or run in a terminal to chat interactively)")
 
     async def turn(text: str) -> str:
         history.append(("user", text))
         request = responder_pb2.RespondRequest(conversation=_conversation(file, history),
                                                params=_params(max_tokens, temperature, seed))
 
-        async def fn(ch: Any, md: Any, t: float) -> str:
+        async def fn(ch: Any, md: Any) -> str:
             stub = responder_pb2_grpc.ResponderStub(ch)
             if not stream:
-                r = await stub.Respond(request, metadata=md, timeout=t)
+                r = await stub.Respond(request, metadata=md, timeout=timeout)
                 typer.echo(r.text)
                 return r.text
             parts = []
-            async for chunk in stub.RespondStream(request, metadata=md, timeout=t):
+            async for chunk in stub.RespondStream(request, metadata=md, timeout=timeout):
                 parts.append(chunk.delta)
                 typer.echo(chunk.delta, nl=False)
             typer.echo()
             return "".join(parts)
 
-        answer = await _call(target, token_env, timeout, fn)
+        answer = await rpc(target, token_env, fn)
         history.append(("assistant", answer))
         return answer
 
@@ -515,19 +493,19 @@ def ask_cmd(
     pairs: list[tuple[str, str]] = []
     if query is not None or answer is not None:
         if query is None or answer is None:
-            _fail("--query and --answer go together")
+            fail("--query and --answer go together")
         pairs = [("user", query), ("assistant", answer)]  # type: ignore[list-item]
     if not file and not pairs:
-        _fail("give --file, or --query with --answer")
+        fail("give --file, or --query with --answer")
     request = asker_pb2.AskRequest(conversation=_conversation(file, pairs), params=_params(max_tokens, temperature, seed),
                                    persona=persona, topic=topic, num_candidates=candidates)
 
-    async def fn(ch: Any, md: Any, t: float) -> None:
-        r = await asker_pb2_grpc.AskerStub(ch).Ask(request, metadata=md, timeout=t)
+    async def fn(ch: Any, md: Any) -> None:
+        r = await asker_pb2_grpc.AskerStub(ch).Ask(request, metadata=md, timeout=timeout)
         for c in r.candidates:
             typer.echo(c.text)
 
-    asyncio.run(_call(target, token_env, timeout, fn))
+    asyncio.run(rpc(target, token_env, fn))
 
 
 @app.command("judge")
@@ -548,21 +526,21 @@ def judge_cmd(
 
     params = _params(max_tokens, None, None)
 
-    async def fn(ch: Any, md: Any, t: float) -> None:
+    async def fn(ch: Any, md: Any) -> None:
         stub = judge_pb2_grpc.JudgeStub(ch)
         if versus:
             r = await stub.ComparePair(judge_pb2.ComparePairRequest(
                 conversation_a=_conversation(file, []), conversation_b=_conversation(versus, []), turn=turn,
-                reference_answer=reference, prompt_name=prompt, params=params), metadata=md, timeout=t)
+                reference_answer=reference, prompt_name=prompt, params=params), metadata=md, timeout=timeout)
             summary = f"winner: {judge_pb2.PairWinner.Name(r.winner).removeprefix('PAIR_WINNER_')}"
         else:
             r = await stub.GradeSingle(judge_pb2.GradeSingleRequest(
                 conversation=_conversation(file, []), turn=turn, reference_answer=reference, prompt_name=prompt,
-                params=params), metadata=md, timeout=t)
+                params=params), metadata=md, timeout=timeout)
             summary = f"score: {r.score:.2f}  (turn {r.turn}, {judge_pb2.ScoreMethod.Name(r.method)})\n{r.explanation}"
         typer.echo(json_format.MessageToJson(r, preserving_proto_field_name=True) if as_json else summary)
 
-    asyncio.run(_call(target, token_env, timeout, fn))
+    asyncio.run(rpc(target, token_env, fn))
 
 
 from parrot.cli_runs import register as _register_run_commands  # noqa: E402

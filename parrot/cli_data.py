@@ -9,15 +9,12 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
+from parrot.cli_common import fail
+
 data_app = typer.Typer(help="Data pipeline: asker training data and dataset statistics.", no_args_is_help=True)
 
 TOKENIZER = typer.Option("bundled", help="Token counter: 'bundled' (the bundled model's tokenizer), 'whitespace', or a "
                                          "tokenizer folder.")
-
-
-def fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def token_counter(spec: str) -> tuple[Callable[[str], int], str]:

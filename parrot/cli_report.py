@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from parrot.cli_runs import COORDINATOR, TOKEN_ENV, _rpc, fail
+from parrot.cli_common import COORDINATOR, TOKEN_ENV, coordinator_stub, fail, rpc
 
 
 def _write(out: Path, files: dict[str, bytes]) -> None:
@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
                 return await stub.CreateReport(report_pb2.CreateReportRequest(run_ids=runs, title=title,
                                                                               include_content=True), metadata=md)
 
-            resp = asyncio.run(_rpc(coordinator, token_env, fn))
+            resp = asyncio.run(rpc(coordinator, token_env, fn, coordinator_stub))
             rid, files = resp.report_id, {f.name: f.content for f in resp.files}
             first = [f.url for f in resp.files if f.name == "report.html"]
             urls = first + [f"{key}/ (store key)" for key in resp.stored_under[1:]]

@@ -10,11 +10,10 @@ from typing import Any, Optional
 
 import typer
 
+from parrot.cli_common import COORDINATOR, TOKEN_ENV, coordinator_stub, fail, rpc
+
 runs_app = typer.Typer(help="Inspect and control runs on the coordinator.", no_args_is_help=True)
 
-COORDINATOR = typer.Option("127.0.0.1:50060", "--coordinator", "-c", envvar="PARROT_COORDINATOR",
-                           help="gRPC address of the coordinator.")
-TOKEN_ENV = typer.Option("PARROT_AUTH_TOKEN", help="Env var holding the bearer token to send (if set).")
 URL_SCHEMES = ("s3://", "file://", "runs/")
 # RunSpec kind -> the command that starts it.
 KIND_COMMANDS = {"collection": "collect", "evaluation": "eval", "negatives": "negatives"}
@@ -24,11 +23,6 @@ def clip(text: str) -> str:
     from parrot.errors import clip as _clip
 
     return _clip(text)
-
-
-def fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def input_file(value: str, flag: str) -> dict[str, Any]:
@@ -119,25 +113,6 @@ def _yaml_line(text: str, key: str) -> str:
         elif isinstance(node, yaml.SequenceNode):
             stack.extend(node.value)
     return ""
-
-
-async def _rpc(target: str, token_env: str, fn: Any) -> Any:
-    import grpc
-
-    from parrot.client import auth_metadata, channel, rpc_error_text
-    from parrot.errors import ConfigError
-
-    try:
-        md = auth_metadata(token_env)
-    except ConfigError as e:
-        fail(str(e))
-    async with channel(target) as ch:
-        from parrot.v1 import coordinator_pb2_grpc
-
-        try:
-            return await fn(coordinator_pb2_grpc.CoordinatorStub(ch), md)
-        except grpc.aio.AioRpcError as e:
-            fail(rpc_error_text(e))
 
 
 def state_name(state: int) -> str:
@@ -338,7 +313,7 @@ def start_and_follow(coordinator: str, token_env: str, spec: Any, detach: bool, 
                 on_summary(res.summary_json)
             return 0 if run.state == cpb.RUN_STATE_SUCCEEDED else 1
 
-        return await _rpc(coordinator, token_env, fn)
+        return await rpc(coordinator, token_env, fn, coordinator_stub)
 
     raise typer.Exit(asyncio.run(go()))
 
@@ -449,7 +424,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{run.id:<30} {run.spec.WhichOneof('kind') or '-':<11} {state_name(run.state):<10} "
                            f"{p.finished + p.failed:>5}/{p.total:<5} {p.failed:>6}  {run.spec.name}")
 
-        asyncio.run(_rpc(coordinator, token_env, fn))
+        asyncio.run(rpc(coordinator, token_env, fn, coordinator_stub))
 
     @runs_app.command("show")
     def runs_show(run_id: str, coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV) -> None:
@@ -460,7 +435,7 @@ def register(app: typer.Typer) -> None:
             print_run(await stub.GetRun(cpb.GetRunRequest(run_id=run_id), metadata=md))
             print_summary((await save_results(stub, md, run_id, None)).summary_json)
 
-        asyncio.run(_rpc(coordinator, token_env, fn))
+        asyncio.run(rpc(coordinator, token_env, fn, coordinator_stub))
 
     @runs_app.command("watch")
     def runs_watch(run_id: str, coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV) -> None:
@@ -471,7 +446,7 @@ def register(app: typer.Typer) -> None:
             await follow(stub, md, run_id)
             print_run(await reconnecting(lambda: stub.GetRun(cpb.GetRunRequest(run_id=run_id), metadata=md)))
 
-        asyncio.run(_rpc(coordinator, token_env, fn))
+        asyncio.run(rpc(coordinator, token_env, fn, coordinator_stub))
 
     @runs_app.command("cancel")
     def runs_cancel(run_id: str, coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV) -> None:
@@ -481,7 +456,7 @@ def register(app: typer.Typer) -> None:
         async def fn(stub: Any, md: Any) -> None:
             print_run(await stub.CancelRun(cpb.CancelRunRequest(run_id=run_id), metadata=md))
 
-        asyncio.run(_rpc(coordinator, token_env, fn))
+        asyncio.run(rpc(coordinator, token_env, fn, coordinator_stub))
 
     @runs_app.command("resume")
     def runs_resume(run_id: str,
@@ -493,7 +468,7 @@ def register(app: typer.Typer) -> None:
         async def fn(stub: Any, md: Any) -> None:
             print_run(await stub.ResumeRun(cpb.ResumeRunRequest(run_id=run_id, retry_failed=retry_failed), metadata=md))
 
-        asyncio.run(_rpc(coordinator, token_env, fn))
+        asyncio.run(rpc(coordinator, token_env, fn, coordinator_stub))
 
     @runs_app.command("results")
     def runs_results(run_id: str, out: Optional[str] = typer.Option(None, help="Download the files into this folder."),
@@ -502,4 +477,4 @@ def register(app: typer.Typer) -> None:
         async def fn(stub: Any, md: Any) -> None:
             print_summary((await save_results(stub, md, run_id, out)).summary_json)
 
-        asyncio.run(_rpc(coordinator, token_env, fn))
+        asyncio.run(rpc(coordinator, token_env, fn, coordinator_stub))

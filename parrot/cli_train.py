@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from parrot.cli_common import fail
 from parrot.logs import setup_logging
 
 train_app = typer.Typer(help="Train models: SFT, the asker (Parrot-Ask) and CaPO, with DeepSpeed; locally or as Kubernetes Jobs.",
@@ -25,11 +26,6 @@ train_app = typer.Typer(help="Train models: SFT, the asker (Parrot-Ask) and CaPO
 CONFIG_ENV = "PARROT_TRAIN_CONFIG"  # training.launch.kubernetes.CONFIG_ENV (kept import-free here)
 # Fields set by their own option, not generated.
 _SKIP = {"kubernetes", "dry_run"}
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _option_type(tp: Any) -> Any:
@@ -48,7 +44,7 @@ def _parse_value(tp: Any, raw: Any, flag: str) -> Any:
         for item in filter(None, (x.strip() for x in raw.split(","))):
             key, eq, value = item.partition("=")
             if not eq or not key:
-                _fail(f"{flag}: {item!r} is not key=value")
+                fail(f"{flag}: {item!r} is not key=value")
             out[key] = value
         return out
     if origin is list:
@@ -107,12 +103,12 @@ def _make_command(method: str) -> Callable[..., None]:
             try:
                 base = json.loads(os.environ[CONFIG_ENV])
             except ValueError as e:
-                _fail(f"{CONFIG_ENV} is not valid JSON: {e}")
+                fail(f"{CONFIG_ENV} is not valid JSON: {e}")
         try:
             cfg = load_config(cls, kwargs["config"], overrides, base=base)
             _run(cfg, kwargs["dry_run"])
         except ConfigError as e:
-            _fail(str(e))
+            fail(str(e))
 
     command.__signature__ = inspect.Signature([*fixed, *(p for p, _, _ in generated)])  # type: ignore[attr-defined]
     command.__doc__ = inspect.getdoc(cls)
