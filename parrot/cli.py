@@ -84,32 +84,6 @@ def serve_cmd(
                                 help="auto (llamacpp when llama-server is built, else transformers), llamacpp (a "
                                      "llama-server child), engine (any OpenAI-compatible engine: llama-server, vLLM, "
                                      "SGLang), transformers (in-process), tgi, openai, or echo (instant, no model)."),
-    model: str = typer.Option("smollm2", envvar="PARROT_MODEL",
-                              help="llamacpp/transformers: 'smollm2', a model folder, or an object-store URL of one (s3://, file://; e.g. a training checkpoint); engine/openai: model name; tgi: label."),
-    dtype: str = typer.Option("auto", envvar="PARROT_DTYPE",
-                              help="transformers: auto (bf16 where the CPU has native bf16 or on CUDA, else float32), bfloat16, float16 or float32."),
-    gguf_type: str = typer.Option("q8_0", envvar="PARROT_GGUF_TYPE",
-                                  help="llamacpp: GGUF weights a model folder is converted to (q8_0, bf16, f16, f32; 'bundled' = the shipped Q4_1)."),
-    engine_parallel: int = typer.Option(16, envvar="PARROT_ENGINE_PARALLEL", help="llamacpp: engine slots (sequences decoded together)."),
-    engine_ctx_per_slot: int = typer.Option(4096, envvar="PARROT_ENGINE_CTX_PER_SLOT", help="llamacpp: context tokens per slot."),
-    engine_threads: int = typer.Option(0, envvar="PARROT_ENGINE_THREADS", help="llamacpp: CPU threads (0 = all cores)."),
-    engine_tokenizer: str = typer.Option("", envvar="PARROT_ENGINE_TOKENIZER",
-                                         help="engine: Hugging Face folder whose chat template renders prompts (needed for judge scores and prefill)."),
-    engine_wait_s: float = typer.Option(0.0, envvar="PARROT_ENGINE_WAIT_S",
-                                        help="engine: how long to wait at start for an engine that is not up yet (a sidecar loading its model)."),
-    engine_scoring: str = typer.Option("logprobs", envvar="PARROT_ENGINE_SCORING",
-                                       help="engine: judge scores from the engine's logprobs, or 'parsed' ([[N]] in the text) for engines without them."),
-    device: str = typer.Option("auto", envvar="PARROT_DEVICE", help="transformers: cpu, cuda or auto."),
-    max_batch_size: int = typer.Option(32, envvar="PARROT_MAX_BATCH_SIZE", help="transformers: rows decoded together."),
-    prefix_cache_mib: int = typer.Option(1024, envvar="PARROT_PREFIX_CACHE_MIB",
-                                         help="transformers: memory (MiB) for KV states kept for prompts that repeat "
-                                              "a prefix (later turns, shared system prompts); 0 = off."),
-    prefill_chunk_tokens: int = typer.Option(512, envvar="PARROT_PREFILL_CHUNK_TOKENS",
-                                             help="transformers: most prompt tokens fed in one batch step (bounds how "
-                                                  "long decoding rows wait for a long new prompt)."),
-    base_url: str = typer.Option("", envvar="PARROT_BASE_URL", help="openai: API base URL (…/v1); tgi: server URL."),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", envvar="PARROT_API_KEY_ENV", help="openai: env var with the API key."),
-    api_key_file: str = typer.Option("", envvar="PARROT_API_KEY_FILE", help="openai: file with the API key (a mounted Secret)."),
     auth_token_file: Optional[str] = typer.Option(None, envvar="PARROT_AUTH_TOKEN_FILE",
                                                   help="Require this bearer token (file; else env PARROT_AUTH_TOKEN if set)."),
     max_new_tokens: int = typer.Option(2048, envvar="PARROT_MAX_NEW_TOKENS", help="Upper bound for max_tokens in requests."),
@@ -141,7 +115,6 @@ def serve_cmd(
     storage_retry_s: float = typer.Option(600.0, envvar="PARROT_STORAGE_RETRY_S",
                                           help="coordinator: how long a failing object store (down, full, read-only) "
                                                "is waited out, the runs paused, before they fail."),
-    echo_delay_s: float = typer.Option(0.0, envvar="PARROT_ECHO_DELAY_S", help="echo backend: latency per call (load tests)."),
     judge_prompts: Optional[str] = typer.Option(None, envvar="PARROT_JUDGE_PROMPTS",
                                                 help="judge: extra prompt file (ours or FastChat's judge_prompts.jsonl)."),
     tls_cert: Optional[str] = typer.Option(None, envvar="PARROT_TLS_CERT",
@@ -165,9 +138,11 @@ def serve_cmd(
                              help="coordinator: serve the run browser at /ui/ on the HTTP port (behind the token)."),
     web_page_size: int = typer.Option(50, envvar="PARROT_WEB_PAGE_SIZE",
                                       help="coordinator: rows per page of the run browser's runs and conversations."),
+    **backend_settings: Any,
 ) -> None:
     """Serve a model service (parrot.v1 gRPC + KServe REST; the responder adds OpenAI /v1/chat/completions)
-    or the coordinator (parrot.v1.Coordinator gRPC + /metrics)."""
+    or the coordinator (parrot.v1.Coordinator gRPC + /metrics). Every backend setting is a flag here,
+    generated from the backends' config dataclasses; a flag names the backends it applies to."""
     setup_logging()
     from parrot.errors import ConfigError
 
@@ -190,9 +165,10 @@ def serve_cmd(
         return
     grpc_port = grpc_port or 50051
     http_port = http_port or 8080
-    from parrot.backends import backend_config_class
+    from parrot.backends import backend_names
+    from parrot.backends.flags import backend_config as build_backend_config
     from parrot.conversation import InputLimits
-    from parrot.errors import ConfigError, InvalidArgument
+    from parrot.errors import ConfigError
     from services.model_server import ServeConfig, serve
 
     if backend == "auto":
@@ -203,46 +179,30 @@ def serve_cmd(
             backend = auto_backend()
         except ConfigError as e:
             fail(str(e))
-    try:
-        cfg_cls = backend_config_class(backend)
-    except InvalidArgument as e:
-        fail(f"--backend: {e.problem}")
-    options: dict[str, Any] = {}
+    if backend not in backend_names():
+        fail(f"--backend: unknown backend {backend!r}; allowed: {', '.join(backend_names())} (or auto)")
+    if backend in ("engine", "openai", "tgi"):
+        if not backend_settings.get("base_url"):
+            fail(f"--base-url / PARROT_BASE_URL is required for the {backend} backend (the server's URL)")
+        backend_settings["base_url"] = backend_settings["base_url"].rstrip("/")
     if backend == "llamacpp":
-        from parrot.engines.llamacpp import LlamaServerSettings, require_server
+        from parrot.engines.llamacpp import require_server
 
         try:
             require_server()  # fail before binding ports: the binary is missing or misnamed
         except ConfigError as e:
             fail(str(e))
-        options = {"model": model, "gguf_type": gguf_type,
-                   "server": LlamaServerSettings(parallel=engine_parallel, ctx_per_slot=engine_ctx_per_slot,
-                                                 threads=engine_threads)}
-    elif backend == "engine":
-        if not base_url:
-            fail("--base-url / PARROT_BASE_URL is required for the engine backend (the engine's …/v1 URL)")
-        options = {"base_url": base_url.rstrip("/"), "model": "" if model == "smollm2" else model,
-                   "tokenizer": engine_tokenizer, "scoring": engine_scoring, "wait_s": engine_wait_s,
-                   "api_key_env": api_key_env,
-                   "api_key_file": api_key_file}
-    elif backend == "transformers":
-        options = {"model": model, "dtype": dtype, "device": device, "max_batch_size": max_batch_size,
-                   "prefix_cache_mib": prefix_cache_mib, "prefill_chunk_tokens": prefill_chunk_tokens}
-    elif backend == "openai":
-        if not base_url:
-            fail("--base-url / PARROT_BASE_URL is required for the openai backend")
-        options = {"base_url": base_url.rstrip("/"), "model": model, "api_key_env": api_key_env, "api_key_file": api_key_file}
-    elif backend == "tgi":
-        if not base_url:
-            fail("--base-url / PARROT_BASE_URL is required for the tgi backend (the TGI server URL)")
-        options = {"url": base_url.rstrip("/"), "model_name": "" if model == "smollm2" else model}
-    elif backend == "echo":
-        options = {"delay_s": echo_delay_s, "model_name": "echo" if model == "smollm2" else model}
+    try:
+        backend_config, ignored = build_backend_config(backend, backend_settings, SERVE_FLAGS)
+    except ConfigError as e:
+        fail(str(e))
+    if ignored:
+        typer.secho(f"[serve] the {backend} backend ignores: {'; '.join(ignored)}", err=True)
     services = ("asker", "responder", "judge") if service is ServiceName.all else (service.value,)
     try:
         config = ServeConfig(
             services=services, host=host, grpc_port=grpc_port, http_port=http_port, backend=backend,
-            backend_config=cfg_cls(**options), auth_token_file=auth_token_file, grace_s=grace_s,
+            backend_config=backend_config, auth_token_file=auth_token_file, grace_s=grace_s,
             limits=InputLimits(max_new_tokens=max_new_tokens, max_input_chars=max_input_chars, max_messages=max_messages),
             judge_prompts_file=judge_prompts, tls_cert_file=tls_cert, tls_key_file=tls_key,
             tls_client_ca_file=tls_client_ca, max_message_bytes=max_message_bytes or 16 * 1024 * 1024,
@@ -252,6 +212,26 @@ def serve_cmd(
         fail(str(e))
     raise typer.Exit(rc)
 
+
+
+def _with_backend_flags(command: Any) -> list[Any]:
+    """Every backend setting as a flag of `parrot serve`, generated from the backends' config
+    dataclasses (parrot.backends.flags): written once, in the dataclass."""
+    import inspect
+
+    from parrot.backends.flags import backend_flags
+
+    flags = backend_flags()
+    params = [p for p in inspect.signature(command).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    for flag in flags:
+        params.append(inspect.Parameter(flag.dest, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[flag.type],
+                                        default=typer.Option(None, f"--{flag.name}", envvar=flag.env, help=flag.help(),
+                                                             show_default=False)))
+    command.__signature__ = inspect.Signature(params)
+    return flags
+
+
+SERVE_FLAGS = _with_backend_flags(serve_cmd)
 
 def default_store_url() -> str:
 
@@ -307,7 +287,9 @@ def up_cmd(
     backend: str = typer.Option("auto", envvar="PARROT_BACKEND",
                                 help="Backend of the model services (auto: llamacpp when llama-server is built, "
                                      "else transformers)."),
-    model: str = typer.Option("smollm2", envvar="PARROT_MODEL", help="Model of the model services."),
+    model: Optional[str] = typer.Option(None, envvar="PARROT_MODEL",
+                                        help="Model of the model services (default: the backend's own, the bundled "
+                                             "SmolLM2 for llamacpp and transformers)."),
     grpc_port: int = typer.Option(50051, help="Model services' gRPC port."),
     http_port: int = typer.Option(8080, help="Model services' HTTP port (KServe REST, OpenAI, /metrics)."),
     coordinator_port: int = typer.Option(50060, help="Coordinator gRPC port."),
@@ -326,7 +308,7 @@ def up_cmd(
             backend = auto_backend()
         except ConfigError as e:
             fail(str(e))
-    typer.secho(f"[up] model services: backend {backend}, model {model} (the engine and model file are logged below)",
+    typer.secho(f"[up] model services: backend {backend}, model {model or 'default'} (the engine and model file are logged below)",
                 err=True)
     import signal
     import subprocess
@@ -338,7 +320,7 @@ def up_cmd(
     models_target = f"127.0.0.1:{grpc_port}"
     env = dict(os.environ)
     procs = [
-        subprocess.Popen([exe, "serve", "all", "--backend", backend, "--model", model, "--host", host,
+        subprocess.Popen([exe, "serve", "all", "--backend", backend, *(["--model", model] if model else []), "--host", host,
                           "--grpc-port", str(grpc_port), "--http-port", str(http_port)], env=env),
         subprocess.Popen([exe, "serve", "coordinator", "--host", host, "--grpc-port", str(coordinator_port),
                           "--http-port", str(coordinator_http_port), "--store-url", store_url or default_store_url(),

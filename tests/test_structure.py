@@ -145,3 +145,37 @@ def test_the_library_imports_its_own_modules_lazily_only_for_heavy_dependencies(
                         unexplained.append(f"{where}: {lines[n.lineno - 1].strip()}")
     assert not unexplained, "in-function imports of project modules without a '# lazy: <dependency>' reason:\n" + "\n".join(unexplained)
     assert len(set(lazy)) < 20, lazy
+
+
+def test_serve_flags_are_generated_from_the_backend_settings():
+    """Every backend setting is a `parrot serve` flag (written once, in its dataclass), the names users
+    already type are kept, flags shared by backends fill each one's own field, and settings that could
+    not be set before (batch_wait_ms, max_queue, num_threads) can."""
+    from typer.testing import CliRunner
+
+    from parrot.backends.flags import backend_config, backend_flags
+    from parrot.cli import app
+    from parrot.engines.llamacpp import LlamaServerSettings
+
+    flags = {f.name: f for f in backend_flags()}
+    kept = ["model", "dtype", "gguf-type", "engine-parallel", "engine-ctx-per-slot", "engine-threads", "engine-tokenizer",
+            "engine-wait-s", "engine-scoring", "device", "max-batch-size", "prefix-cache-mib", "prefill-chunk-tokens",
+            "base-url", "api-key-env", "api-key-file", "echo-delay-s"]
+    assert set(kept) <= set(flags), set(kept) - set(flags)
+    assert {"batch-wait-ms", "max-queue", "num-threads"} <= set(flags)
+    assert flags["engine-parallel"].env == "PARROT_ENGINE_PARALLEL"
+    helptext = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "400"}).output
+    for name in flags:
+        assert f"--{name}" in helptext, name
+
+    echo, ignored = backend_config("echo", {"model": "fake-13b", "echo_delay_s": 0.25, "max_batch_size": 8})
+    assert (echo.model_name, echo.delay_s) == ("fake-13b", 0.25)
+    assert ignored == ["--max-batch-size / PARROT_MAX_BATCH_SIZE (for transformers)"]
+    tgi, _ = backend_config("tgi", {"model": "llama", "base_url": "http://tgi:3000"})
+    assert (tgi.model_name, tgi.url) == ("llama", "http://tgi:3000")
+    llama, _ = backend_config("llamacpp", {"engine_parallel": 4, "engine_threads": 2, "gguf_type": "bf16"})
+    assert llama.server == LlamaServerSettings(parallel=4, threads=2) and llama.gguf_type == "bf16"
+    tf, _ = backend_config("transformers", {"batch_wait_ms": 1.5, "max_queue": 10, "num_threads": 2})
+    assert (tf.batch_wait_ms, tf.max_queue, tf.num_threads, tf.model) == (1.5, 10, 2, "smollm2")
+    engine, _ = backend_config("engine", {})  # unset: each backend's own defaults, no sentinel
+    assert engine.model == "" and echo.__class__().model_name == "echo"

@@ -53,9 +53,10 @@ class EchoBackendConfig:
 
     delay_s: float = field(
         default=0.0,
-        metadata={"help": "Artificial latency in seconds added to each generate, stream and score call (asyncio.sleep)."},
+        metadata={"flag": "echo-delay-s",
+                  "help": "Artificial latency in seconds added to each generate, stream and score call (asyncio.sleep)."},
     )
-    model_name: str = field(default="echo", metadata={"help": "Model name reported in responses and metrics labels."})
+    model_name: str = field(default="echo", metadata={"flag": "model", "help": "Model name reported in responses and metrics labels."})
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.delay_s) or self.delay_s < 0:

@@ -213,14 +213,15 @@ def convert_to_gguf(folder: Path, gguf_type: str) -> Path:
 class LlamaServerSettings:
     """How the child ``llama-server`` runs (one per model service process)."""
 
-    parallel: int = field(default=16, metadata={"help": "Engine slots: sequences decoded together."})
-    ctx_per_slot: int = field(default=4096, metadata={"help": "Context tokens per slot (total = parallel x this)."})
-    threads: int = field(default=0, metadata={"help": "CPU threads (0 = all cores)."})
-    cache_ram_mib: int = field(default=1024, metadata={"help": "Host memory for prompts of idle slots (later turns)."})
+    parallel: int = field(default=16, metadata={"flag": "engine-parallel", "help": "Engine slots: sequences decoded together."})
+    ctx_per_slot: int = field(default=4096, metadata={"flag": "engine-ctx-per-slot", "help": "Context tokens per slot (total = parallel x this)."})
+    threads: int = field(default=0, metadata={"flag": "engine-threads", "help": "CPU threads (0 = all cores)."})
+    cache_ram_mib: int = field(default=1024, metadata={"flag": "engine-cache-ram-mib", "help": "Host memory for prompts of idle slots (later turns)."})
     flash_attn: str = field(default="off", metadata={
+        "flag": "engine-flash-attn",
         "help": "llama-server -fa: on, off or auto. Off by default: faster on the CPUs measured (Q8_0 and bf16, "
                 "16 sessions; README, Engines)."})
-    start_timeout_s: float = field(default=120.0, metadata={"help": "How long to wait for the engine to be healthy."})
+    start_timeout_s: float = field(default=120.0, metadata={"flag": "engine-start-timeout-s", "help": "How long to wait for the engine to be healthy."})
     extra_args: tuple[str, ...] = field(default=(), metadata={"help": "More llama-server arguments."})
 
 

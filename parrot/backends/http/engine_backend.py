@@ -60,11 +60,12 @@ class EngineBackendConfig:
     model: str = field(default="", metadata={"help": "Model name sent in requests; empty = the first of GET /models."})
     tokenizer: str = field(
         default="",
-        metadata={"help": "Hugging Face folder whose chat template renders prompts here (then /v1/completions is "
+        metadata={"flag": "engine-tokenizer",
+                  "help": "Hugging Face folder whose chat template renders prompts here (then /v1/completions is "
                           "used for everything); empty = the engine's /v1/chat/completions."})
     scoring: str = field(
         default="logprobs",
-        metadata={"help": "Judge scores: 'logprobs' (probability-weighted, needs the engine's logprobs) or "
+        metadata={"flag": "engine-scoring", "help": "Judge scores: 'logprobs' (probability-weighted, needs the engine's logprobs) or "
                           "'parsed' ([[N]] read from the text, for engines without logprobs)."})
     top_logprobs: int = field(default=20, metadata={"help": "Top log-probabilities asked per scored position."})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Env var with the engine's API key."})
@@ -72,7 +73,7 @@ class EngineBackendConfig:
     timeout_s: float = field(default=300.0, metadata={"help": "Per-request timeout in seconds."})
     max_retries: int = field(default=4, metadata={"help": "Retries after 429, 5xx, timeouts and connection errors."})
     wait_s: float = field(default=0.0, metadata={
-        "help": "At load, how long to wait for an engine that is not reachable yet (a sidecar still loading "
+        "flag": "engine-wait-s", "help": "At load, how long to wait for an engine that is not reachable yet (a sidecar still loading "
                 "its model); 0 = fail at once."})
 
     def __post_init__(self) -> None:

@@ -42,7 +42,7 @@ class OpenAIBackendConfig:
     max_retries: int = field(default=4, metadata={"help": "Retries after 429, 5xx, timeouts and connection errors."})
     backoff_initial_s: float = field(default=0.5, metadata={"help": "First retry backoff in seconds (doubles each retry, with jitter)."})
     backoff_max_s: float = field(default=8.0, metadata={"help": "Longest retry backoff in seconds."})
-    max_concurrency: int = field(default=16, metadata={"help": "Most requests in flight to the upstream at once."})
+    max_concurrency: int = field(default=16, metadata={"flag": "upstream-concurrency", "help": "Most requests in flight to the upstream at once."})
 
 
 class OpenAIBackend(ChatCompletionsBackend):

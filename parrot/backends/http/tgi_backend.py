@@ -32,11 +32,11 @@ class TGIBackendConfig:
 
     url: str = field(
         default="http://127.0.0.1:3000",
-        metadata={"help": "Base URL of the text-generation-inference server (chat goes to {url}/v1/chat/completions)."},
+        metadata={"flag": "base-url", "help": "Base URL of the text-generation-inference server (chat goes to {url}/v1/chat/completions)."},
     )
     model_name: str = field(
         default=DEFAULT_MODEL_NAME,
-        metadata={"help": "Model name reported in responses and metrics; empty = the server's model_id from GET {url}/info."},
+        metadata={"flag": "model", "help": "Model name reported in responses and metrics; empty = the server's model_id from GET {url}/info."},
     )
     timeout_s: float = field(
         default=120.0,
@@ -45,7 +45,7 @@ class TGIBackendConfig:
     max_retries: int = field(default=4, metadata={"help": "Retries after 429, 5xx, timeouts and connection errors."})
     backoff_initial_s: float = field(default=0.5, metadata={"help": "First retry backoff in seconds (doubles each retry, with jitter)."})
     backoff_max_s: float = field(default=8.0, metadata={"help": "Longest retry backoff in seconds."})
-    max_concurrency: int = field(default=16, metadata={"help": "Most requests in flight to the server at once."})
+    max_concurrency: int = field(default=16, metadata={"flag": "upstream-concurrency", "help": "Most requests in flight to the server at once."})
 
 
 class TGIBackend(ChatCompletionsBackend):
