@@ -179,3 +179,12 @@ def test_serve_flags_are_generated_from_the_backend_settings():
     assert (tf.batch_wait_ms, tf.max_queue, tf.num_threads, tf.model) == (1.5, 10, 2, "smollm2")
     engine, _ = backend_config("engine", {})  # unset: each backend's own defaults, no sentinel
     assert engine.model == "" and echo.__class__().model_name == "echo"
+
+
+def test_readme_configuration_names_every_serve_flag():
+    from parrot.backends.flags import backend_flags
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Configuration"):]
+    missing = [f"--{f.name}" for f in backend_flags() if f"`--{f.name}`" not in section]
+    assert not missing, f"README's Configuration table lacks {missing}"
