@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import start, stop  # noqa: E402
 from bench.coordinator import questions  # noqa: E402
+from parrot.storage.layout import units_prefix  # noqa: E402
 
 MAX_DURATION_S = 900
 
@@ -148,7 +149,7 @@ def main() -> None:
             sampler.join(5)
             stop(coord, models)
         conv_s, turn_s, turns = [], [], 0
-        for unit in store_dir.glob("runs/*/units/*.json"):
+        for unit in store_dir.glob(units_prefix("*") + "*.json"):
             rec = json.loads(unit.read_text())
             n = int((rec.get("data") or {}).get("turns", 0))
             turns += n

@@ -33,14 +33,14 @@ async def write_eval_run(store_url: str, n: int = 20, turns: int = 4, seed: int 
     ``failed`` conversations are recorded as failed; ``judged=False`` leaves every turn ungraded."""
     from parrot.storage import open_store
     from parrot.v1 import coordinator_pb2 as cpb
-    from services.coordinator.executor import run_prefix, unit_key
+    from parrot.storage.layout import input_key, run_prefix, run_record, unit_key
     from services.coordinator.outputs import write_outputs
     from services.coordinator.spec import Plan
 
     store = open_store(store_url)
     run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{random.Random(seed).randrange(16**6):06x}"
     questions = _questions(n, turns)
-    qkey = f"{run_prefix(run_id)}/inputs/questions"
+    qkey = input_key(run_id, "questions")
     await store.put(qkey, "".join(json.dumps(q) + "\n" for q in questions).encode())
     spec = cpb.RunSpec(name=name, evaluation=cpb.EvaluationSpec(questions=cpb.InputFile(name="questions.jsonl", url=qkey),
                                                                 model_id=model_id))
@@ -74,5 +74,5 @@ async def write_eval_run(store_url: str, n: int = 20, turns: int = 4, seed: int 
 
     await asyncio.gather(*(put(i) for i in records))
     await write_outputs(run, Plan("evaluation", units, {}), records, store)
-    await store.put_json(f"{run_prefix(run_id)}/run.json", json_format.MessageToDict(run, preserving_proto_field_name=True))
+    await store.put_json(run_record(run_id), json_format.MessageToDict(run, preserving_proto_field_name=True))
     return run_id

@@ -188,3 +188,14 @@ def test_readme_configuration_names_every_serve_flag():
     section = text[text.index("## Configuration"):]
     missing = [f"--{f.name}" for f in backend_flags() if f"`--{f.name}`" not in section]
     assert not missing, f"README's Configuration table lacks {missing}"
+
+
+def test_the_run_layout_is_written_once():
+    """Store keys of a run are built by parrot.storage.layout only: no "runs/..." literal elsewhere."""
+    import re
+
+    literal = re.compile(r"""f?["']runs/""")
+    bad = [f"{p.relative_to(REPO)}:{i}" for folder in ("parrot", "services", "bench") for p in files(folder)
+           if p.name != "layout.py" for i, line in enumerate(p.read_text().splitlines(), 1)
+           if literal.search(line) and "relative path like" not in line and "URL_SCHEMES" not in line]
+    assert not bad, f"run keys written by hand (use parrot.storage.layout): {bad}"

@@ -18,6 +18,7 @@ from parrot.errors import InvalidArgument
 from parrot.reports.build import build_report
 from parrot.reports.data import RunData, load_run, load_run_folder, run_from_files
 from parrot.reports.render import to_html, to_markdown
+from parrot.storage.layout import report_prefix
 from parrot.v1 import report_pb2
 
 MAX_RUNS = 16
@@ -60,7 +61,7 @@ async def create_report(store: Any, run_ids: Sequence[str], title: str = "") -> 
     folders = []
     types = {"report.md": "text/markdown", "report.html": "text/html", IMAGE: "image/png", "report.json": "application/json"}
     for run_id in run_ids:
-        folder = f"runs/{run_id}/reports/{rid}"
+        folder = report_prefix(run_id, rid)
         for name, data in files.items():
             await store.put(f"{folder}/{name}", data, types.get(name, "application/octet-stream"))
         folders.append(folder)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from parrot.errors import FailedPrecondition, InvalidArgument, NotFound
+from parrot.storage.layout import output_key, run_prefix, run_record
 
 OUTPUT_FILES = ("summary.json", "scores.jsonl", "judgments.jsonl", "instructions.jsonl")
 
@@ -83,16 +84,15 @@ async def load_run(store: Any, run_id: str) -> RunData:
     """A finished evaluation run from the object store."""
     if not run_id or "/" in run_id or ".." in run_id:
         raise InvalidArgument("run_ids", f"{run_id!r} is not a run id (run-YYYYMMDD-HHMMSS-xxxxxx)")
-    prefix = f"runs/{run_id}"
-    if not await store.exists(f"{prefix}/run.json"):
+    if not await store.exists(run_record(run_id)):
         raise NotFound(f"run {run_id} does not exist")
-    run = await store.get_json(f"{prefix}/run.json")
+    run = await store.get_json(run_record(run_id))
     files = {}
     for fname in OUTPUT_FILES:
-        key = f"{prefix}/outputs/{fname}"
+        key = output_key(run_id, fname)
         if await store.exists(key):
             files[fname] = await store.get(key)
-    return run_from_files(run_id, files, name=(run.get("spec") or {}).get("name", ""), source=store.url(prefix))
+    return run_from_files(run_id, files, name=(run.get("spec") or {}).get("name", ""), source=store.url(run_prefix(run_id)))
 
 
 def load_run_folder(path: str | Path) -> RunData:

@@ -1,10 +1,8 @@
 """Executes one run: workers over the plan's units, each finished unit persisted before it counts.
 
-Store layout of a run (``runs/<id>/``): ``run.json`` (spec without input contents, state,
-progress, timestamps), ``inputs/<field>`` (the input files as given), ``units/<index>.json``
-(one record per finished or failed conversation), ``outputs/...`` (written when all units are
-done). A restarted coordinator lists ``units/`` and runs only what is missing, so nothing is
-lost and nothing is done twice.
+Each finished unit is a record in the store (``parrot.storage.layout``: ``runs/<id>/units/``); a
+restarted coordinator lists them and runs only what is missing, so nothing is lost and nothing is
+done twice.
 
 Pauses: while the object store cannot be written (retried for the store's ``retry_for_s``) or a
 role's endpoints are all unavailable (for the spec's ``retry.outage_budget_s``), no new
@@ -23,14 +21,14 @@ from typing import Any, Callable
 
 from google.protobuf import json_format
 
-from parrot.v1 import coordinator_pb2 as cpb
 from parrot.errors import ParrotError, Unavailable
 from parrot.metrics import child
-from parrot.storage import StorageError
-from services.coordinator import metrics as m
 from parrot.model_clients import CallFailed, ModelClients
-from services.coordinator.kinds import UnitContext, UnitFailed, collect_conversation, evaluate_question
-from services.coordinator.kinds import negatives_conversation
+from parrot.storage import StorageError
+from parrot.storage.layout import run_record, unit_key, units_prefix
+from parrot.v1 import coordinator_pb2 as cpb
+from services.coordinator import metrics as m
+from services.coordinator.kinds import UnitContext, UnitFailed, collect_conversation, evaluate_question, negatives_conversation
 from services.coordinator.spec import DEFAULT_CONCURRENCY, Plan
 
 log = logging.getLogger(__name__)
@@ -38,14 +36,6 @@ log = logging.getLogger(__name__)
 TERMINAL = {cpb.RUN_STATE_SUCCEEDED, cpb.RUN_STATE_FAILED, cpb.RUN_STATE_CANCELLED}
 KIND_FN = {"collection": collect_conversation, "evaluation": evaluate_question}
 KIND_FN["negatives"] = negatives_conversation
-
-
-def run_prefix(run_id: str) -> str:
-    return f"runs/{run_id}"
-
-
-def unit_key(run_id: str, index: int) -> str:
-    return f"runs/{run_id}/units/{index:07d}.json"
 
 
 STORE = "object store"  # the pause key of a store fault (the others are role names)
@@ -163,7 +153,7 @@ class RunExecutor:
             return
         self._last_saved = time.monotonic()
         self._update_timing()
-        await self.store.put_json(f"{run_prefix(self.run.id)}/run.json",
+        await self.store.put_json(run_record(self.run.id),
                                   json_format.MessageToDict(self.run, preserving_proto_field_name=True))
         self._storage_back()
 
@@ -264,7 +254,7 @@ class RunExecutor:
         p.judge_failures = 0
         p.in_flight = 0  # the stored count was of the process that wrote it
         p.dropped.clear()
-        for key in await self.store.list(f"{run_prefix(self.run.id)}/units/"):
+        for key in await self.store.list(units_prefix(self.run.id)):
             rec = await self.store.get_json(key)
             self.units[rec["index"]] = rec
             self._count(rec)

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from parrot.conversation import Message, Role
+from parrot.storage.layout import outputs_prefix
 from parrot.v1 import coordinator_pb2 as cpb
 
 
@@ -31,7 +32,7 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
 
 async def write_outputs(run: cpb.Run, plan: Any, units: dict[int, dict[str, Any]], store: Any) -> dict[str, Any]:
     """Writes the run's output files; returns the summary (what ``summary.json`` holds)."""
-    prefix = f"runs/{run.id}/outputs"
+    prefix = outputs_prefix(run.id)
     ordered = [units[i] for i in sorted(units)]
     failures = [{"index": u["index"], "id": u["id"], "reason": u.get("reason", "")} for u in ordered if u["status"] != "finished"]
     done = [u for u in ordered if u["status"] == "finished"]

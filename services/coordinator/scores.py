@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from prometheus_client import Gauge
 
+from parrot.storage.layout import output_key
 from parrot.v1 import coordinator_pb2 as cpb
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class ScoreBoard:
         for series in candidates.values():
             series.sort(key=lambda r: (r.finished_at, r.id))
             for run in series[-2:]:
-                key = f"runs/{run.id}/outputs/summary.json"
+                key = output_key(run.id, "summary.json")
                 try:
                     summary = await store.get_json(key)
                 except Exception as e:  # noqa: BLE001 - one unreadable summary must not stop the coordinator

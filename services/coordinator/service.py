@@ -12,10 +12,11 @@ from typing import Any, AsyncIterator
 from google.protobuf import json_format
 
 from parrot.errors import FailedPrecondition, InvalidArgument, NotFound, ParrotError, ResourceExhausted
+from parrot.storage.layout import RUNS, input_key, outputs_prefix, run_prefix, run_record, units_prefix
 from parrot.v1 import coordinator_pb2 as cpb, coordinator_pb2_grpc
 from services.coordinator import metrics as m
 from parrot.model_clients import ModelClients, Retry, check_reachable
-from services.coordinator.executor import TERMINAL, RunExecutor, run_prefix
+from services.coordinator.executor import TERMINAL, RunExecutor
 from services.coordinator.spec import Plan, RunLimits, check_common, kind_of, plan_run
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class RunManager:
             stored.CopyFrom(spec)
             section = getattr(stored, kind)
             for fld, (name, data) in inputs.items():
-                key = f"{run_prefix(run_id)}/inputs/{fld}"
+                key = input_key(run_id, fld)
                 await self.store.put(key, data)
                 f = getattr(section, fld)
                 f.Clear()
@@ -182,7 +183,7 @@ class RunManager:
             self._check_active()
             plan, _ = await plan_run(run.spec, self.store)
             if retry_failed:
-                failed = [key for key in await self.store.list(f"{run_prefix(run_id)}/units/")
+                failed = [key for key in await self.store.list(units_prefix(run_id))
                           if (await self.store.get_json(key)).get("status") == "failed"]
                 if state == cpb.RUN_STATE_SUCCEEDED and not failed:
                     raise FailedPrecondition(f"run {run_id} succeeded with no failed conversations; nothing to retry")
@@ -229,8 +230,8 @@ class RunManager:
         from services.coordinator.scores import SCOREBOARD
 
         resumed, finished = [], []
-        for run_id in await self.store.list_folders("runs/"):
-            key = f"{run_prefix(run_id)}/run.json"
+        for run_id in await self.store.list_folders(RUNS):
+            key = run_record(run_id)
             if not await self.store.exists(key):
                 continue
             run = json_format.ParseDict(await self.store.get_json(key), cpb.Run(), ignore_unknown_fields=True)
@@ -241,7 +242,7 @@ class RunManager:
                 continue
             # Writes a crash cut short left temporary files; only a run that was executing has any
             # (the coordinator is their only writer), so finished runs are not walked at start-up.
-            leftovers = await self.store.remove_leftovers(f"{run_prefix(run.id)}/")
+            leftovers = await self.store.remove_leftovers(run_prefix(run.id) + "/")
             if leftovers:
                 log.info("removed temporary files of interrupted writes", extra={"run_id": run.id, "files": leftovers})
             try:
@@ -265,14 +266,14 @@ class RunManager:
             ex = self.executors[run_id]
             ex._update_timing()
             return ex.run
-        key = f"{run_prefix(run_id)}/run.json"
+        key = run_record(run_id)
         if not await self.store.exists(key):
             raise NotFound(f"run {run_id} does not exist")
         return json_format.ParseDict(await self.store.get_json(key), cpb.Run(), ignore_unknown_fields=True)
 
     async def list(self, limit: int) -> list[cpb.Run]:
         runs = []
-        for run_id in reversed(await self.store.list_folders("runs/")):  # ids sort by start time
+        for run_id in reversed(await self.store.list_folders(RUNS)):  # ids sort by start time
             if len(runs) == (limit or 50):
                 break
             try:
@@ -293,13 +294,13 @@ class RunManager:
                     pass
         elif run.state not in TERMINAL and not await self._ended_meanwhile(run_id):  # recorded as running but not executing here: mark it
             run.state, run.message, run.finished_at = cpb.RUN_STATE_CANCELLED, "cancelled by request", time.time()
-            await self.store.put_json(f"{run_prefix(run_id)}/run.json",
+            await self.store.put_json(run_record(run_id),
                                       json_format.MessageToDict(run, preserving_proto_field_name=True))
         return await self.get(run_id)
 
     async def _ended_meanwhile(self, run_id: str) -> bool:
         """True when the stored record says the run ended (it may have, while we looked)."""
-        stored = json_format.ParseDict(await self.store.get_json(f"{run_prefix(run_id)}/run.json"), cpb.Run(),
+        stored = json_format.ParseDict(await self.store.get_json(run_record(run_id)), cpb.Run(),
                                        ignore_unknown_fields=True)
         return stored.state in TERMINAL
 
@@ -323,7 +324,7 @@ class RunManager:
     async def results(self, run_id: str, include_content: bool) -> cpb.GetRunResultsResponse:
         run = await self.get(run_id)
         out = cpb.GetRunResultsResponse(run=run)
-        for key in await self.store.list(f"{run_prefix(run_id)}/outputs/"):
+        for key in await self.store.list(outputs_prefix(run_id) + "/"):
             data = await self.store.get(key)
             art = cpb.Artifact(name=key.rsplit("/", 1)[-1], url=self.store.url(key), size_bytes=len(data))
             if include_content and len(data) <= INLINE_LIMIT:

@@ -19,8 +19,9 @@ from typing import Any, Awaitable, Callable
 from google.protobuf import json_format
 
 from parrot.errors import InvalidArgument, NotFound
+from parrot.storage.layout import RUNS, outputs_prefix, run_record, unit_key, units_prefix
 from parrot.v1 import coordinator_pb2 as cpb
-from services.coordinator.executor import TERMINAL, run_prefix, unit_key
+from services.coordinator.executor import TERMINAL
 
 
 KIND_SCAN = 2000  # runs read at most to list those of one kind
@@ -46,7 +47,7 @@ async def list_runs(manager: Any, page: int, size: int, kind: str = "") -> tuple
     """A page of runs, newest first, and how many runs there are. Reads only the page's run.json;
     with ``kind``, reads run.json newest first until the page is full (at most KIND_SCAN runs), and
     the count is of the runs read."""
-    ids = list(reversed(await manager.store.list_folders("runs/")))
+    ids = list(reversed(await manager.store.list_folders(RUNS)))
     if kind:
         matched: list[dict[str, Any]] = []
         for run_id in ids[:KIND_SCAN]:
@@ -228,7 +229,7 @@ async def build_index(manager: Any, run: cpb.Run) -> RunIndex:
     plan = ex.plan if ex is not None else (await plan_run(run.spec, store))[0]  # an executing run has its plan
     rows = [_unit_row(i, u) for i, u in enumerate(plan.units)]
     by_question = {str(u.get("question_id", u.get("id"))): i for i, u in enumerate(plan.units)}
-    outputs = f"{run_prefix(run.id)}/outputs"
+    outputs = outputs_prefix(run.id)
     if ex is not None:
         for i, rec in list(ex.units.items()):
             _apply_record(rows[i], rec)
@@ -250,7 +251,7 @@ async def build_index(manager: Any, run: cpb.Run) -> RunIndex:
             if i is not None and c.get("prompt_strict") is False:
                 rows[i].failed_checks.append(int(c["turn"]))
     else:  # ended without outputs (cancelled, failed): the records say what was done
-        keys = await store.list(f"{run_prefix(run.id)}/units/")
+        keys = await store.list(units_prefix(run.id))
         recs = await asyncio.gather(*(store.get_json(k) for k in keys))
         for rec in recs:
             if 0 <= rec.get("index", -1) < len(rows):
@@ -267,5 +268,5 @@ async def unit_record(manager: Any, run_id: str, index: int) -> dict[str, Any] |
 
 
 async def stored_run(store: Any, run_id: str) -> cpb.Run:
-    return json_format.ParseDict(await store.get_json(f"{run_prefix(run_id)}/run.json"), cpb.Run(),
+    return json_format.ParseDict(await store.get_json(run_record(run_id)), cpb.Run(),
                                  ignore_unknown_fields=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from parrot.errors import FailedPrecondition
+from parrot.storage.layout import outputs_prefix
 from parrot.v1 import coordinator_pb2 as cpb
-from services.coordinator.executor import run_prefix
 from services.coordinator.web.runs import ConvRow, RunIndex, read_json, read_jsonl
 
 TOP_DIFFERENCES = 20
@@ -30,7 +30,7 @@ async def evaluation_view(store: Any, run: cpb.Run) -> dict[str, Any]:
     from parrot.reports import load_run
     from parrot.reports.build import build_report, instruction_series, per_turn_series
 
-    outputs = f"{run_prefix(run.id)}/outputs"
+    outputs = outputs_prefix(run.id)
     failures = await read_jsonl(store, f"{outputs}/failures.jsonl")
     if not await store.exists(f"{outputs}/summary.json"):
         return {"ready": False, "failures": failures}
@@ -48,7 +48,7 @@ async def evaluation_view(store: Any, run: cpb.Run) -> dict[str, Any]:
 
 async def dataset_view(store: Any, run: cpb.Run) -> dict[str, Any]:
     """A collection or negatives run: its dataset statistics (the paper's table) and drop counts."""
-    outputs = f"{run_prefix(run.id)}/outputs"
+    outputs = outputs_prefix(run.id)
     summary = await read_json(store, f"{outputs}/summary.json")
     failures = await read_jsonl(store, f"{outputs}/failures.jsonl")
     if summary is None:
