@@ -11,6 +11,9 @@ from typing import Any
 import grpc
 
 from parrot.conversation import Message
+from parrot.datasets.sharegpt import SPEAKER_ROLES  # also maps system/user/assistant
+from parrot.errors import ConfigError
+from parrot.tokens import token_from
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -40,7 +43,6 @@ def channel_credentials(ca_file: str | None, cert_file: str | None, key_file: st
                         setting: str) -> grpc.ChannelCredentials:
     """TLS credentials: trust ``ca_file`` (None: the system's roots); present a client certificate
     when both ``cert_file`` and ``key_file`` are given (servers that require mutual TLS)."""
-    from parrot.errors import ConfigError
 
     def read(path: str | None, what: str) -> bytes | None:
         if path is None:
@@ -126,7 +128,6 @@ def rpc_error_text(e: grpc.RpcError) -> str:
 
 def auth_metadata(token_env: str = "PARROT_AUTH_TOKEN") -> list[tuple[str, str]]:
     """The authorization metadata from ``$token_env`` (stripped; ConfigError naming it when malformed)."""
-    from parrot.tokens import token_from
 
     token = token_from(None, token_env, "")
     return [("authorization", f"Bearer {token}")] if token else []
@@ -145,7 +146,6 @@ def load_conversation(path: str) -> list[Message]:
         data: Any = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConversationFileError(f"{path}: line {e.lineno}: not valid JSON: {e.msg}") from e
-    from parrot.datasets.sharegpt import SPEAKER_ROLES  # also maps system/user/assistant
 
     if isinstance(data, dict) and "conversations" in data:
         items, role_key, text_key = data["conversations"], "from", "value"

@@ -345,7 +345,7 @@ def test_run_spec_file_loader(tmp_path, data):
     import click
     import typer
 
-    from parrot.cli_runs import build_spec
+    from parrot.cli.runs import build_spec
 
     path = tmp_path / "spec.yaml"
     path.write_bytes(data)

@@ -860,7 +860,7 @@ ENV_READ_ELSEWHERE = {
     "PARROT_S3_ENDPOINT": "parrot/storage/s3.py", "PARROT_S3_ACCESS_KEY": "parrot/storage/s3.py",
     "PARROT_S3_SECRET_KEY": "parrot/storage/s3.py", "PARROT_S3_REGION": "parrot/storage/s3.py",
     "PARROT_S3_CREATE_BUCKET": "parrot/storage/s3.py", "PARROT_S3_SECURE": "parrot/storage/s3.py",
-    "PARROT_UPSTREAM_TOKEN": "parrot/cli.py",
+    "PARROT_UPSTREAM_TOKEN": "parrot/cli/serve.py",
 }
 
 

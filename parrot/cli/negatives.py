@@ -7,8 +7,8 @@ from typing import Any, List, Optional
 
 import typer
 
-from parrot.cli_common import COORDINATOR, TOKEN_ENV, fail
-from parrot.cli_runs import build_spec, input_file, start_and_follow
+from parrot.cli._common import COORDINATOR, TOKEN_ENV, fail
+from parrot.cli.runs import build_spec, input_file, start_and_follow
 
 
 def print_negatives_summary(summary_json: str) -> None:

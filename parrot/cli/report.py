@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from parrot.cli_common import COORDINATOR, TOKEN_ENV, coordinator_stub, fail, rpc
+from parrot.cli._common import COORDINATOR, TOKEN_ENV, coordinator_stub, fail, rpc
 
 
 def _write(out: Path, files: dict[str, bytes]) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from parrot.cli_common import fail
+from parrot.cli._common import fail
 
 data_app = typer.Typer(help="Data pipeline: asker training data and dataset statistics.", no_args_is_help=True)
 

@@ -1,8 +1,7 @@
-"""The one `parrot` command line. Heavy imports (torch, grpc, kserve) happen inside commands."""
+"""`parrot serve` (a model service or the coordinator) and `parrot up` (the local stack)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from enum import Enum
@@ -11,16 +10,8 @@ from typing import Any, Optional
 
 import typer
 
-from parrot.cli_common import TOKEN_ENV, fail, rpc
+from parrot.cli._common import fail
 from parrot.logs import setup_logging
-
-app = typer.Typer(help="Parrot: multi-turn instruction following for LLMs, as a platform.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-model_app = typer.Typer(help="Model files: prepare the bundled model.", no_args_is_help=True)
-app.add_typer(model_app, name="model")
-engine_app = typer.Typer(help="Inference engines: build and inspect llama.cpp's llama-server.", no_args_is_help=True)
-app.add_typer(engine_app, name="engine")
-
 
 class ServiceName(str, Enum):
     asker = "asker"
@@ -30,49 +21,7 @@ class ServiceName(str, Enum):
     coordinator = "coordinator"
 
 
-TARGET = typer.Option("127.0.0.1:50051", "--target", "-t", envvar="PARROT_TARGET", help="gRPC address of the service.")
-TIMEOUT = typer.Option(300.0, help="Deadline for the call in seconds.")
 
-
-@model_app.command("prepare")
-def model_prepare(force: bool = typer.Option(False, help="Convert again even if the cache is complete.")) -> None:
-    """Convert the bundled SmolLM2-135M-Instruct GGUF once into a bf16 safetensors folder (cached)."""
-    setup_logging()
-    from parrot.errors import ConfigError
-    from parrot.modelstore import prepare_bundled_model
-
-    try:
-        path = prepare_bundled_model(force=force)
-    except ConfigError as e:
-        fail(str(e))
-    typer.echo(str(path))
-
-
-@engine_app.command("build")
-def engine_build(force: bool = typer.Option(False, help="Build again even if the cached binary is complete.")) -> None:
-    """Build llama-server once from the pinned llama-cpp-python sdist (MIT) into the engine cache."""
-    setup_logging()
-    from parrot.engines.llamacpp import build_server
-    from parrot.errors import ConfigError
-
-    try:
-        path = build_server(force=force)
-    except ConfigError as e:
-        fail(str(e))
-    typer.echo(str(path))
-
-
-@engine_app.command("info")
-def engine_info() -> None:
-    """Where llama-server is (or why not), its source, the cache, and the default GGUF type."""
-    import json
-
-    from parrot.engines.llamacpp import describe
-
-    typer.echo(json.dumps(describe(), indent=2))
-
-
-@app.command("serve")
 def serve_cmd(
     service: ServiceName = typer.Argument(..., help="asker, responder, judge, all (the three, one shared model), or coordinator."),
     host: str = typer.Option("0.0.0.0", envvar="PARROT_HOST", help="Interface to bind."),
@@ -141,8 +90,10 @@ def serve_cmd(
     **backend_settings: Any,
 ) -> None:
     """Serve a model service (parrot.v1 gRPC + KServe REST; the responder adds OpenAI /v1/chat/completions)
-    or the coordinator (parrot.v1.Coordinator gRPC + /metrics). Every backend setting is a flag here,
-    generated from the backends' config dataclasses; a flag names the backends it applies to."""
+    or the coordinator (parrot.v1.Coordinator gRPC + /metrics).
+
+    Every backend setting is a flag here, generated from the backends' config dataclasses; a flag
+    names the backends it applies to."""
     setup_logging()
     from parrot.errors import ConfigError
 
@@ -233,6 +184,7 @@ def _with_backend_flags(command: Any) -> list[Any]:
 
 SERVE_FLAGS = _with_backend_flags(serve_cmd)
 
+
 def default_store_url() -> str:
 
     home = Path(os.environ.get("PARROT_HOME") or Path.home() / ".parrot")
@@ -282,7 +234,6 @@ def _serve_coordinator(host: str, grpc_port: int, http_port: int, store: str, re
     raise typer.Exit(rc)
 
 
-@app.command("up")
 def up_cmd(
     backend: str = typer.Option("auto", envvar="PARROT_BACKEND",
                                 help="Backend of the model services (auto: llamacpp when llama-server is built, "
@@ -374,177 +325,6 @@ def up_cmd(
     raise typer.Exit(rc)
 
 
-def _conversation(file: Optional[str], messages: list[tuple[str, str]]) -> Any:
-    from parrot.client import ConversationFileError, load_conversation
-    from parrot.conversation import Message, Role
-    from parrot.protoconv import messages_to_pb
-
-    try:
-        msgs = load_conversation(file) if file else []
-    except ConversationFileError as e:
-        fail(str(e))
-    msgs += [Message(Role(r), t) for r, t in messages]
-    return messages_to_pb(msgs)
-
-
-def _params(max_tokens: int, temperature: Optional[float], seed: Optional[int]) -> Any:
-    from parrot.v1 import conversation_pb2
-
-    p = conversation_pb2.GenerationParams(max_tokens=max_tokens)
-    if temperature is not None:
-        p.temperature = temperature
-    if seed is not None:
-        p.seed = seed
-    return p
-
-
-@app.command("chat")
-def chat_cmd(
-    message: Optional[str] = typer.Argument(None, help="The user message. Omit to chat interactively."),
-    file: Optional[str] = typer.Option(None, "--file", "-f", help="Conversation so far (JSON; '-' = stdin)."),
-    system: Optional[str] = typer.Option(None, help="A system message to start with."),
-    max_tokens: int = typer.Option(256, help="Most new tokens."),
-    temperature: Optional[float] = typer.Option(None, help="0 = greedy (default)."),
-    seed: Optional[int] = typer.Option(None, help="Sampling seed."),
-    stream: bool = typer.Option(True, help="Print tokens as they arrive."),
-    target: str = TARGET, token_env: str = TOKEN_ENV, timeout: float = TIMEOUT,
-) -> None:
-    """Talk to the responder (parrot.v1.Responder)."""
-    from parrot.v1 import responder_pb2, responder_pb2_grpc
-
-    history: list[tuple[str, str]] = [("system", system)] if system else []
-    interactive = message is None and sys.stdin.isatty()
-    if message is None and not interactive:
-        fail("give a MESSAGE (or run in a terminal to chat interactively)")
-
-    async def turn(text: str) -> str:
-        history.append(("user", text))
-        request = responder_pb2.RespondRequest(conversation=_conversation(file, history),
-                                               params=_params(max_tokens, temperature, seed))
-
-        async def fn(ch: Any, md: Any) -> str:
-            stub = responder_pb2_grpc.ResponderStub(ch)
-            if not stream:
-                r = await stub.Respond(request, metadata=md, timeout=timeout)
-                typer.echo(r.text)
-                return r.text
-            parts = []
-            async for chunk in stub.RespondStream(request, metadata=md, timeout=timeout):
-                parts.append(chunk.delta)
-                typer.echo(chunk.delta, nl=False)
-            typer.echo()
-            return "".join(parts)
-
-        answer = await rpc(target, token_env, fn)
-        history.append(("assistant", answer))
-        return answer
-
-    async def run() -> None:
-        if not interactive:
-            await turn(message)  # type: ignore[arg-type]
-            return
-        typer.echo("(empty line or Ctrl-D to quit)")
-        while True:
-            try:
-                text = input("you> ").strip()
-            except EOFError:
-                return
-            if not text:
-                return
-            await turn(text)
-
-    asyncio.run(run())
-
-
-@app.command("ask")
-def ask_cmd(
-    file: Optional[str] = typer.Option(None, "--file", "-f", help="Conversation so far (JSON; '-' = stdin); must end with an answer."),
-    query: Optional[str] = typer.Option(None, "--query", "-q", help="First user query (with --answer, instead of --file)."),
-    answer: Optional[str] = typer.Option(None, "--answer", "-a", help="The assistant's answer to --query."),
-    persona: str = typer.Option("", help="Who is asking (hint)."),
-    topic: str = typer.Option("", help="Where the conversation should go (hint)."),
-    candidates: int = typer.Option(1, "--candidates", "-n", help="How many follow-up questions."),
-    max_tokens: int = typer.Option(64, help="Most new tokens per question."),
-    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (asker default if unset)."),
-    seed: Optional[int] = typer.Option(None, help="Sampling seed."),
-    target: str = TARGET, token_env: str = TOKEN_ENV, timeout: float = TIMEOUT,
-) -> None:
-    """Ask the asker for the user's next turn (parrot.v1.Asker)."""
-    from parrot.v1 import asker_pb2, asker_pb2_grpc
-
-    pairs: list[tuple[str, str]] = []
-    if query is not None or answer is not None:
-        if query is None or answer is None:
-            fail("--query and --answer go together")
-        pairs = [("user", query), ("assistant", answer)]  # type: ignore[list-item]
-    if not file and not pairs:
-        fail("give --file, or --query with --answer")
-    request = asker_pb2.AskRequest(conversation=_conversation(file, pairs), params=_params(max_tokens, temperature, seed),
-                                   persona=persona, topic=topic, num_candidates=candidates)
-
-    async def fn(ch: Any, md: Any) -> None:
-        r = await asker_pb2_grpc.AskerStub(ch).Ask(request, metadata=md, timeout=timeout)
-        for c in r.candidates:
-            typer.echo(c.text)
-
-    asyncio.run(rpc(target, token_env, fn))
-
-
-@app.command("judge")
-def judge_cmd(
-    file: str = typer.Argument(..., help="Conversation with the answer to grade (JSON; '-' = stdin)."),
-    versus: Optional[str] = typer.Option(None, help="A second conversation (same user turns): compare pairwise."),
-    turn: int = typer.Option(0, help="1-based user turn whose answer is judged; 0 = last."),
-    reference: str = typer.Option("", help="Reference answer for the judged turn."),
-    prompt: str = typer.Option("", help="Judge prompt name (default by mode and reference)."),
-    max_tokens: int = typer.Option(256, help="Most tokens for the judge's explanation."),
-    as_json: bool = typer.Option(False, "--json", help="Print the full response as JSON."),
-    target: str = TARGET, token_env: str = TOKEN_ENV, timeout: float = TIMEOUT,
-) -> None:
-    """Grade an answer 1-10, or compare two answers (parrot.v1.Judge)."""
-    from google.protobuf import json_format
-
-    from parrot.v1 import judge_pb2, judge_pb2_grpc
-
-    params = _params(max_tokens, None, None)
-
-    async def fn(ch: Any, md: Any) -> None:
-        stub = judge_pb2_grpc.JudgeStub(ch)
-        if versus:
-            r = await stub.ComparePair(judge_pb2.ComparePairRequest(
-                conversation_a=_conversation(file, []), conversation_b=_conversation(versus, []), turn=turn,
-                reference_answer=reference, prompt_name=prompt, params=params), metadata=md, timeout=timeout)
-            summary = f"winner: {judge_pb2.PairWinner.Name(r.winner).removeprefix('PAIR_WINNER_')}"
-        else:
-            r = await stub.GradeSingle(judge_pb2.GradeSingleRequest(
-                conversation=_conversation(file, []), turn=turn, reference_answer=reference, prompt_name=prompt,
-                params=params), metadata=md, timeout=timeout)
-            summary = f"score: {r.score:.2f}  (turn {r.turn}, {judge_pb2.ScoreMethod.Name(r.method)})\n{r.explanation}"
-        typer.echo(json_format.MessageToJson(r, preserving_proto_field_name=True) if as_json else summary)
-
-    asyncio.run(rpc(target, token_env, fn))
-
-
-from parrot.cli_runs import register as _register_run_commands  # noqa: E402
-
-_register_run_commands(app)
-
-from parrot.cli_train import register as _register_train_commands  # noqa: E402
-
-_register_train_commands(app)
-
-from parrot.cli_data import register as _register_data_commands  # noqa: E402
-from parrot.cli_negatives import register as _register_negatives_command  # noqa: E402
-
-_register_data_commands(app)
-_register_negatives_command(app)
-
-from parrot.cli_bench import register as _register_bench_commands  # noqa: E402
-from parrot.cli_report import register as _register_report_commands  # noqa: E402
-
-_register_bench_commands(app)
-_register_report_commands(app)
-
-
-def main() -> None:
-    app()
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_cmd)
+    app.command("up")(up_cmd)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from parrot.cli_common import fail
+from parrot.cli._common import fail
 from parrot.logs import setup_logging
 
 train_app = typer.Typer(help="Train models: SFT, the asker (Parrot-Ask) and CaPO, with DeepSpeed; locally or as Kubernetes Jobs.",

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from parrot.cli_common import COORDINATOR, TOKEN_ENV, coordinator_stub, fail, rpc
+from parrot.cli._common import COORDINATOR, TOKEN_ENV, coordinator_stub, fail, rpc
 
 runs_app = typer.Typer(help="Inspect and control runs on the coordinator.", no_args_is_help=True)
 

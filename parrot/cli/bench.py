@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from parrot.cli_common import fail
+from parrot.cli._common import fail
 
 bench_app = typer.Typer(help="Benchmarks: extend sessions to N turns, check session files, list instruction checks.",
                         no_args_is_help=True)
