@@ -35,7 +35,7 @@ from parrot.datasets import (
     single_judgment_record,
     to_sharegpt_record,
 )
-from parrot.datasets.errors import iter_records
+from parrot.datasets.jsonio import iter_records
 from parrot.errors import InvalidArgument
 
 

@@ -45,7 +45,7 @@ from parrot.datasets.cleaning import (
     conversation_key,
     whitespace_tokens,
 )
-from parrot.datasets.errors import json_type
+from parrot.datasets.jsonio import json_type
 from parrot.asking.prompting import from_role_swapped, to_role_swapped
 
 EXAMPLE_DROP_REASONS: tuple[str, ...] = ("target_too_long", "too_long", "duplicate_example")

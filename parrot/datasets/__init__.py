@@ -7,7 +7,7 @@ files, uploads and object-store bytes alike; ``load_*_file(path)`` wraps it for 
 Malformed input raises ``DatasetError`` naming the source, line and field.
 """
 
-from parrot.datasets.errors import DatasetError, dumps_jsonl, iter_jsonl, iter_records
+from parrot.datasets.jsonio import DatasetError, dumps_jsonl, iter_jsonl, iter_records
 from parrot.datasets.fastchat import (
     Answer,
     QuestionId,

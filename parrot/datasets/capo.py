@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 from parrot.analysis.filters import normalize
 from parrot.conversation import Message, Role
-from parrot.datasets.errors import DatasetError, iter_jsonl, json_type, read_file
+from parrot.datasets.jsonio import DatasetError, iter_jsonl, json_type, read_file
 
 CONTEXT_NEGLECT = "context_neglect"
 CONTEXT_HALLUCINATION = "context_hallucination"

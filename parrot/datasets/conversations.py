@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from parrot.conversation import Message, Role
-from parrot.datasets.errors import DatasetError, decode_text, iter_records, json_type, read_file
+from parrot.datasets.jsonio import DatasetError, decode_text, iter_records, json_type, read_file
 from parrot.datasets.mtbench import load_questions
 from parrot.datasets.sharegpt import load_sharegpt
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from parrot.datasets.errors import DatasetError, iter_jsonl, json_type, read_file
+from parrot.datasets.jsonio import DatasetError, iter_jsonl, json_type, read_file
 
 QuestionId = int | str
 Winner = Literal["model_1", "model_2", "tie"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from parrot.datasets.errors import DatasetError, iter_jsonl, json_type, read_file
+from parrot.datasets.jsonio import DatasetError, iter_jsonl, json_type, read_file
 from parrot.datasets.fastchat import QuestionId, load_answers, question_id_field
 from parrot.instructions import InstructionError, parse_session_instructions
 

@@ -39,7 +39,7 @@ import io
 import json
 from typing import Any, Callable
 
-from parrot.datasets.errors import DatasetError, decode_text, iter_records, json_type
+from parrot.datasets.jsonio import DatasetError, decode_text, iter_records, json_type
 from parrot.datasets.mtbench import Protocol, Question, record_instructions
 
 PUBLISHED_FORMATS = ("mt-eval", "mtbench101", "multi-if", "lost-in-conversation", "multichallenge")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from parrot.conversation import Role
-from parrot.datasets.errors import DatasetError, decode_text, iter_jsonl, iter_records, json_type, read_file
+from parrot.datasets.jsonio import DatasetError, decode_text, iter_jsonl, iter_records, json_type, read_file
 from parrot.datasets.mtbench import Question, load_questions, record_instructions
 from parrot.datasets.published import PUBLISHED_FORMATS, PUBLISHED_LOADERS, detect_published
 from parrot.datasets.sharegpt import load_sharegpt

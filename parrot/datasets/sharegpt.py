@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from parrot.conversation import Message, Role
-from parrot.datasets.errors import DatasetError, decode_text, iter_records, json_type, read_file
+from parrot.datasets.jsonio import DatasetError, decode_text, iter_records, json_type, read_file
 
 SPEAKER_ROLES: dict[str, Role] = {
     "human": Role.USER,

@@ -1,4 +1,4 @@
-"""``DatasetError`` and the low-level JSON / JSONL readers that raise it.
+"""JSON / JSONL input and output for the dataset loaders, and ``DatasetError``, which they raise.
 
 Every loader in :mod:`parrot.datasets` takes a display ``name`` (a file name or an object-store
 key, used only in messages) and the content as ``str`` or ``bytes``, so a caller can load from a
@@ -16,8 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from parrot.errors import InvalidArgument
-from parrot.errors import clip
+from parrot.errors import InvalidArgument, clip
 
 _DECODER = json.JSONDecoder()
 _WS = " \t\r\n"
