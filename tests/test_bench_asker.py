@@ -1,58 +1,83 @@
-"""bench/asker_followups.py end to end on our own held-out examples: real asker services (echo
-backend) started and stopped by the script, the detector over people's and generated follow-ups,
-and the held-out NLL under the bundled model."""
+"""`parrot bench asker` end to end: one asker given by address (a running echo asker), one given as a
+model (served on loopback by the command and stopped after), the scorecard table and JSON; the
+errors a user sees for a file without follow-ups, an asker that does not answer, a bad --asker."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
-from parrot.conversation import Message, Role
-from parrot.datasets import ShareGPTRecord, dumps_jsonl
-from parrot.asking.training_data import build_asker_dataset
-from tests.conftest import REPO, requires_model
+from parrot.client import free_port
+from tests.conftest import REPO, requires_model, start_service
 
-U, A = Role.USER, Role.ASSISTANT
+CLI = [sys.executable, "-c", "from parrot.cli import main; main()", "bench", "asker"]
 
 
-def _record(rid: str, *turns: str) -> ShareGPTRecord:
-    roles = [U, A] * len(turns)
-    return ShareGPTRecord(id=rid, messages=[Message(r, t) for r, t in zip(roles, turns)], line=1)
+def sharegpt(path, n: int) -> None:
+    lines = []
+    for i in range(n):
+        turns = [f"How do I cook recipe number {i}?", "Boil it for ten minutes.", "And in a pan?", "Fry it instead.",
+                 "What temperature should the oil be?", "About 180 degrees."]
+        lines.append(json.dumps({"id": f"s{i}", "conversations": [
+            {"from": "human" if k % 2 == 0 else "gpt", "value": t} for k, t in enumerate(turns)]}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_scorecard_of_an_addressed_and_a_served_asker(tmp_path):
+    data = tmp_path / "sessions.jsonl"
+    sharegpt(data, 12)
+    asker = start_service(tmp_path, ["asker", "--backend", "echo", "--model", "smollm2"], wait_for="parrot.v1.Asker")
+    try:
+        out = tmp_path / "card.json"
+        r = run(str(data), "--asker", f"running={asker.grpc_target}", "--asker", "served=smollm2", "--backend", "echo",
+                "--no-nll", "--limit", "0", "--resamples", "100", "--json", str(out))
+    finally:
+        asker.stop()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| row | people | running | served |" in r.stdout
+    assert "| context-dependent rate | 0.5 [" in r.stdout  # people: "And in a pan?" yes, the oil question no
+    card = json.loads(out.read_text())
+    assert card["contexts"] == 24 and card["sessions"] == 12  # two follow-ups per session
+    assert card["askers"]["running"]["address"] == asker.grpc_target and card["askers"]["served"]["model"] == "smollm2"
+    assert all(f["running"]["text"] and f["served"]["text"] for f in card["followups"])
+    assert card["rows"]["no_followup"]["served"]["value"] == 0.0
+    assert "perplexity" not in card["rows"]
+
+
+def test_clear_errors(tmp_path):
+    lone = tmp_path / "lone.jsonl"
+    lone.write_text(json.dumps({"id": "x", "conversations": [{"from": "human", "value": "What is a monad, briefly?"},
+                                                            {"from": "gpt", "value": "A monoid of endofunctors."}]}) + "\n")
+    r = run(str(lone), "--asker", "a=smollm2", "--backend", "echo")
+    assert r.returncode == 2 and "holds no follow-ups" in r.stderr, r.stderr
+    data = tmp_path / "sessions.jsonl"
+    sharegpt(data, 2)
+    dead = f"127.0.0.1:{free_port()}"
+    r = run(str(data), "--asker", f"gone={dead}")
+    assert r.returncode == 2 and f"--asker gone={dead}" in r.stderr and "unreachable" in r.stderr, r.stderr
+    r = run(str(data), "--asker", "no-equals-sign")
+    assert r.returncode == 2 and "NAME=ADDRESS" in r.stderr, r.stderr
+    r = run(str(data), "--asker", "a=smollm2", "--holdout", "1.5")
+    assert r.returncode == 2 and "--holdout" in r.stderr, r.stderr
 
 
 @requires_model
-def test_asker_followups_bench_measures_each_asker_and_the_people(tmp_path):
-    records = [
-        _record("k1", "How do I boil an egg?", "Put it in boiling water for eight minutes.",
-                "And for a soft one?", "About six minutes."),
-        _record("k2", "Name a fast sorting algorithm.", "Quicksort is fast on average.",
-                "Explain how quicksort partitions an array around a pivot element.", "It moves smaller keys left."),
-    ]
-    rows, _ = build_asker_dataset([("f.jsonl", records)])
-    examples = tmp_path / "heldout.jsonl"
-    examples.write_text(dumps_jsonl(rows))
-    out = tmp_path / "figures.json"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "asker_followups.py"), "--examples", str(examples),
-                        "--asker", "a=smollm2", "--backend", "echo", "--nll", "--json", str(out)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    lines = r.stdout.splitlines()
-    # "And for a soft one?" is elliptical, the quicksort question is self-contained: people 1 of 2.
-    assert lines[2].startswith("| people (held-out targets) | 2 | 0 | 1 | 0.500 |")
-    assert lines[3].startswith("| a (smollm2) | 2 |")
-    figures = json.loads(out.read_text())
-    assert figures["contexts"] == 2 and figures["human_fraction"] == 0.5
-    asker = figures["askers"]["a"]
-    assert len(asker["followups"]) == 2 and all(f["followup"] for f in asker["followups"])
-    assert asker["no_followup"] == 0 and 0 < asker["target_nll"] < 20
+def test_held_out_nll_of_people_follow_ups_under_the_bundled_model(tmp_path):
+    from parrot.asking.scorecard_io import load_contexts
+    from training.asker_eval import followup_nll
 
-
-def test_asker_followups_bench_rejects_bad_arguments(tmp_path):
-    bench = str(REPO / "bench" / "asker_followups.py")
-    r = subprocess.run([sys.executable, bench, "--examples", str(tmp_path / "none.jsonl"), "--asker", "a=smollm2"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0 and "--examples" in r.stderr
-    r = subprocess.run([sys.executable, bench, "--examples", "x.jsonl", "--asker", "no-equals"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "NAME=MODEL" in r.stderr
+    data = tmp_path / "sessions.jsonl"
+    sharegpt(data, 2)
+    rows = [c.example for c in load_contexts(str(data))]
+    scored = followup_nll("smollm2", [*rows, None], max_length=512)
+    assert scored[-1] is None and len(scored) == len(rows) + 1
+    for nll, tokens in scored[:-1]:
+        assert tokens > 0 and 0 < nll / tokens < 20 and math.isfinite(nll)
+    # a target past max_length is not scored, as training leaves it out
+    assert followup_nll("smollm2", rows[:1], max_length=8) == [None]

@@ -1,4 +1,4 @@
-"""CLI: `parrot bench extend|check|instructions|agreement` (building and checking benchmarks)."""
+"""CLI: `parrot bench extend|check|instructions|agreement|asker` (building and checking benchmarks, scoring askers)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import typer
 
 from parrot.cli._common import fail
 
-bench_app = typer.Typer(help="Benchmarks: extend sessions to N turns, check session files, list instruction checks.",
+bench_app = typer.Typer(help="Benchmarks: extend sessions to N turns, check session files, list instruction checks, "
+                                 "score askers against people.",
                         no_args_is_help=True)
 FORMAT = typer.Option("auto", "--format", help="Session file format: auto, mtbench, sessions, sharegpt, or a published "
                                                 "benchmark file: mt-eval, mtbench101, multi-if, lost-in-conversation, "
@@ -200,4 +201,7 @@ def agreement_cmd(
 
 
 def register(app: typer.Typer) -> None:
+    from parrot.cli.bench_asker import asker_cmd
+
+    bench_app.command("asker")(asker_cmd)
     app.add_typer(bench_app, name="bench")

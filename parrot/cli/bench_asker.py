@@ -1,0 +1,155 @@
+"""CLI: `parrot bench asker`, the human-likeness scorecard of askers on held-out real contexts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from parrot.cli._common import fail
+
+ADDRESS = re.compile(r"^(?:\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
+
+
+@dataclass(frozen=True)
+class AskerSpec:
+    name: str
+    address: str = ""  # host:port of a running asker
+    model: str = ""  # or a model to serve on loopback for the run (smollm2, checkpoint folder, URL)
+
+
+def parse_asker(spec: str) -> AskerSpec:
+    """NAME=ADDRESS (host:port, not an existing path) or NAME=MODEL."""
+    name, eq, value = spec.partition("=")
+    if not eq or not name.strip() or not value.strip():
+        fail(f"--asker {spec!r}: expected NAME=ADDRESS (host:port of a running asker) or NAME=MODEL "
+             "(smollm2, a checkpoint folder or URL)")
+    if ADDRESS.match(value) and not Path(value).exists():
+        return AskerSpec(name, address=value)
+    return AskerSpec(name, model=value)
+
+
+def start_asker(model: str, backend: str, timeout_s: float) -> tuple[subprocess.Popen, str, Path]:
+    """`parrot serve asker --model MODEL` as a child on free loopback ports; (process, target, log) once SERVING."""
+    from parrot.client import free_port, wait_until_serving
+
+    port, http = free_port(), free_port()
+    log = Path(tempfile.mkstemp(prefix="parrot-bench-asker-", suffix=".log")[1])
+    cmd = [sys.executable, "-c", "from parrot.cli import main; main()", "serve", "asker", "--backend", backend,
+           "--model", model, "--host", "127.0.0.1", "--grpc-port", str(port), "--http-port", str(http)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=dict(os.environ, PARROT_LOG_LEVEL=os.environ.get("PARROT_LOG_LEVEL", "WARNING")))
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_until_serving(target, "parrot.v1.Asker", timeout_s,
+                           lambda: None if proc.poll() is None else f"exited with code {proc.returncode}")
+    except (TimeoutError, RuntimeError) as e:
+        stop_asker(proc)
+        tail = log.read_text(errors="replace")[-1500:]
+        fail(f"--asker model {model!r}: `parrot serve asker` {e}; its log ends:\n{tail}")
+    return proc, target, log
+
+
+def stop_asker(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def asker_cmd(
+    data: str = typer.Argument(..., help="ShareGPT file (JSON or JSONL) or asker-examples JSONL (`parrot data asker`)."),
+    askers: list[str] = typer.Option(..., "--asker", metavar="NAME=ADDRESS|MODEL",
+                                     help="An asker to score (repeat): NAME=host:port of a running asker, or "
+                                          "NAME=MODEL (smollm2, checkpoint folder or URL), served on loopback for the run."),
+    holdout: float = typer.Option(0.0, help="Use only the held-out sessions of this fraction (the split of "
+                                           "`parrot data asker --holdout`); 0 = every context of the file."),
+    limit: int = typer.Option(40, help="Contexts to use, spread over as many sessions as possible (0 = all)."),
+    seed: int = typer.Option(0, help="Seed of the context sample, the generation calls and the bootstrap."),
+    max_history_turns: int = typer.Option(2, help="Latest exchanges of each context sent to the askers (0 = all)."),
+    max_tokens: int = typer.Option(48, help="Most new tokens per follow-up."),
+    temperature: float = typer.Option(0.0, help="Asker temperature (0 = greedy)."),
+    concurrency: int = typer.Option(8, help="Asker requests in flight (the server batches them)."),
+    backend: str = typer.Option("transformers", help="Backend of the askers served for the run (echo: wiring checks)."),
+    nll: bool = typer.Option(True, "--nll/--no-nll", help="Held-out NLL / perplexity of the people's follow-ups under "
+                                                           "each asker given as a MODEL (in-process)."),
+    max_length: int = typer.Option(512, help="--nll: tokens per example, as in training."),
+    resamples: int = typer.Option(1000, help="Bootstrap resamples (by session) per interval."),
+    start_timeout_s: float = typer.Option(300.0, help="Wait this long for a served asker to become SERVING."),
+    as_json: Optional[str] = typer.Option(None, "--json", help="Also write the scorecard and every follow-up here."),
+    token_env: str = typer.Option("PARROT_AUTH_TOKEN", help="Env var holding the bearer token to send (if set)."),
+) -> None:
+    """The human-likeness scorecard: askers' follow-ups vs people's real next turns on held-out contexts."""
+    from parrot.logs import setup_logging
+
+    setup_logging()
+    from parrot.asking.scorecard import score
+    from parrot.asking.scorecard_io import ask_followups, load_contexts, sample_contexts
+    from parrot.client import auth_metadata
+    from parrot.datasets import DatasetError
+    from parrot.model_clients import check_reachable
+
+    specs = [parse_asker(s) for s in askers]
+    if len({s.name for s in specs}) < len(specs):
+        fail("--asker names must differ")
+    if not 0 <= holdout < 1:
+        fail(f"--holdout is {holdout}; allowed 0 <= x < 1")
+    try:
+        contexts = sample_contexts(load_contexts(data, holdout), limit, seed)
+    except (OSError, DatasetError) as e:
+        fail(f"DATA: {e}")
+    for s in specs:
+        if s.address:
+            problem = asyncio.run(check_reachable(s.address, "parrot.v1.Asker"))
+            if problem:
+                fail(f"--asker {s.name}={s.address}: {problem}")
+    metadata = auth_metadata(token_env)
+    followups: dict[str, Any] = {}
+    for s in specs:
+        proc = None
+        target = s.address
+        if s.model:
+            typer.echo(f"[bench asker] {s.name}: serving {s.model} ({backend}) on loopback", err=True)
+            proc, target, log = start_asker(s.model, backend, start_timeout_s)
+        try:
+            followups[s.name] = asyncio.run(ask_followups(
+                target, contexts, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                concurrency=concurrency, max_history_turns=max_history_turns, metadata=metadata))
+        finally:
+            if proc is not None:
+                stop_asker(proc)
+                log.unlink(missing_ok=True)
+        missing = sum(f.text is None and not f.ended for f in followups[s.name])
+        typer.echo(f"[bench asker] {s.name}: {len(contexts) - missing}/{len(contexts)} follow-ups", err=True)
+    scored: dict[str, Any] = {}
+    if nll:
+        from training.asker_eval import followup_nll
+
+        for s in specs:
+            if s.model:
+                typer.echo(f"[bench asker] {s.name}: held-out NLL under {s.model}", err=True)
+                scored[s.name] = followup_nll(s.model, [c.example for c in contexts], max_length)
+    card = score(contexts, followups, scored, n_resamples=resamples, seed=seed)
+    typer.echo(f"{len(contexts)} contexts from {card.sessions} sessions of {data}"
+               + (f" (held-out {holdout})" if holdout else "") + "; 95% intervals resample sessions\n")
+    typer.echo(card.markdown())
+    if as_json:
+        report = {"data": data, "holdout": holdout, "seed": seed, **card.as_dict(),
+                  "askers": {s.name: {"address": s.address, "model": s.model} for s in specs},
+                  "followups": [{"id": c.id, "session": c.session, "people": c.human,
+                                 **{n: {"text": fs[i].text, "ended": fs[i].ended, "error": fs[i].error}
+                                    for n, fs in followups.items()}} for i, c in enumerate(contexts)]}
+        Path(as_json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
