@@ -273,9 +273,9 @@ class ModelClients:
                                 lambda stub, t: stub.Respond(req, metadata=self._metadata.get(role, []), timeout=t))
 
     async def ask(self, messages: list[Message], params: conversation_pb2.GenerationParams,
-                  persona: str = "", topic: str = "") -> asker_pb2.AskResponse:
+                  persona: str = "", topic: str = "", allow_end: bool = False) -> asker_pb2.AskResponse:
         req = asker_pb2.AskRequest(conversation=messages_to_pb(messages), params=params, persona=persona, topic=topic,
-                                   num_candidates=1)
+                                   num_candidates=1, allow_end=allow_end)
         return await self._call("ask", "asker", asker_pb2_grpc.AskerStub, session_key(messages),
                                 lambda stub, t: stub.Ask(req, metadata=self._metadata.get("asker", []), timeout=t))
 

@@ -138,10 +138,11 @@ SHAREGPT = "\n".join(sharegpt_line(f"conv{i}", f"How do I make dish number {i} a
 
 def test_sharegpt_contexts_and_the_held_out_split():
     contexts = contexts_from_text("f.jsonl", SHAREGPT)
-    assert len(contexts) == 40 and contexts[0].human == "And without an oven?"
+    assert len(contexts) == 80 and contexts[0].human == "And without an oven?"
+    assert contexts[1].human is None and len(contexts[1].messages) == 4  # the person ended after the 2nd answer
     assert [m.role for m in contexts[0].messages] == [U, A]
     held = contexts_from_text("f.jsonl", SHAREGPT, holdout=0.3)
-    assert 0 < len(held) < 40
+    assert 0 < len(held) < 80
     assert all(is_held_out(c.session, 0.3) for c in held)  # the split of `parrot data asker --holdout`
     assert held[0].example is not None and held[0].example["messages"][-1]["role"] == "assistant"
 

@@ -43,7 +43,9 @@ def test_scorecard_of_an_addressed_and_a_served_asker(tmp_path):
     assert "| row | people | running | served |" in r.stdout
     assert "| context-dependent rate | 0.5 [" in r.stdout  # people: "And in a pan?" yes, the oil question no
     card = json.loads(out.read_text())
-    assert card["contexts"] == 24 and card["sessions"] == 12  # two follow-ups per session
+    # two follow-ups and one end (where the person stopped) per session
+    assert card["contexts"] == 36 and card["sessions"] == 12
+    assert card["rows"]["end_agreement"]["served"]["value"] == 2 / 3  # the echo asker never ends
     assert card["askers"]["running"]["address"] == asker.grpc_target and card["askers"]["served"]["model"] == "smollm2"
     assert all(f["running"]["text"] and f["served"]["text"] for f in card["followups"])
     assert card["rows"]["no_followup"]["served"]["value"] == 0.0

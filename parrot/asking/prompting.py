@@ -37,6 +37,13 @@ long messages shortened in the middle), the optional persona/topic hints and a c
 question (``PROMPTED_CLOSING``); the reply is prefilled with ``PROMPTED_PREFILL``
 ("Follow-up question:") so the model starts writing the question itself.
 
+Ending a conversation
+---------------------
+Real users stop. Where a real session ended, asker training data (``training_data.py``, with
+``end_examples``) has one more example whose target is ``END_OF_CONVERSATION``; a sample that
+starts with it (after ``clean_question``) is the asker ending the conversation
+(``ends_conversation``), which the service returns as a typed result, not as a question.
+
 Degeneracy checks
 -----------------
 ``clean_question`` strips role prefixes, quotes and anything after a second speaker
@@ -67,6 +74,8 @@ FORMATS = (FORMAT_AUTO, FORMAT_PROMPTED, FORMAT_ROLE_SWAPPED)
 
 # A model folder holding this file with {"role": "asker"} is a trained (role-swapped) asker.
 MODEL_MARKER_FILE = "parrot_model.json"
+# The target of an asker example where the real user ended the session (see "Ending a conversation").
+END_OF_CONVERSATION = "<end_of_conversation>"
 ASKER_ROLE = "asker"
 
 
@@ -343,6 +352,11 @@ def clean_question(text: str) -> str:
     if cut is not None:
         t = t[:cut]
     return _strip_quotes(_first_paragraph(t.strip())).strip()
+
+
+def ends_conversation(text: str) -> bool:
+    """Whether a raw sample is the asker ending the conversation (it starts with ``END_OF_CONVERSATION``)."""
+    return clean_question(text).startswith(END_OF_CONVERSATION)
 
 
 def has_next_turn(text: str) -> bool:

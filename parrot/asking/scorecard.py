@@ -11,7 +11,7 @@ contexts of a session go in or out together, as contexts of one session are not 
 * ``no_followup``: share of contexts where the asker gave no follow-up.
 * ``context_dependent``, ``anaphora``, ``ellipsis``: share of follow-ups the detector
   (``parrot.analysis.is_context_dependent``) marks dependent, or with a cue of that kind; like the
-  rows below, over the follow-ups that came back.
+  rows below, over the follow-ups that came back for contexts where the person asked something.
 * ``repeats``: share of follow-ups equal or near-equal (``parrot.analysis.near_duplicate``) to an
   earlier user turn of their context.
 * ``distinct_2``: distinct word bigrams over all bigrams (a resample uses its distinct contexts,
@@ -273,7 +273,8 @@ def score(contexts: Sequence[Context], followups: Mapping[str, Sequence[FollowUp
         rows[k][PEOPLE] = e
     any_end = any(c.human is None for c in contexts)
     for name, fs in followups.items():
-        texts = [f.text if not f.ended else None for f in fs]
+        # text rows compare like with like: only contexts where the person asked something
+        texts = [None if f.ended or c.human is None else f.text for c, f in zip(contexts, fs)]
         for k, e in _column(contexts, texts, people, boot).items():
             rows[k][name] = e
         missing = [None if contexts[i].human is None else float(fs[i].text is None and not fs[i].ended)

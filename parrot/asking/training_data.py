@@ -18,6 +18,13 @@ of a cleaned conversation (``parrot.datasets.cleaning``), the example is::
   the example's token count, and ``context_dependent`` / ``cues`` the detector's verdict
   (``parrot.analysis.is_context_dependent``) on the target, for filtering or weighting.
 
+End of conversation (``end_examples``): where the real session ended, after its last answer, one
+more example has the whole conversation as context and ``END_OF_CONVERSATION``
+(``parrot/asking/prompting.py``) as its target, with ``k`` = user turns + 1 and
+``"end_of_conversation": true`` (every other example has false). A ShareGPT session split into
+chunks (``abc_0``, ``abc_1``, ...) ends only in its highest-numbered chunk of the input; a
+conversation whose last message is a user turn (unanswered) has no end example.
+
 Length cap: an example counts ``token_count(content) + message_overhead_tokens`` per message
 (4 covers ChatML's ``<|im_start|>role\\n`` ... ``<|im_end|>\\n``). A target over
 ``max_target_tokens`` is dropped (``target_too_long``: pasted material, not a question). When the
@@ -46,7 +53,7 @@ from parrot.datasets.cleaning import (
     whitespace_tokens,
 )
 from parrot.datasets.jsonio import json_type
-from parrot.asking.prompting import from_role_swapped, to_role_swapped
+from parrot.asking.prompting import END_OF_CONVERSATION, from_role_swapped, to_role_swapped
 
 EXAMPLE_DROP_REASONS: tuple[str, ...] = ("target_too_long", "too_long", "duplicate_example")
 
@@ -60,6 +67,8 @@ class AskerDataConfig:
     max_target_tokens: int = field(default=512, metadata={"help": "Drop targets (user turns) longer than this."})
     message_overhead_tokens: int = field(default=4, metadata={"help": "Tokens added per message for the chat template."})
     dedupe_examples: bool = field(default=True, metadata={"help": "Drop examples equal to an earlier one."})
+    end_examples: bool = field(default=False, metadata={
+        "help": "Add an example whose target is the end-of-conversation marker where the real session ended."})
 
     def __post_init__(self) -> None:
         if self.max_target_tokens < 1 or self.max_tokens < 1:
@@ -81,34 +90,42 @@ class AskerDataReport:
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXAMPLE_DROP_REASONS, 0))
     context_trimmed: int = 0
     context_dependent: int = 0
+    end_examples: int = 0
     tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"files": list(self.files), "cleaning": self.cleaning.as_dict(), "targets": self.targets,
                 "examples": self.examples, "examples_dropped": dict(self.dropped),
                 "context_trimmed": self.context_trimmed, "context_dependent": self.context_dependent,
+                "end_examples": self.end_examples,
                 "context_dependent_fraction": self.context_dependent / self.examples if self.examples else None,
                 "tokens": self.tokens, "tokens_per_example": self.tokens / self.examples if self.examples else None}
 
 
 def conversation_examples(record: ShareGPTRecord, source: str, config: AskerDataConfig, report: AskerDataReport,
                           token_count: TokenCount = whitespace_tokens,
-                          seen: set[str] | None = None) -> list[dict[str, Any]]:
-    """The examples of one cleaned conversation (drops counted in ``report``)."""
+                          seen: set[str] | None = None, ends_session: bool = False) -> list[dict[str, Any]]:
+    """The examples of one cleaned conversation (drops counted in ``report``); with ``ends_session``
+    and ``config.end_examples``, also its end-of-conversation example."""
     body = [m for m in record.messages if m.role is not Role.SYSTEM]
+    user_positions = [i for i, m in enumerate(body) if m.role is Role.USER]
+    targets = [(k, pos, body[pos]) for k, pos in enumerate(user_positions[1:], start=2)]
+    if ends_session and config.end_examples and body and body[-1].role is Role.ASSISTANT:
+        targets.append((len(user_positions) + 1, len(body), Message(Role.USER, END_OF_CONVERSATION)))
     cost = [token_count(m.content) + config.message_overhead_tokens for m in body]
     rows: list[dict[str, Any]] = []
-    user_positions = [i for i, m in enumerate(body) if m.role is Role.USER]
-    for k, pos in enumerate(user_positions[1:], start=2):
-        report.targets += 1
-        target = body[pos]
-        if cost[pos] - config.message_overhead_tokens > config.max_target_tokens:
+    for k, pos, target in targets:
+        ends = pos == len(body)
+        if not ends:
+            report.targets += 1
+        target_cost = token_count(target.content) + config.message_overhead_tokens
+        if target_cost - config.message_overhead_tokens > config.max_target_tokens:
             report.dropped["target_too_long"] += 1
             continue
         start = 0
-        while start < pos - 2 and sum(cost[start:pos + 1]) > config.max_tokens:
+        while start < pos - 2 and sum(cost[start:pos]) + target_cost > config.max_tokens:
             start += 2  # leave out the oldest exchange
-        total = sum(cost[start:pos + 1])
+        total = sum(cost[start:pos]) + target_cost
         if total > config.max_tokens:
             report.dropped["too_long"] += 1
             continue
@@ -121,15 +138,28 @@ def conversation_examples(record: ShareGPTRecord, source: str, config: AskerData
             seen.add(key)
         if start:
             report.context_trimmed += 1
-        verdict = is_context_dependent(target.content, k - 1)
+        verdict = is_context_dependent("" if ends else target.content, k - 1)
         messages = [*to_role_swapped(context), Message(Role.ASSISTANT, target.content)]
         rows.append({"id": f"{record.id}:{k}", "messages": [m.as_dict() for m in messages], "source": source,
                      "turn": k, "context_turns": len(context) // 2, "tokens": total,
-                     "context_dependent": verdict.dependent, "cues": verdict.cues})
+                     "context_dependent": verdict.dependent, "cues": verdict.cues, "end_of_conversation": ends})
         report.examples += 1
+        report.end_examples += int(ends)
         report.tokens += total
         report.context_dependent += int(verdict.dependent)
     return rows
+
+
+def last_chunks(records: Iterable[ShareGPTRecord]) -> set[str]:
+    """Ids of the records that end their session: the highest-numbered ShareGPT chunk of each."""
+    best: dict[str, tuple[int, str]] = {}
+    for r in records:
+        suffix = r.id[len(session_key(r.id)):]
+        number = int(suffix[1:]) if suffix else -1
+        key = session_key(r.id)
+        if key not in best or number > best[key][0]:
+            best[key] = (number, r.id)
+    return {rid for _, rid in best.values()}
 
 
 def build_asker_dataset(files: Iterable[tuple[str, Sequence[ShareGPTRecord]]], config: AskerDataConfig = AskerDataConfig(),
@@ -145,9 +175,11 @@ def build_asker_dataset(files: Iterable[tuple[str, Sequence[ShareGPTRecord]]], c
     rows: list[dict[str, Any]] = []
     for source, records in files:
         report.files.append(source)
+        enders = last_chunks(records)
         kept, _ = clean_conversations(records, config.cleaning, token_count, report.cleaning, seen_conversations)
         for record in kept:
-            rows.extend(conversation_examples(record, source, config, report, token_count, seen_examples))
+            rows.extend(conversation_examples(record, source, config, report, token_count, seen_examples,
+                                              ends_session=record.id in enders))
     return rows, report
 
 

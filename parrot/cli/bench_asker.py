@@ -141,7 +141,8 @@ def asker_cmd(
         for s in specs:
             if s.model:
                 typer.echo(f"[bench asker] {s.name}: held-out NLL under {s.model}", err=True)
-                scored[s.name] = followup_nll(s.model, [c.example for c in contexts], max_length)
+                scored[s.name] = followup_nll(s.model, [c.example if c.human is not None else None
+                                                         for c in contexts], max_length)
     card = score(contexts, followups, scored, n_resamples=resamples, seed=seed)
     typer.echo(f"{len(contexts)} contexts from {card.sessions} sessions of {data}"
                + (f" (held-out {holdout})" if holdout else "") + "; 95% intervals resample sessions\n")

@@ -92,6 +92,8 @@ def register(app: typer.Typer) -> None:
         repair: bool = typer.Option(True, help="Trim leading assistant turns / cut at a wrong alternation "
                                                "(--no-repair drops such conversations)."),
         dedupe: bool = typer.Option(True, help="Drop duplicate conversations and examples."),
+        end_examples: bool = typer.Option(False, help="Also an example whose target is the end-of-conversation marker "
+                                                      "where each real session ended (the asker learns to stop)."),
         holdout: float = typer.Option(0.0, help="Fraction of sessions kept out of OUTPUT for evaluation (by a hash of "
                                                 "the session id; ShareGPT chunks of a session stay together)."),
         holdout_output: Optional[str] = typer.Option(None, help="Where the held-out examples go (default: "
@@ -115,7 +117,8 @@ def register(app: typer.Typer) -> None:
         try:
             config = AskerDataConfig(cleaning=CleaningConfig(min_user_turns=min_user_turns, repair=repair,
                                                              max_message_tokens=max_message_tokens, dedupe=dedupe),
-                                     max_tokens=max_tokens, max_target_tokens=max_target_tokens, dedupe_examples=dedupe)
+                                     max_tokens=max_tokens, max_target_tokens=max_target_tokens, dedupe_examples=dedupe,
+                                     end_examples=end_examples)
         except ValueError as e:
             fail(str(e))
         files = []
@@ -133,7 +136,8 @@ def register(app: typer.Typer) -> None:
         rep_path = Path(report) if report else out.with_name(out.name + ".report.json")
         summary = {**rep.as_dict(), "token_counter": label, "config": {
             "min_user_turns": min_user_turns, "max_tokens": max_tokens, "max_target_tokens": max_target_tokens,
-            "max_message_tokens": max_message_tokens, "repair": repair, "dedupe": dedupe, "holdout": holdout}}
+            "max_message_tokens": max_message_tokens, "repair": repair, "dedupe": dedupe, "holdout": holdout,
+            "end_examples": end_examples}}
         if holdout:
             summary["holdout"] = {"fraction": holdout, "output": str(held_path), "examples": len(held),
                                   "sessions": len({r["id"].rsplit(":", 1)[0] for r in held}),

@@ -9,6 +9,12 @@ of all candidates go to the backend in one ``generate`` call, then each round of
 one more call. A sample is cleaned (``prompting.clean_question``) and checked
 (``prompting.rejection_reason``); a rejected sample, or one equal to a candidate already
 accepted, is re-drawn at a raised temperature and a new seed.
+
+Ending: a sample that starts with the end-of-conversation marker (``prompting.ends_conversation``)
+ends the conversation when the caller allows it (``allow_end``; ``ask_or_end``): if the first
+candidate's accepted sample is the marker, the result is ``ended`` with no questions (other
+candidates that ended are dropped). Without ``allow_end`` such a sample is rejected
+(``end_of_conversation``) and re-drawn.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from parrot.asking.prompting import (
     AskerPrompt,
     build_prompt,
     clean_question,
+    ends_conversation,
     has_next_turn,
     normalize,
     rejection_reason,
@@ -106,6 +113,14 @@ class AskedQuestion:
     attempts: int
 
 
+@dataclass(frozen=True)
+class AskOutcome:
+    """What the asker did: ended the conversation (no questions), or asked (at least one question)."""
+
+    questions: list[AskedQuestion]
+    ended: bool = False
+
+
 @dataclass
 class _Slot:
     """Bookkeeping for one requested candidate while it is being sampled."""
@@ -115,6 +130,7 @@ class _Slot:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     accepted: AskedQuestion | None = None
+    ended: bool = False
     last_reason: str = ""
 
 
@@ -152,6 +168,18 @@ class AskerService(asker_pb2_grpc.AskerServicer):
         ``num_candidates`` come back when the model cannot produce that many distinct
         acceptable ones within ``max_attempts`` each; none at all raises Unavailable.
         """
+        return (await self.ask_or_end(conversation, params, persona, topic, num_candidates)).questions
+
+    async def ask_or_end(
+        self,
+        conversation: Conversation,
+        params: GenerationParams | None = None,
+        persona: str = "",
+        topic: str = "",
+        num_candidates: int = 1,
+        allow_end: bool = False,
+    ) -> AskOutcome:
+        """Like ``ask``; with ``allow_end`` the asker may end the conversation instead (module docstring)."""
         validate_messages(conversation.messages, last_role=Role.ASSISTANT, limits=self.config.limits)
         n = self._check_num_candidates(num_candidates)
         for name, value in (("persona", persona), ("topic", topic)):
@@ -163,7 +191,7 @@ class AskerService(asker_pb2_grpc.AskerServicer):
         accepted_norms: set[str] = set()
         started = time.perf_counter()
         for attempt in range(self.config.max_attempts):
-            pending = [s for s in slots if s.accepted is None]
+            pending = [s for s in slots if s.accepted is None and not s.ended]
             if not pending:
                 break
             requests = [
@@ -172,8 +200,10 @@ class AskerService(asker_pb2_grpc.AskerServicer):
             ]
             results = await self.backend.generate(requests)
             for slot, result in zip(pending, results):
-                self._take(slot, result, conversation, accepted_norms)
+                self._take(slot, result, conversation, accepted_norms, allow_end)
         child(STAGE_LATENCY, self.backend.model_name, "ask").observe(time.perf_counter() - started)
+        if slots[0].ended:
+            return AskOutcome([], ended=True)
         questions = [s.accepted for s in slots if s.accepted is not None]
         if not questions:
             reasons = ", ".join(sorted({s.last_reason for s in slots}))
@@ -182,7 +212,7 @@ class AskerService(asker_pb2_grpc.AskerServicer):
             )
         if len(questions) < n:
             logger.warning("asker returned %d of %d candidates for conversation %r", len(questions), n, conversation.id)
-        return questions
+        return AskOutcome(questions)
 
     def _check_num_candidates(self, num_candidates: int) -> int:
         n = 1 if num_candidates == 0 else int(num_candidates)
@@ -208,12 +238,17 @@ class AskerService(asker_pb2_grpc.AskerServicer):
             seed = (seed + index * self.config.max_attempts + attempt) % (MAX_SEED + 1)
         return dataclasses.replace(params, temperature=temperature, seed=seed)
 
-    def _take(self, slot: _Slot, result: GenerationResult, conversation: Conversation, accepted: set[str]) -> None:
+    def _take(self, slot: _Slot, result: GenerationResult, conversation: Conversation, accepted: set[str],
+              allow_end: bool = False) -> None:
         slot.attempts += 1
         slot.prompt_tokens += result.prompt_tokens
         slot.completion_tokens += result.completion_tokens
+        if ends_conversation(result.text) and allow_end:
+            slot.ended = True
+            child(ASKER_SAMPLES, self.backend.model_name, "end_of_conversation").inc()
+            return
         text = clean_question(result.text)
-        reason = rejection_reason(text, conversation.messages)
+        reason = "end_of_conversation" if ends_conversation(result.text) else rejection_reason(text, conversation.messages)
         if reason is None and normalize(text) in accepted:
             reason = "duplicate"
         child(ASKER_SAMPLES, self.backend.model_name, reason or "accepted").inc()
@@ -246,17 +281,19 @@ class AskerService(asker_pb2_grpc.AskerServicer):
     async def Ask(self, request: asker_pb2.AskRequest, context: Any = None) -> asker_pb2.AskResponse:
         conversation = conversation_from_pb(request.conversation, last_role=Role.ASSISTANT, limits=self.config.limits)
         params = self.params_from_request(request)
-        questions = await self.ask(
+        outcome = await self.ask_or_end(
             conversation,
             params,
             persona=request.persona,
             topic=request.topic,
             num_candidates=request.num_candidates,
+            allow_end=request.allow_end,
         )
         return asker_pb2.AskResponse(
-            candidates=[_candidate_to_pb(q) for q in questions],
+            candidates=[_candidate_to_pb(q) for q in outcome.questions],
             model=self.backend.model_name,
             conversation_id=conversation.id,
+            end_of_conversation=outcome.ended,
         )
 
 

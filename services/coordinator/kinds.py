@@ -2,7 +2,9 @@
 
 Collection (Parrot-Ask): the seed query, then responder answer / asker follow-up until the
 sampled number of user turns; follow-ups that the filters reject are re-asked (up to
-max_asks_per_turn), and counted by reason.
+max_asks_per_turn), and counted by reason. Once the session has ``min_turns`` user turns, the
+asker may end it (``AskRequest.allow_end``; a trained asker ends where people ended): the
+session is then finished with ``ended: "asker_ended"``.
 
 Evaluation: the model under test answers turn by turn with its own earlier answers in context;
 then the judge grades every turn (concurrently, so a batching judge decodes them together).
@@ -86,14 +88,20 @@ async def collect_conversation(ctx: UnitContext, unit: dict[str, Any]) -> dict[s
         for attempt in range(max_asks):
             # An asker that cannot answer (after retries, or an outage past its budget) fails the
             # conversation: a session cut short by a fault is not a finished record.
-            a = await ctx.clients.ask(messages, _params(ctx.spec, base_seed + turn * 100 + attempt, 64), c.persona)
+            a = await ctx.clients.ask(messages, _params(ctx.spec, base_seed + turn * 100 + attempt, 64), c.persona,
+                                      allow_end=turn >= c.min_turns)
             ctx.models["asker"] = a.model
+            if a.end_of_conversation:
+                ended = "asker_ended"
+                break
             text = a.candidates[0].text if a.candidates else ""
             reason = flt.check(text, [m.content for m in messages if m.role is Role.USER])
             if reason is None:
                 question = text
                 break
             drops[reason] = drops.get(reason, 0) + 1
+        if ended == "asker_ended":
+            break
         if question is None:
             ended = "no_acceptable_follow_up"
             break
