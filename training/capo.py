@@ -13,10 +13,17 @@ context_misunderstanding) and overall we log the preference accuracy (share of p
 chosen reward strictly higher) and the mean reward margin, to metrics.jsonl, the logs and
 Prometheus (``parrot_train_reward_accuracy`` / ``parrot_train_reward_margin``). TRL's own
 batch metrics (``rewards/accuracies``, ``rewards/margins``) are logged beside them.
+
+Held-out pairs (``--eval-fraction F``, split by session in ``training/capo_eval.py``, or
+``--eval-dataset``): the report also gives, per strategy, preference accuracy and margin of the
+reference model (before) and of the trained model (after) on them
+(``heldout/<before|after>/<strategy>/...`` in metrics.jsonl and summary.json), and writes the
+final table to ``heldout_preferences.json`` in the run folder, beside the checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -24,6 +31,7 @@ from typing import Any, Sequence
 
 from parrot.errors import ConfigError
 from training import metrics as m
+from training.capo_eval import before_after, flat_metrics, split_pairs
 from training.config import STRATEGIES, CaPOConfig
 from training.data import PreferencePair, load_preference_pairs, read_input, render
 from training.runtime import RunState, TrainResult, copy_model, is_main, run_training, training_arguments
@@ -127,6 +135,13 @@ def train(cfg: CaPOConfig) -> TrainResult:
 
         pairs = load_preference_pairs(*read_input(cfg.dataset))
         eval_pairs = load_preference_pairs(*read_input(cfg.eval_dataset)) if cfg.eval_dataset else None
+        if cfg.eval_fraction:
+            pairs, eval_pairs = split_pairs(pairs, cfg.eval_fraction)
+            if not pairs or not eval_pairs:
+                raise ConfigError(f"--eval-fraction {cfg.eval_fraction} leaves {len(pairs)} training and {len(eval_pairs)} "
+                                  "held-out pairs; both sides need pairs from at least one session")
+            log.info("held-out split", extra={"train_pairs": len(pairs), "eval_pairs": len(eval_pairs),
+                                              "eval_fraction": cfg.eval_fraction})
         model, tokenizer, _ = load_model_and_tokenizer(cfg.model)
         pairs = pairs_within(tokenizer, pairs, cfg.max_length)
         if eval_pairs is not None:
@@ -155,6 +170,15 @@ def train(cfg: CaPOConfig) -> TrainResult:
             policy = answer_logps(trainer.model, tokenizer, report_pairs, cfg.max_length)
             rep = preference_report(report_pairs, policy, ref_cache, cfg.beta)
             flat: dict[str, float] = {}
+            if split == "eval":
+                held = before_after(report_pairs, ref_cache, policy, cfg.beta)
+                flat.update(flat_metrics(held))
+                if is_main():
+                    log.info("held-out preferences", extra={
+                        "step": step, **{f"{w}_{k}_accuracy": round(r["accuracy"], 4) for w, by in held.items()
+                                         for k, r in by.items()}})
+                if is_main() and step >= trainer.state.max_steps:
+                    state.store.put("heldout_preferences.json", json.dumps({"step": step, **held}, indent=2).encode())
             for strategy, r in rep.items():
                 flat[f"{split}/{strategy}/accuracy"] = r["accuracy"]
                 flat[f"{split}/{strategy}/margin"] = r["margin"]

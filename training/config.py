@@ -177,6 +177,7 @@ class CaPOConfig(TrainConfig):
     precompute_ref: bool = field(default=False, metadata={"help": "Compute the reference log-probs once before training (frees the reference model)."})
     eval_steps: int = field(default=0, metadata={"help": "Every N steps, per-strategy preference accuracy and margins on the eval pairs (0: only at the end)."})
     eval_max_pairs: int = field(default=512, metadata={"help": "Pairs used for the per-strategy report (the first N of the eval set, or of the training set without one)."})
+    eval_fraction: float = field(default=0.0, metadata={"help": "Hold out this fraction of the sessions (by a hash of each pair's source_id) as eval pairs: preference accuracy and margin before (reference) and after training, per strategy. Not with eval_dataset."})
     method = "capo"
 
     def __post_init__(self) -> None:
@@ -187,6 +188,10 @@ class CaPOConfig(TrainConfig):
             raise ConfigError(f"sft_weight is {self.sft_weight}; it must be 0 or more")
         if self.eval_steps < 0 or self.eval_max_pairs < 1:
             raise ConfigError("eval_steps must be 0 or more and eval_max_pairs at least 1")
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction is {self.eval_fraction}; allowed 0 <= x < 1")
+        if self.eval_fraction and self.eval_dataset:
+            raise ConfigError("eval_fraction and eval_dataset both give eval pairs; set only one")
 
 
 METHODS: dict[str, type[TrainConfig]] = {"sft": SFTConfig, "asker": AskerConfig, "capo": CaPOConfig}
