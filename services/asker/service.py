@@ -153,14 +153,8 @@ class AskerService(asker_pb2_grpc.AskerServicer):
         """The prompt this service sends for a conversation (its configured format)."""
         return build_prompt(self.format, conversation.messages, persona, topic)
 
-    async def ask(
-        self,
-        conversation: Conversation,
-        params: GenerationParams | None = None,
-        persona: str = "",
-        topic: str = "",
-        num_candidates: int = 1,
-    ) -> list[AskedQuestion]:
+    async def ask(self, conversation: Conversation, params: GenerationParams | None = None, persona: str = "",
+                  topic: str = "", num_candidates: int = 1) -> list[AskedQuestion]:
         """Distinct candidate next user turns, in order; at least one.
 
         ``conversation`` must end with an assistant message. ``params`` None means the
