@@ -151,3 +151,16 @@ def test_a_file_without_follow_ups_is_rejected():
     one_turn = sharegpt_line("x", "Hello there, what is a monad?", "A monoid in the category of endofunctors.") + "\n"
     with pytest.raises(DatasetError, match="holds no follow-ups"):
         contexts_from_text("single.jsonl", one_turn)
+
+
+def test_asker_example_files_are_contexts_too():
+    from parrot.asking.training_data import AskerDataConfig, build_asker_dataset
+    from parrot.datasets import dumps_jsonl, load_sharegpt
+
+    rows, _ = build_asker_dataset([("f.jsonl", load_sharegpt("f.jsonl", SHAREGPT))], AskerDataConfig(end_examples=True))
+    contexts = contexts_from_text("examples.jsonl", dumps_jsonl(rows))
+    assert len(contexts) == len(rows) == 80
+    assert sum(c.human is None for c in contexts) == 40  # one end per session
+    assert contexts == contexts_from_text("f.jsonl", SHAREGPT)  # the same contexts as from the ShareGPT file
+    with pytest.raises(DatasetError, match="messages"):
+        contexts_from_text("bad.jsonl", json.dumps({"id": "x", "source": "s", "messages": []}) + "\n")
