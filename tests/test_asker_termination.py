@@ -103,3 +103,29 @@ async def test_collection_ends_a_session_where_the_asker_ends_it_after_min_turns
     assert clients.allowed == [False, True]  # not before min_turns user turns
     assert out["turns"] == 2 and out["metadata"]["ended"] == "asker_ended"
     assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user", "assistant"]
+
+
+def test_cli_data_asker_end_examples_and_their_stats(tmp_path):
+    import json
+    import subprocess
+
+    from tests.conftest import PARROT
+
+    src = tmp_path / "logs.jsonl"
+    src.write_text("".join(json.dumps({"id": r.id, "conversations": [
+        {"from": "human" if m.role is U else "gpt", "value": m.content} for m in r.messages]}) + "\n" for r in RECORDS))
+    out = tmp_path / "asker.jsonl"
+    r = subprocess.run([PARROT, "data", "asker", "--input", str(src), "--output", str(out), "--tokenizer", "whitespace",
+                        "--end-examples"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(x["id"] for x in rows if x["end_of_conversation"]) == ["abc_1:3", "solo:3"]
+    report = json.loads((tmp_path / "asker.jsonl.report.json").read_text())
+    assert report["end_examples"] == 2 and report["config"]["end_examples"] is True
+    # read back as conversations, an end example is the session as it ended: no marker as a user turn
+    r = subprocess.run([PARROT, "data", "stats", "--format", "asker", str(out), "--tokenizer", "whitespace", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)["asker.jsonl"]
+    # every fixture session has 2 user turns; an end example read with the marker would count 3
+    assert stats["sessions"] == len(rows) == 5 and stats["user_turns"] == 10

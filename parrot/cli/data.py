@@ -61,15 +61,18 @@ def _read_conversations(path: str, fmt: str) -> list[Any]:
     try:
         if fmt == "asker":
             from parrot.conversation import Message
-            from parrot.asking.prompting import from_role_swapped
+            from parrot.asking.prompting import END_OF_CONVERSATION, from_role_swapped
 
             rows = load_conversations_file(path, "messages")
             out: list[tuple[str, list[Message]]] = []
             for cid, messages in rows:
                 try:
-                    out.append((cid, from_role_swapped(messages)[0]))
+                    conversation = from_role_swapped(messages)[0]
                 except ValueError as e:
                     fail(f"{path}: record {cid}: not an asker example ({e})")
+                if conversation[-1].content == END_OF_CONVERSATION:  # an end example: the session as it ended
+                    conversation = conversation[:-1]
+                out.append((cid, conversation))
             return out
         return load_conversations_file(path, fmt)
     except DatasetError as e:
