@@ -10,7 +10,15 @@ import pytest
 from parrot.errors import ConfigError
 from tests.conftest import requires_model
 from tests.training_fixtures import preference_rows, tiny_model, write_jsonl
-from training.capo_eval import before_after, likelihood_report, pair_session, split_pairs
+from training.capo_eval import (
+    before_after,
+    context_gap,
+    likelihood_report,
+    pair_session,
+    probe_indices,
+    split_pairs,
+    without_history,
+)
 from training.config import CaPOConfig
 from training.data import PreferencePair
 
@@ -52,6 +60,20 @@ def test_before_after_report():
     assert likelihood_report([], [], 0.1) == {}
 
 
+def test_context_probe_pieces():
+    system = {"role": "system", "content": "Be brief."}
+    history = [system, {"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "Apple."},
+               {"role": "user", "content": "What colour is it?"}]
+    p = PreferencePair("x", history, [{"role": "assistant", "content": "Red."}], [{"role": "assistant", "content": "?"}],
+                       "context_neglect")
+    assert without_history(p).prompt == [system, history[-1]]
+    no_history = PreferencePair("y", [history[-1]], p.chosen, p.rejected, "context_neglect")
+    twin = PreferencePair("z", history, p.chosen, p.rejected, "context_hallucination")  # same prompt and chosen
+    assert probe_indices([p, no_history, twin]) == [0]
+    assert context_gap([(-2.0, 0.0), (0.0, 0.0)], [(-5.0, 0.0)], [0]) == pytest.approx(3.0)
+    assert context_gap([], [], []) is None
+
+
 def test_eval_fraction_config_checks():
     with pytest.raises(ConfigError, match="eval_fraction"):
         CaPOConfig(model="m", dataset="d", output="o", eval_fraction=1.0)
@@ -86,7 +108,10 @@ def test_capo_with_eval_fraction_reports_held_out_pairs_before_and_after(tmp_pat
     for when in ("before", "after"):
         assert 0 <= s[f"heldout/{when}/all/accuracy"] <= 1
     report = json.loads((out / "heldout_preferences.json").read_text())
-    assert report["step"] == 3 and set(report) == {"step", "before", "after"}
+    assert report["step"] == 3 and set(report) == {"step", "before", "after", "context_probe"}
+    probe = report["context_probe"]
+    assert 1 <= probe["pairs"] <= len(held)  # distinct (prompt, chosen) with history; fixture prompts repeat
+    assert probe["before"] != probe["after"] and s["heldout/context_probe/after"] == probe["after"]
     assert report["after"]["all"]["margin"] == pytest.approx(s["heldout/after/all/margin"])
     # the DPO implicit reward margin is the trained model's margin minus the reference's
     assert s["eval/all/margin"] == pytest.approx(report["after"]["all"]["margin"] - report["before"]["all"]["margin"],

@@ -18,7 +18,8 @@ Held-out pairs (``--eval-fraction F``, split by session in ``training/capo_eval.
 ``--eval-dataset``): the report also gives, per strategy, preference accuracy and margin of the
 reference model (before) and of the trained model (after) on them
 (``heldout/<before|after>/<strategy>/...`` in metrics.jsonl and summary.json), and writes the
-final table to ``heldout_preferences.json`` in the run folder, beside the checkpoint.
+final table, with the context probe of ``training/capo_eval.py`` (before / after), to
+``heldout_preferences.json`` in the run folder, beside the checkpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from typing import Any, Sequence
 
 from parrot.errors import ConfigError
 from training import metrics as m
-from training.capo_eval import before_after, flat_metrics, split_pairs
+from training.capo_eval import (
+    before_after,
+    context_gap,
+    flat_metrics,
+    probe_indices,
+    split_pairs,
+    without_history,
+)
 from training.config import STRATEGIES, CaPOConfig
 from training.data import PreferencePair, load_preference_pairs, read_input, render
 from training.runtime import RunState, TrainResult, copy_model, is_main, run_training, training_arguments
@@ -160,6 +168,14 @@ def train(cfg: CaPOConfig) -> TrainResult:
         ref_cache: list[tuple[float, float]] = []
         labels = {"method": cfg.method, "run": cfg.name}
 
+        def probe_report(ref: Any, policy_model: Any, policy: list[tuple[float, float]]) -> dict[str, float | None]:
+            """The context probe (``training/capo_eval.py``) on the report pairs, reference vs trained model."""
+            indices = probe_indices(report_pairs)
+            bare = [without_history(report_pairs[i]) for i in indices]
+            return {"pairs": len(indices),
+                    "before": context_gap(ref_cache, answer_logps(ref, tokenizer, bare, cfg.max_length), indices),
+                    "after": context_gap(policy, answer_logps(policy_model, tokenizer, bare, cfg.max_length), indices)}
+
         def report(step: int) -> dict[str, float]:
             if cfg.eval_steps == 0 and step < trainer.state.max_steps:
                 return {}
@@ -177,8 +193,12 @@ def train(cfg: CaPOConfig) -> TrainResult:
                     log.info("held-out preferences", extra={
                         "step": step, **{f"{w}_{k}_accuracy": round(r["accuracy"], 4) for w, by in held.items()
                                          for k, r in by.items()}})
-                if is_main() and step >= trainer.state.max_steps:
-                    state.store.put("heldout_preferences.json", json.dumps({"step": step, **held}, indent=2).encode())
+                if step >= trainer.state.max_steps:
+                    probe = probe_report(trainer.ref_model or ref_model, trainer.model, policy)
+                    flat.update({f"heldout/context_probe/{k}": v for k, v in probe.items() if v is not None})
+                    if is_main():
+                        state.store.put("heldout_preferences.json",
+                                        json.dumps({"step": step, **held, "context_probe": probe}, indent=2).encode())
             for strategy, r in rep.items():
                 flat[f"{split}/{strategy}/accuracy"] = r["accuracy"]
                 flat[f"{split}/{strategy}/margin"] = r["margin"]

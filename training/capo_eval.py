@@ -12,11 +12,18 @@ model (the start checkpoint), ``after`` the trained policy; for each, the prefer
 of pairs whose chosen answer has a strictly higher log-probability given the prompt than the
 rejected one) and the mean margin ``beta * (log p(chosen) - log p(rejected))``. The DPO implicit
 reward margin of the trained model (``eval/<strategy>/margin``) is ``after - before``.
+
+Context probe (judge-free): for each distinct held-out (prompt, chosen answer) whose prompt has
+history, ``log p(chosen | full prompt) - log p(chosen | prompt without history)`` (the history
+removed: only the system message, if any, and the last user turn stay), averaged; ``before``
+under the reference, ``after`` under the trained model. CaPO should make the gap grow: the chosen
+answer needs the context.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
 from typing import Sequence
 
@@ -65,3 +72,32 @@ def flat_metrics(report: dict[str, dict[str, dict[str, float]]]) -> dict[str, fl
     """``heldout/<before|after>/<strategy>/<accuracy|margin|pairs>`` for metrics.jsonl and the summary."""
     return {f"heldout/{when}/{strategy}/{key}": value
             for when, by_strategy in report.items() for strategy, row in by_strategy.items() for key, value in row.items()}
+
+
+def without_history(pair: PreferencePair) -> PreferencePair:
+    """The pair with its prompt cut to the leading system message(s) and the last user turn."""
+    system = [m for m in pair.prompt if m["role"] == "system"][:1]
+    return PreferencePair(pair.id, [*system, pair.prompt[-1]], pair.chosen, pair.rejected, pair.strategy, pair.line,
+                          pair.extra)
+
+
+def probe_indices(pairs: Sequence[PreferencePair]) -> list[int]:
+    """Index of the first pair of each distinct (prompt, chosen) whose prompt has history."""
+    seen: set[str] = set()
+    out = []
+    for i, p in enumerate(pairs):
+        if len([m for m in p.prompt if m["role"] != "system"]) < 2:
+            continue
+        key = json.dumps([p.prompt, p.chosen], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(i)
+    return out
+
+
+def context_gap(full: Sequence[tuple[float, float]], bare: Sequence[tuple[float, float]],
+                indices: Sequence[int]) -> float | None:
+    """Mean of log p(chosen | full prompt) - log p(chosen | no history) over ``indices`` (``bare`` in that order)."""
+    if not indices:
+        return None
+    return sum(full[i][0] - b[0] for i, b in zip(indices, bare)) / len(indices)
