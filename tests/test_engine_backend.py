@@ -204,7 +204,10 @@ async def test_cancelled_generate_frees_the_engine_slot(llama):
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert not await busy_slots_after(llama, 10)
+    # llama-server notices a closed connection at its next poll (about 1 s) and frees the slot at the next
+    # step; 30 s leaves room for a CPU shared with other work (10 s was too tight there: 2 of 3 runs at
+    # load average 4-5 failed), and the count below shows the generation did stop early.
+    assert not await busy_slots_after(llama, 30)
     assert max(decoded(s) for s in await slots(llama)) < 1000  # stopped early, not at its 1500 tokens
 
 
