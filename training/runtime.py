@@ -81,10 +81,19 @@ def setup_process() -> None:
 
 
 def finish_process() -> None:
-    """Tears the process group down (DeepSpeed runs may abort at exit otherwise)."""
+    """Tears the process group down (DeepSpeed runs may abort at exit otherwise). Through DeepSpeed
+    when it set the group up, so that it also drops the groups it cached (its world-group clone): a
+    later run in the same process (tests, notebooks) would otherwise use a destroyed group."""
+    import sys
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    ds_comm = sys.modules.get("deepspeed.comm.comm")
+    if ds_comm is not None and getattr(ds_comm, "cdb", None) is not None:
+        ds_comm.destroy_process_group()
+    else:
         dist.destroy_process_group()
 
 
