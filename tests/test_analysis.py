@@ -167,8 +167,8 @@ STANDALONE_EXAMPLES = [
     "Translate 'I love it when it rains' into French.",
     "Hi there! Can you recommend a good sci-fi novel?",
     "How much does it cost to fly from Paris to Rome?",
-    "Retell this story from the lady's perspective and describe her life.\n\nWhile the friends were queueing "
-    "for pizza at the school fair, one of them bumped into an elderly woman and she dropped her slice.",
+    "Tell this tale again as the grandmother would, with her memories.\n\nAt the village market a boy "
+    "knocked over a basket of apples, and an old woman helped him gather them before the rain.",
     "Can you suggest a good book about the history of mathematics?",
     "Write a function that checks whether a number is prime, and explain how it works.",
     "Thank you so much!",
