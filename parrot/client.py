@@ -10,8 +10,7 @@ from typing import Any
 
 import grpc
 
-from parrot.conversation import Message
-from parrot.datasets.sharegpt import SPEAKER_ROLES  # also maps system/user/assistant
+from parrot.conversation import SPEAKER_ROLES, Message  # SPEAKER_ROLES: also maps system/user/assistant
 from parrot.errors import ConfigError
 from parrot.tokens import token_from
 

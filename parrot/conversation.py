@@ -20,6 +20,19 @@ class Role(str, enum.Enum):
     ASSISTANT = "assistant"
 
 
+# Speaker names of ShareGPT-style files and chat messages, each to its role.
+SPEAKER_ROLES: dict[str, Role] = {
+    "human": Role.USER,
+    "user": Role.USER,
+    "gpt": Role.ASSISTANT,
+    "chatgpt": Role.ASSISTANT,
+    "bard": Role.ASSISTANT,
+    "bing": Role.ASSISTANT,
+    "assistant": Role.ASSISTANT,
+    "system": Role.SYSTEM,
+}
+
+
 @dataclass(frozen=True)
 class Message:
     role: Role

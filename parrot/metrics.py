@@ -18,6 +18,8 @@ def child(metric: Any, *labels: str) -> Any:
     return metric.labels(*labels)
 
 
+# Latency buckets of a request (RPC or HTTP): 5 ms to 5 min.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 RPC_REQUESTS = Counter(
     "parrot_rpc_requests_total",
     "parrot.v1 RPCs handled, by service, method and final status code.",
@@ -27,7 +29,7 @@ RPC_LATENCY = Histogram(
     "parrot_rpc_latency_seconds",
     "parrot.v1 RPC latency, by service and method.",
     ["service", "method"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    buckets=REQUEST_BUCKETS,
 )
 STAGE_LATENCY = Histogram(
     "parrot_stage_latency_seconds",
@@ -98,5 +100,5 @@ HTTP_LATENCY = Histogram(
     "parrot_http_latency_seconds",
     "HTTP request latency by route template and method.",
     ["route", "method"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    buckets=REQUEST_BUCKETS,
 )

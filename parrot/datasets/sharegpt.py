@@ -24,19 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
-from parrot.conversation import Message, Role
+from parrot.conversation import SPEAKER_ROLES, Message, Role
 from parrot.datasets.jsonio import DatasetError, decode_text, iter_records, json_type, read_file
 
-SPEAKER_ROLES: dict[str, Role] = {
-    "human": Role.USER,
-    "user": Role.USER,
-    "gpt": Role.ASSISTANT,
-    "chatgpt": Role.ASSISTANT,
-    "bard": Role.ASSISTANT,
-    "bing": Role.ASSISTANT,
-    "assistant": Role.ASSISTANT,
-    "system": Role.SYSTEM,
-}
 # The speaker names written by ``to_sharegpt_record``.
 ROLE_SPEAKERS: dict[Role, str] = {Role.USER: "human", Role.ASSISTANT: "gpt", Role.SYSTEM: "system"}
 
