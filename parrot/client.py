@@ -67,6 +67,18 @@ _SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds")
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)(?::(\d{1,5}))?$")
 
 
+def target_addresses(target: str) -> list[str]:
+    """The host:port addresses a gRPC target names: each of an ``ipv4:`` / ``ipv6:`` list, the host of
+    ``dns:///host:port``, else the target itself (``host:port``, ``unix:...``)."""
+    scheme, sep, rest = target.partition(":")
+    if sep and scheme in ("ipv4", "ipv6"):
+        return [a.strip() for a in rest.split(",") if a.strip()]
+    if sep and scheme == "dns":
+        rest = rest.lstrip("/")
+        return [rest.split("/", 1)[1] if "/" in rest else rest]
+    return [target]
+
+
 def target_problem(target: str) -> str | None:
     """None when ``target`` is a gRPC address (host:port, [v6]:port, or a dns: / ipv4: / ipv6: /
     unix: target), else what is wrong with it."""

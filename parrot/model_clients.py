@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
-from parrot.client import channel_options, plaintext_tls_hint, tls_credentials
+from parrot.client import channel_options, plaintext_tls_hint, target_addresses, tls_credentials
 from parrot.conversation import Message, Role
 from parrot.errors import InvalidArgument, ParrotError
 from parrot.metrics import STAGE_LATENCY, child
@@ -50,11 +50,9 @@ OUTAGE_POLL_S = 0.5
 
 
 def replica_addresses(target: str) -> list[str]:
-    """The addresses an ``ipv4:`` / ``ipv6:`` target lists (one per replica); [] for other targets."""
-    scheme, sep, rest = target.partition(":")
-    if not sep or scheme not in ("ipv4", "ipv6") or "," not in rest:
-        return []
-    return [a.strip() for a in rest.split(",") if a.strip()]
+    """The replicas an ``ipv4:`` / ``ipv6:`` target lists (two or more); [] for other targets."""
+    addresses = target_addresses(target) if target.partition(":")[0] in ("ipv4", "ipv6") else []
+    return addresses if len(addresses) > 1 else []
 
 
 def session_key(messages: list[Message]) -> int:

@@ -151,6 +151,10 @@ def test_replica_addresses_and_session_keys():
     assert replica_addresses("ipv4:127.0.0.1:1,127.0.0.1:2") == ["127.0.0.1:1", "127.0.0.1:2"]
     assert replica_addresses("127.0.0.1:1") == replica_addresses("dns:///svc:50051") == []
     assert replica_addresses("ipv4:127.0.0.1:1") == []  # one address: nothing to choose
+    from parrot.client import target_addresses  # what the coordinator's target policy checks
+
+    assert target_addresses("ipv4:127.0.0.1:1") == ["127.0.0.1:1"]
+    assert target_addresses("dns:///svc.ns:50051") == ["svc.ns:50051"] and target_addresses("h:1") == ["h:1"]
     # The same session at every turn; different sessions differ.
     assert session_key(session(1, 1)) == session_key(session(1, 4)) != session_key(session(2, 4))
     with pytest.raises(Exception, match="routing"):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from parrot.client import channel_credentials, target_addresses
 from parrot.errors import ConfigError, PermissionDenied
 from parrot.tokens import read_token_file
 
@@ -53,17 +54,6 @@ def parse_allowed_targets(text: str) -> tuple[TargetRule, ...]:
     return tuple(rules)
 
 
-def _addresses(target: str) -> list[str]:
-    """The host:port addresses a gRPC target names (dns:///h:p, ipv4:a,b, h:p; unix: as itself)."""
-    scheme, sep, rest = target.partition(":")
-    if sep and scheme in ("ipv4", "ipv6"):
-        return [a.strip() for a in rest.split(",") if a.strip()]
-    if sep and scheme == "dns":
-        rest = rest.lstrip("/")
-        return [rest.split("/", 1)[1] if "/" in rest else rest]
-    return [target]
-
-
 def _pattern(text: str, setting: str, entry: str) -> str:
     pattern = text.strip()
     if not pattern or any(c.isspace() for c in pattern) or "/" in pattern:
@@ -73,8 +63,6 @@ def _pattern(text: str, setting: str, entry: str) -> str:
 
 def parse_target_tls(text: str) -> tuple[tuple[str, Any], ...]:
     """``PATTERN=CA_FILE|system[:CERT_FILE:KEY_FILE], ...`` -> (pattern, channel credentials) pairs."""
-    from parrot.client import channel_credentials
-
     rules = []
     for entry in (e.strip() for e in text.split(",")):
         if not entry:
@@ -107,7 +95,7 @@ class TargetPolicy:
         """The token to send to ``target`` (named by ``field_name``), or PermissionDenied."""
         if target in self.defaults:
             return self.upstream_token
-        rules = [self._rule(a) for a in _addresses(target)]
+        rules = [self._rule(a) for a in target_addresses(target)]
         if rules and all(r is not None and r == rules[0] for r in rules):
             cred = rules[0].credential  # type: ignore[union-attr]
             return None if cred == "none" else self.upstream_token if cred == "upstream" else self._tokens[cred]
@@ -116,7 +104,7 @@ class TargetPolicy:
 
     def credentials_for(self, target: str) -> Any:
         """TLS channel credentials for ``target`` from --target-tls, or None (the process-wide setting)."""
-        addresses = _addresses(target)
+        addresses = target_addresses(target)
         for pattern, creds in self.tls:
             if all(fnmatch.fnmatchcase(a, pattern) for a in addresses):
                 return creds
