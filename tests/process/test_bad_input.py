@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from parrot.v1 import asker_pb2, asker_pb2_grpc, conversation_pb2 as conv_pb2, coordinator_pb2 as cpb
 from parrot.v1 import coordinator_pb2_grpc, judge_pb2, judge_pb2_grpc, responder_pb2, responder_pb2_grpc
 from tests.conftest import start_service
-from tests.test_coordinator import jsonl, sharegpt, start_coordinator
+from tests.process.test_coordinator import jsonl, sharegpt, start_coordinator
 
 #: Statuses a bad request may get. INTERNAL / UNKNOWN would mean an unhandled error.
 WELL_FORMED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -17,7 +17,7 @@ from PIL import Image
 from parrot.instructions import make_instruction
 from parrot.v1 import coordinator_pb2 as cpb, report_pb2
 from tests.conftest import PARROT, start_service
-from tests.test_coordinator import coord_stub, jsonl, results, start_coordinator, wait_done
+from tests.process.test_coordinator import coord_stub, jsonl, results, start_coordinator, wait_done
 
 INSTRUCTIONS = [
     {"instruction_id_list": ["startend:start_checker"], "kwargs": [{"start_phrase": "And"}]},

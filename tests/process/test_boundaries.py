@@ -20,8 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from parrot.v1 import coordinator_pb2 as cpb, responder_pb2, responder_pb2_grpc
 from tests.conftest import PARROT, REPO, free_port, start_service, terminate
-from tests.test_coordinator import coord_stub, eval_spec, jsonl, many_questions, start_coordinator
-from tests.test_faults import metric, wait_for
+from tests.process.test_coordinator import coord_stub, eval_spec, jsonl, many_questions, start_coordinator
+from tests.process.test_faults import metric, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -277,7 +277,7 @@ def test_serving_all_interfaces_without_auth_warns_and_the_log_says_whether_auth
 def test_tls_on_every_port_with_client_certificates_and_per_target_tls(tmp_path, monkeypatch):
     import httpx
 
-    from tests.test_security import self_signed
+    from tests.process.test_security import self_signed
 
     server_cert, server_key = self_signed(tmp_path, "server")
     client_cert, client_key = self_signed(tmp_path, "client")

@@ -9,7 +9,7 @@ import pytest
 
 from parrot.errors import ConfigError
 from tests.conftest import requires_model
-from tests.training_fixtures import preference_rows, tiny_model, write_jsonl
+from tests.helpers.training_fixtures import preference_rows, tiny_model, write_jsonl
 from training.capo_eval import (
     before_after,
     context_gap,

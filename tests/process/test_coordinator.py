@@ -21,7 +21,7 @@ import pytest
 
 from parrot.v1 import coordinator_pb2 as cpb, coordinator_pb2_grpc
 from tests.conftest import PARROT, ServiceProcess, free_port, start_service
-from tests.prometheus import requires_prometheus, start_prometheus
+from tests.helpers.prometheus import requires_prometheus, start_prometheus
 
 QUESTIONS = [
     {"question_id": 101, "category": "writing", "turns": ["Write a short note to a neighbour about a lost cat.",
@@ -303,7 +303,7 @@ def test_runs_live_in_s3(tmp_path, models, monkeypatch):
     """The coordinator's store on a real S3 protocol (moto on loopback), read back with the unmodified minio client."""
     from minio import Minio
 
-    from tests.s3server import Moto
+    from tests.helpers.s3server import Moto
 
     s3 = Moto()
     s3.start()

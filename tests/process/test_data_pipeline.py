@@ -38,7 +38,7 @@ from parrot.asking.training_data import (
     validate_example,
 )
 from tests.conftest import PARROT
-from tests.test_coordinator import sharegpt
+from tests.process.test_coordinator import sharegpt
 
 U, A, S = Role.USER, Role.ASSISTANT, Role.SYSTEM
 

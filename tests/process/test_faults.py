@@ -29,7 +29,7 @@ import pytest
 from parrot.v1 import coordinator_pb2 as cpb
 from parrot.model_clients import Retry
 from tests.conftest import PARROT, REPO, ServiceProcess, free_port, start_service, terminate, wait_serving
-from tests.test_coordinator import (
+from tests.process.test_coordinator import (
     coord_stub,
     eval_spec,
     jsonl,
@@ -139,7 +139,7 @@ def _evaluation_outputs(files: dict[str, bytes]) -> object:
 
 
 def _negatives_spec(n: int) -> cpb.RunSpec:
-    from tests.test_negatives import many_conversations, negatives_spec
+    from tests.process.test_negatives import many_conversations, negatives_spec
 
     return negatives_spec(many_conversations(n), concurrency=4, seed=11)
 
@@ -194,7 +194,7 @@ def test_coordinator_killed_mid_run_matches_an_uninterrupted_run(tmp_path, model
 
 
 def test_object_store_outage_pauses_the_run_and_it_completes(tmp_path, models):
-    from tests.s3server import Moto
+    from tests.helpers.s3server import Moto
 
     s3 = Moto()
     s3.start()

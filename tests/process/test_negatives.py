@@ -20,7 +20,7 @@ from parrot.conversation import Message, Role
 from parrot.datasets.capo import STRATEGIES, load_preferences, strategy_messages
 from parrot.v1 import coordinator_pb2 as cpb
 from tests.conftest import PARROT, free_port, requires_model, start_service
-from tests.test_coordinator import coord_stub, jsonl, results, sharegpt, start_coordinator, wait_done
+from tests.process.test_coordinator import coord_stub, jsonl, results, sharegpt, start_coordinator, wait_done
 
 CONVERSATIONS = [
     sharegpt("bread", ("human", "Give me a recipe for banana bread."), ("gpt", "Mash three bananas, add flour and two eggs."),
@@ -197,7 +197,7 @@ def many_conversations(n: int) -> list[dict]:
             for i in range(n)]
 
 
-# The coordinator killed mid-run: tests/test_faults.py (every run kind, compared to an uninterrupted run).
+# The coordinator killed mid-run: tests/process/test_faults.py (every run kind, compared to an uninterrupted run).
 
 
 def test_cli_negatives(tmp_path, coordinator):

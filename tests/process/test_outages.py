@@ -30,7 +30,7 @@ import pytest
 
 from parrot.v1 import coordinator_pb2 as cpb
 from tests.conftest import PARROT, free_port, start_service
-from tests.test_coordinator import (
+from tests.process.test_coordinator import (
     SEEDS,
     coord_stub,
     eval_spec,
@@ -42,7 +42,7 @@ from tests.test_coordinator import (
     start_coordinator,
     wait_done,
 )
-from tests.test_faults import _coordinator_with_file_size_limit, metric, unit_files, wait_for
+from tests.process.test_faults import _coordinator_with_file_size_limit, metric, unit_files, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 ECHO = {"PARROT_ECHO_DELAY_S": "0.05"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 
 from tests.conftest import start_service
-from tests.prometheus import requires_prometheus, start_prometheus
+from tests.helpers.prometheus import requires_prometheus, start_prometheus
 
 pytestmark = [requires_prometheus]
 

@@ -14,10 +14,10 @@ import pytest
 from parrot.backends.echo_backend import echo_reply
 from parrot.conversation import Message, Role
 from parrot.v1 import coordinator_pb2 as cpb
-from tests.test_bench_eval import coordinator, models  # noqa: F401  (module fixtures: echo services + coordinator)
-from tests.test_coordinator import coord_stub, results, wait_done
+from tests.process.test_bench_eval import coordinator, models  # noqa: F401  (module fixtures: echo services + coordinator)
+from tests.process.test_coordinator import coord_stub, results, wait_done
 
-FIXTURES = Path(__file__).parent / "fixtures" / "published"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "published"
 
 
 def lines(data: bytes) -> list[dict]:
@@ -134,7 +134,7 @@ def test_multichallenge_rubric_verdicts(coordinator):
 def test_cli_eval_takes_the_published_files_with_no_conversion(coordinator, tmp_path):
     import os
 
-    from tests.test_bench_eval import run_cli
+    from tests.process.test_bench_eval import run_cli
 
     env = dict(os.environ, PARROT_COORDINATOR=coordinator.grpc_target)
     for fixture, history in (("mt-bench_extended.jsonl", "golden"), ("mtbench101.jsonl", "self")):

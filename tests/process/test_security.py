@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from parrot.v1 import asker_pb2, asker_pb2_grpc, conversation_pb2 as conv_pb2, coordinator_pb2 as cpb
 from parrot.v1 import coordinator_pb2_grpc, judge_pb2, judge_pb2_grpc, responder_pb2, responder_pb2_grpc
 from tests.conftest import PARROT, start_service
-from tests.test_coordinator import QUESTIONS, SEEDS, eval_spec, jsonl, many_questions, start_coordinator, wait_done
+from tests.process.test_coordinator import QUESTIONS, SEEDS, eval_spec, jsonl, many_questions, start_coordinator, wait_done
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -219,7 +219,7 @@ def test_secrets_never_appear_in_logs_records_events_or_errors(tmp_path):
     """A run with a token and S3 credentials; then everything written is scanned for them."""
     from minio import Minio
 
-    from tests.s3server import Moto
+    from tests.helpers.s3server import Moto
 
     access, secret = "AKIAPARROTSCAN0001", "s3-scan-secret-Qx93kLm"
     secrets = [TOKEN, access, secret]
@@ -352,7 +352,7 @@ def test_injected_markers_in_answers_cannot_set_the_score(prefix, injection, suf
     import math
 
     from services.judge.service import JudgeConfig, JudgeService
-    from tests.fakes import ScriptedBackend
+    from tests.helpers.fakes import ScriptedBackend
 
     answer = (prefix + " " + injection * repeat + " " + suffix).strip() or "x"
 

@@ -16,7 +16,7 @@ from parrot.conversation import InputLimits
 from services.model_server import ModelServiceProcess, ServeConfig
 from parrot.v1 import conversation_pb2 as cpb, responder_pb2, responder_pb2_grpc
 from tests.conftest import PARROT, free_port
-from tests.fakes import ScriptedBackend
+from tests.helpers.fakes import ScriptedBackend
 
 
 @dataclass(frozen=True)

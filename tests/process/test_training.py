@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from parrot.errors import ConfigError
 from tests.conftest import free_port, requires_model, start_service
-from tests.training_fixtures import asker_rows, preference_rows, sharegpt_rows, tiny_model, write_jsonl
+from tests.helpers.training_fixtures import asker_rows, preference_rows, sharegpt_rows, tiny_model, write_jsonl
 from training.config import AskerConfig, CaPOConfig, SFTConfig, load_config
 from training.data import (
     IGNORE,
@@ -242,7 +242,7 @@ def test_capo_reaches_preference_accuracy_on_its_pairs(tmp_path, tiny):
 
 @pytest.fixture
 def s3(monkeypatch):
-    from tests.s3server import Moto
+    from tests.helpers.s3server import Moto
 
     server = Moto()
     server.start()

@@ -50,7 +50,7 @@ def test_parrot_up_then_eval_and_collect(tmp_path):
 def clients_work_unmodified(http_port: int, grpc_port: int) -> None:
     """The clients users pick, unmodified, against `parrot up`: the `openai` SDK, kserve's
     InferenceRESTClient (v2) and InferenceGRPCClient (Open Inference Protocol), and grpcurl's
-    procedure over reflection v1 (tests/reflection_client.py; grpcurl itself cannot be installed here)."""
+    procedure over reflection v1 (tests/helpers/reflection_client.py; grpcurl itself cannot be installed here)."""
     import asyncio
 
     import grpc
@@ -58,7 +58,7 @@ def clients_work_unmodified(http_port: int, grpc_port: int) -> None:
     from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
     from kserve.protocol.infer_type import InferInput, InferRequest
 
-    from tests import reflection_client
+    from tests.helpers import reflection_client
 
     sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key="unused", max_retries=0, timeout=60)
     reply = sdk.chat.completions.create(model="responder", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8)

@@ -23,9 +23,9 @@ import pytest
 
 from bench.web_runs import write_eval_run
 from parrot.v1 import coordinator_pb2 as cpb, coordinator_pb2_grpc
-from tests.browser import requires_browser, save_png, start_browser
+from tests.helpers.browser import requires_browser, save_png, start_browser
 from tests.conftest import REPO, start_service
-from tests.test_coordinator import QUESTIONS, jsonl, start_coordinator
+from tests.process.test_coordinator import QUESTIONS, jsonl, start_coordinator
 
 CHARTS_JS = REPO / "services" / "coordinator" / "web" / "static" / "vendor" / "uPlot.iife.min.js"
 requires_charts = pytest.mark.skipif(
@@ -283,7 +283,7 @@ def test_compare_shows_the_deltas(stack, browser, shots):
 
 
 def test_collection_dataset_highlights_context_dependent_follow_ups(stack, browser, shots):
-    from tests.test_coordinator import SEEDS
+    from tests.process.test_coordinator import SEEDS
 
     stub = stack["stub"]
     spec = cpb.RunSpec(name="collect", seed=5, collection=cpb.CollectionSpec(
@@ -315,7 +315,7 @@ def test_collection_dataset_highlights_context_dependent_follow_ups(stack, brows
 
 
 def test_negatives_dataset_shows_chosen_beside_each_rejected_answer(stack, browser):
-    from tests.test_negatives import CONVERSATIONS, negatives_spec
+    from tests.process.test_negatives import CONVERSATIONS, negatives_spec
 
     stub = stack["stub"]
     run_id = stub.StartRun(cpb.StartRunRequest(spec=negatives_spec()), metadata=MD, timeout=30).id

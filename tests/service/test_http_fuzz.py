@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parrot.server.http_surface import is_openai_path
-from tests.test_http_surface import MAX_NEW, Served, chat, local_port, v1_instance
+from tests.service.test_http_surface import MAX_NEW, Served, chat, local_port, v1_instance
 
 BUDGET = settings(max_examples=100, deadline=None, derandomize=True,
                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,

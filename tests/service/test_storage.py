@@ -27,7 +27,7 @@ from parrot.storage import (
     StorageUnavailable,
     open_store,
 )
-from tests.s3server import Moto
+from tests.helpers.s3server import Moto
 
 ACCESS_KEY = "parrot-test-access"
 SECRET_KEY = "parrot-test-secret-do-not-log"

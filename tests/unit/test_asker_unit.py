@@ -1,6 +1,6 @@
 """Unit tests of the asker: prompt formats, degeneracy checks, re-sampling, validation.
 
-All generation goes through tests.fakes.ScriptedBackend; nothing here depends on a model.
+All generation goes through tests.helpers.fakes.ScriptedBackend; nothing here depends on a model.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from parrot.asking.prompting import (
     to_role_swapped,
 )
 from services.asker.service import AskerConfig, AskerService
-from tests.fakes import ScriptedBackend
+from tests.helpers.fakes import ScriptedBackend
 
 U, A, S = Role.USER, Role.ASSISTANT, Role.SYSTEM
 

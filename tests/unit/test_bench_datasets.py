@@ -17,7 +17,7 @@ from parrot.datasets import (
     load_sessions,
     sessions_from_sharegpt,
 )
-from tests.test_coordinator import sharegpt
+from tests.process.test_coordinator import sharegpt
 
 
 def jsonl(*rows) -> str:

@@ -1,6 +1,6 @@
 """Our instruction checks against the reference, lm-eval's IFEval checkers, run offline on answers we
 wrote (tests/fixtures/ifeval_answers.jsonl): every answer with every instruction of the grid, strict
-and loose. The figure on other people's answers is measured with `python -m tests.ifeval_reference`
+and loose. The figure on other people's answers is measured with `python -m tests.helpers.ifeval_reference`
 (README gives the command and the result)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.ifeval_reference import GRID, agreement, answers_from, punkt_data_dir, reference_verdicts
+from tests.helpers.ifeval_reference import GRID, agreement, answers_from, punkt_data_dir, reference_verdicts
 
-ANSWERS = Path(__file__).parent / "fixtures" / "ifeval_answers.jsonl"
+ANSWERS = Path(__file__).resolve().parents[1] / "fixtures" / "ifeval_answers.jsonl"
 
 
 def test_agreement_with_lm_eval_on_our_answers_is_at_least_99_5_percent():
@@ -31,7 +31,7 @@ def test_the_reference_is_really_consulted():
 def test_reference_sentence_counts_come_from_the_offline_punkt_model(tmp_path, text, n):
     import sys
 
-    from tests.ifeval_reference import reference_instructions
+    from tests.helpers.ifeval_reference import reference_instructions
 
     reference_instructions()
     util = sys.modules["_lm_eval_ifeval_reference.instructions_util"]

@@ -67,7 +67,7 @@ def test_words_keep_combining_marks(text, n):
 
 
 def test_sentences_do_not_end_at_abbreviations():
-    """Punkt's English model, as the reference (checked against lm-eval in tests/test_ifeval_agreement.py):
+    """Punkt's English model, as the reference (checked against lm-eval in tests/unit/test_ifeval_agreement.py):
     titles, times and dotted abbreviations do not end a sentence; "e.g." before a lowercase word does."""
     text = ("Dr. Smith met Mr. Jones at 5 p.m. in the U.S. on Friday. They talked, e.g. about J. R. R. Tolkien "
             "and the Ph.D. program! Was it fun? Yes.")

@@ -44,7 +44,7 @@ from parrot.judging.scoring import (
 from parrot.v1 import conversation_pb2 as cpb
 from parrot.v1 import judge_pb2
 from services.judge.service import JudgeConfig, JudgeService
-from tests.fakes import ScriptedBackend
+from tests.helpers.fakes import ScriptedBackend
 
 GOOD = "Paris is the capital of France."
 BAD = "I think it is Lyon, or maybe Berlin."
@@ -139,7 +139,7 @@ def test_default_prompts_are_versioned_multi_turn_records():
     benchmark = {n for n in prompts if n.startswith(("mtbench101-", "multichallenge-"))}
     assert set(prompts) - benchmark == {DEFAULT_SINGLE_PROMPT, DEFAULT_SINGLE_REF_PROMPT, DEFAULT_PAIR_PROMPT,
                                         DEFAULT_PAIR_REF_PROMPT,
-                                        "parrot-context-v1"}  # CaPO's context-dependence confirmation (tests/test_negatives.py)
+                                        "parrot-context-v1"}  # CaPO's context-dependence confirmation (tests/process/test_negatives.py)
     # MT-Bench-101's 13 per-task prompts (the math / reasoning ones compare with a reference) and MultiChallenge's rubric
     assert len(benchmark) == 14 and prompts["multichallenge-rubric-v1"].uses_reference
     assert {n for n in benchmark if prompts[n].uses_reference} == {"mtbench101-mr-v1", "mtbench101-gr-v1",
@@ -154,7 +154,7 @@ def test_default_prompts_are_versioned_multi_turn_records():
 
 
 def test_package_file_is_fastchat_compatible_jsonl():
-    folder = Path(__file__).resolve().parents[1] / "parrot" / "judging" / "prompts"
+    folder = Path(__file__).resolve().parents[2] / "parrot" / "judging" / "prompts"
     fields = {"name", "type", "system_prompt", "prompt_template", "description", "category", "output_format", "version"}
     names = []
     for path in (folder / "parrot-v1.jsonl", folder / "benchmarks-v1.jsonl"):

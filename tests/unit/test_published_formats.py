@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from parrot.datasets import DatasetError, detect_session_format, load_eval_sessions, load_eval_sessions_file
 from services.coordinator import protocols
 
-FIXTURES = Path(__file__).parent / "fixtures" / "published"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "published"
 DETECTED = {"mt-bench_extended.jsonl": "mt-eval", "mtbench101.jsonl": "mtbench101", "multi-if.jsonl": "multi-if",
             "multi-if.csv": "multi-if", "sharded_instructions.json": "lost-in-conversation",
             "benchmark_questions.jsonl": "multichallenge"}

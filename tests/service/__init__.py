@@ -1,0 +1,1 @@
+"""Tests against servers started in process on loopback (gRPC, HTTP, a threaded S3)."""

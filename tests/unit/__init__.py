@@ -1,0 +1,1 @@
+"""Tests at the level of pure functions: no server, no subprocess of parrot."""
