@@ -16,6 +16,7 @@ Each values variant is rendered once per session (about 0.3 s each) and checked 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -165,6 +166,7 @@ def test_bad_values_fail_with_a_clear_message(helm, tmp_path, values, messages):
     [
         (("--set", "asker.env.PARROT_MODEL=x"), "env PARROT_MODEL is set by the chart from the asker values"),
         (("--set", "coordinator.env.PARROT_STORE_URL=x"), "env PARROT_STORE_URL is set by the chart"),
+        (("--set", "judge.timeoutS=4", "--set", "judge.env.PARROT_TIMEOUT_S=3"), "env PARROT_TIMEOUT_S is set by the chart"),
         (("--set", "judge.external.enabled=true"), "judge.external.apiKeySecret.name is required"),
         (("--set", "minio.enabled=false"), "no object store"),
         (("--set", "store.external.enabled=true", "--set", "minio.enabled=false", "--set", "store.external.endpoint=http://s3:9000"),
@@ -176,7 +178,7 @@ def test_bad_values_fail_with_a_clear_message(helm, tmp_path, values, messages):
         (("--set-json", 'evaluation.benchmarks=[{"name": "b", "questionsFile": "files/missing.jsonl"}]'),
          "files/missing.jsonl is not a file in the chart"),
     ],
-    ids=["reserved-env", "reserved-coordinator-env", "judge-key", "no-store", "external-secret", "base-url", "replicas",
+    ids=["reserved-env", "reserved-coordinator-env", "reserved-setting", "judge-key", "no-store", "external-secret", "base-url", "replicas",
          "both-questions", "missing-file"],
 )
 def test_inconsistent_values_fail_rendering(helm, args, message):
@@ -187,8 +189,6 @@ def test_inconsistent_values_fail_rendering(helm, args, message):
 def test_schema_covers_every_key_of_values_yaml():
     """values.schema.json names every key of values.yaml (and values-gpu.yaml), so additionalProperties:false
     never rejects a documented value."""
-    import json
-
     schema = json.loads((CHART / "values.schema.json").read_text())
 
     def walk(value: Any, node: dict, path: str) -> None:
@@ -898,13 +898,54 @@ def test_chart_env_names_are_settings_the_services_read(helm, name):
                 assert env in ("PARROT_COORDINATOR", "PARROT_AUTH_TOKEN", "PARROT_LOG_LEVEL", "PARROT_LOG_FORMAT"), env
 
 
+# The settings a model service's API key comes through: judge.external.apiKeySecret, mounted as PARROT_API_KEY_FILE.
+KEY_SETTINGS = {"api-key-env", "api-key-file"}
+
+
+def camel(kebab: str) -> str:
+    first, *rest = kebab.split("-")
+    return first + "".join(w.title() for w in rest)
+
+
+def test_chart_model_settings_are_the_backends_settings():
+    """Serve settings are written once, in the backends' settings dataclasses (parrot.backends.flags makes the
+    `parrot serve` flags from them): the chart's parrot.modelSettings list is every setting of the backends the chart
+    offers (its schema's backend enum), less the API key's (KEY_SETTINGS), plus --backend and --max-new-tokens;
+    each is a value of every model service in values.yaml and values.schema.json, and a `parrot serve` option."""
+    from parrot.backends.flags import backend_flags
+
+    template = (CHART / "templates" / "_modelservice.tpl").read_text()
+    listed = re.search(r'define "parrot.modelSettings" -}}(.*?){{- end', template, re.S).group(1).split()
+    assert len(listed) == len(set(listed)), "a setting listed twice"
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    offered = set(schema["properties"]["asker"]["properties"]["backend"]["enum"])
+    flags = [f for f in backend_flags() if offered & set(f.paths)]
+    assert KEY_SETTINGS <= {f.name for f in flags}, "KEY_SETTINGS names a setting no offered backend has"
+    expected = {camel(f.name) for f in flags if f.name not in KEY_SETTINGS} | {"backend", "maxNewTokens"}
+    assert set(listed) == expected, f"missing from the chart: {expected - set(listed)}; unknown: {set(listed) - expected}"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    params = serve_params()
+    for key in listed:
+        assert params["PARROT_" + snake(key).upper()].opts[0] == "--" + snake(key).replace("_", "-"), key
+        for svc in ("asker", "responder", "judge"):
+            assert key in values[svc] and key in schema["properties"][svc]["properties"], f"{svc}.{key}"
+    types = {str: "string", int: "integer", float: "number"}
+    for f in flags:
+        if f.name not in KEY_SETTINGS:
+            declared = schema["properties"]["judge"]["properties"][camel(f.name)]["type"]
+            assert types[f.type] in ([declared] if isinstance(declared, str) else declared), f.name
+
+
 def test_model_service_values_map_to_env_and_flags(helm):
     """Every setting value of a model service (values.yaml, camelCase) reaches the container as PARROT_<SNAKE>,
     which is `parrot serve --<kebab>`; a value set with --set arrives unchanged."""
     params = serve_params()
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     custom = {"model": "/models/m", "backend": "openai", "dtype": "float32", "device": "cpu", "maxBatchSize": 7,
-              "prefixCacheMib": 64, "prefillChunkTokens": 128, "maxNewTokens": 99, "baseUrl": "http://llm:8000/v1"}
+              "prefixCacheMib": 64, "prefillChunkTokens": 128, "maxNewTokens": 99, "baseUrl": "http://llm:8000/v1",
+              "batchWaitMs": 2.5, "maxQueue": 11, "numThreads": 3, "timeoutS": 12.5, "maxRetries": 2, "backoffInitialS": 0.25,
+              "backoffMaxS": 4, "upstreamConcurrency": 5, "engineTokenizer": "/models/tok", "engineScoring": "parsed",
+              "engineWaitS": 30, "topLogprobs": 9}
     args = [a for k, v in custom.items() for a in ("--set", f"judge.{k}={v}")]
     judge_env = env_of(predictor_container(by_kind(render(helm, *args), "InferenceService")["parrot-judge"]))
     mapped = set()
@@ -926,8 +967,9 @@ def test_model_service_values_map_to_env_and_flags(helm):
 
 def test_env_values_and_precedence(helm):
     docs = render(helm, "--set", "env.PARROT_LOG_LEVEL=DEBUG", "--set", "responder.env.PARROT_LOG_LEVEL=WARNING",
-                  "--set", "coordinator.env.PARROT_LOG_FORMAT=text")
+                  "--set", "coordinator.env.PARROT_LOG_FORMAT=text", "--set", "judge.env.PARROT_MAX_RETRIES=6")
     isvcs = by_kind(docs, "InferenceService")
+    assert env_of(predictor_container(isvcs["parrot-judge"]))["PARROT_MAX_RETRIES"] == "6", "a setting the values leave null"
     assert env_of(predictor_container(isvcs["parrot-asker"]))["PARROT_LOG_LEVEL"] == "DEBUG"
     assert env_of(predictor_container(isvcs["parrot-responder"]))["PARROT_LOG_LEVEL"] == "WARNING"
     cenv = env_of(coordinator(docs)[1]["containers"][0])

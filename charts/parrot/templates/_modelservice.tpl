@@ -7,9 +7,12 @@ Settings are .Values.<name>; shared ones are at the top level of the values.
 Call with (dict "root" $ "name" "asker").
 */}}
 
-{{/* Settings passed to `parrot serve` as PARROT_<SETTING> (value key in camelCase = flag in kebab-case). */}}
+{{/* Settings passed to `parrot serve` as PARROT_<SETTING> (value key in camelCase = flag in kebab-case): every
+setting of the backends this chart offers (the backends' settings dataclasses, parrot/backends/flags.py), less the
+API key's file and env (judge.external.apiKeySecret), plus --backend and --max-new-tokens;
+tests/deploy/test_chart.py holds this list to those. Empty or null: not set, the backend's default. */}}
 {{- define "parrot.modelSettings" -}}
-model backend dtype device maxBatchSize prefixCacheMib prefillChunkTokens maxNewTokens baseUrl
+model backend dtype device maxBatchSize batchWaitMs maxQueue numThreads prefixCacheMib prefillChunkTokens maxNewTokens baseUrl timeoutS maxRetries backoffInitialS backoffMaxS upstreamConcurrency engineTokenizer engineScoring engineWaitS topLogprobs
 {{- end }}
 
 {{- define "parrot.modelService" -}}
@@ -78,13 +81,23 @@ model backend dtype device maxBatchSize prefixCacheMib prefillChunkTokens maxNew
 {{- $_ := set $settings "backend" "engine" }}
 {{- $_ := set $settings "baseUrl" (printf "http://127.0.0.1:%d/v1" (int $vllm.port)) }}
 {{- $_ := set $settings "model" $name }}
+{{- /* prompts are rendered with the served model's chat template (tokenizer downloaded to /tmp) */}}
+{{- $_ := set $settings "engineTokenizer" $vllm.model }}
+{{- /* wait for the vLLM sidecar to load its model before failing */}}
+{{- if kindIs "invalid" $svc.engineWaitS }}
+{{- $_ := set $settings "engineWaitS" 1800 }}
+{{- end }}
 {{- end }}
 {{- if and (ne $settings.backend "transformers") (not $settings.baseUrl) }}
 {{- fail (printf "%s.baseUrl is required for backend %s" $name $settings.backend) }}
 {{- end }}
-{{- $reserved := list "PARROT_GRPC_PORT" "PARROT_HTTP_PORT" "PARROT_AUTH_TOKEN_FILE" "PARROT_API_KEY_FILE" "STORAGE_URI" "PARROT_ENGINE_TOKENIZER" "PARROT_ENGINE_WAIT_S" "HF_HOME" }}
+{{- /* env may not repeat what the chart sets: a setting the values give, and these */}}
+{{- $reserved := list "PARROT_GRPC_PORT" "PARROT_HTTP_PORT" "PARROT_AUTH_TOKEN_FILE" "PARROT_API_KEY_FILE" "STORAGE_URI" "PARROT_ENGINE_TOKENIZER" "PARROT_ENGINE_WAIT_S" "PARROT_BASE_URL" "HF_HOME" }}
 {{- range $key := keys $settings }}
+{{- $value := index $settings $key }}
+{{- if or $value (kindIs "float64" $value) (kindIs "int64" $value) }}
 {{- $reserved = append $reserved (printf "PARROT_%s" ($key | snakecase | upper)) }}
+{{- end }}
 {{- end }}
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
@@ -173,12 +186,6 @@ spec:
             value: /var/run/secrets/parrot/api-key/key
           {{- end }}
           {{- if $vllm.enabled }}
-          # prompts are rendered with the served model's chat template (tokenizer downloaded to /tmp)
-          - name: PARROT_ENGINE_TOKENIZER
-            value: {{ $vllm.model | quote }}
-          # wait for the vLLM sidecar to load its model before failing
-          - name: PARROT_ENGINE_WAIT_S
-            value: "1800"
           - name: HF_HOME
             value: /tmp/hf
           {{- if $vllm.hfTokenSecret }}
