@@ -1,4 +1,8 @@
-"""CLI: `parrot bench extend|check|instructions|agreement|asker` (building and checking benchmarks, scoring askers)."""
+"""CLI: `parrot bench extend|check|instructions|agreement|asker` (building and checking benchmarks, scoring askers).
+
+`parrot bench` is about benchmark data and quality scorecards; the folder bench/ holds speed scripts (platform
+against peers), which this command does not run.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ import typer
 
 from parrot.cli._common import fail
 
-bench_app = typer.Typer(help="Benchmarks: extend sessions to N turns, check session files, list instruction checks, "
-                                 "score askers against people.",
+bench_app = typer.Typer(help="Benchmark data and quality scorecards: extend sessions to N turns, check session files, "
+                                 "list instruction checks, judge agreement, score askers against people. (Speed "
+                                 "measurements are the scripts in the repository's bench/ folder, not this command.)",
                         no_args_is_help=True)
 FORMAT = typer.Option("auto", "--format", help="Session file format: auto, mtbench, sessions, sharegpt, or a published "
                                                 "benchmark file: mt-eval, mtbench101, multi-if, lost-in-conversation, "
