@@ -8,6 +8,9 @@
 
 Every import statement counts, at module level or inside a function, so a lazy import cannot hide a
 climb back up.
+
+And the tests' own layout: one package per level (unit, service, process, deploy) beside the shared
+conftest.py and helpers/; a unit or service test imports nothing that starts a process.
 """
 
 from __future__ import annotations
@@ -199,3 +202,38 @@ def test_the_run_layout_is_written_once():
            if p.name != "layout.py" for i, line in enumerate(p.read_text().splitlines(), 1)
            if literal.search(line) and "relative path like" not in line and "URL_SCHEMES" not in line]
     assert not bad, f"run keys written by hand (use parrot.storage.layout): {bad}"
+
+
+
+LEVELS = ("unit", "service", "process", "deploy")
+# What a test imports to start a real process: the parrot entry point or a service process, Prometheus, a browser.
+STARTS_A_PROCESS = {"tests.conftest.PARROT", "tests.conftest.start_service", "tests.conftest.wait_serving",
+                    "tests.helpers.prometheus", "tests.helpers.browser", "subprocess.Popen"}
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every ``module.name`` a ``from module import name`` of ``path`` brings in, and every plain import."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return out
+
+
+def test_tests_are_grouped_by_level():
+    """tests/ holds the shared conftest.py, helpers/ and data, and one package per level; a unit or service
+    test imports nothing that starts a process (those sit in process/, however short the process)."""
+    tests = REPO / "tests"
+    assert sorted(p.name for p in tests.glob("test_*.py")) == [], "a test file outside the level folders"
+    found = {p.parent.name for p in tests.rglob("test_*.py")}
+    assert found == set(LEVELS), f"test files in {found - set(LEVELS)}"
+    for level in (*LEVELS, "helpers"):
+        assert (tests / level / "__init__.py").is_file(), f"tests/{level} is not a package"
+    for level in ("unit", "service"):
+        for path in sorted((tests / level).glob("test_*.py")):
+            started = sorted(imported_names(path) & STARTS_A_PROCESS)
+            assert not started, f"{path.relative_to(REPO)} imports {started}: it belongs in tests/process"
+    # the check sees what a process test imports
+    assert imported_names(tests / "process" / "test_up.py") & STARTS_A_PROCESS
