@@ -1,0 +1,52 @@
+"""The CaPO held-out report as a section of `parrot report` (parrot/reports/capo.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from parrot.errors import InvalidArgument
+from parrot.reports.capo import heldout_section, load_heldout
+from parrot.reports.render import to_markdown
+from parrot.reports.build import Report
+
+HELDOUT = {
+    "step": 60,
+    "before": {"all": {"pairs": 4, "accuracy": 0.5, "margin": 0.01},
+               "context_neglect": {"pairs": 2, "accuracy": 0.5, "margin": 0.02},
+               "context_hallucination": {"pairs": 2, "accuracy": 0.5, "margin": 0.0}},
+    "after": {"all": {"pairs": 4, "accuracy": 1.0, "margin": 0.4},
+              "context_neglect": {"pairs": 2, "accuracy": 1.0, "margin": 0.5},
+              "context_hallucination": {"pairs": 2, "accuracy": 1.0, "margin": 0.3}},
+    "context_probe": {"pairs": 3, "before": -0.25, "after": 0.75},
+}
+
+
+def test_section_rows_in_strategy_order_with_before_and_after(tmp_path):
+    path = tmp_path / "heldout_preferences.json"
+    path.write_text(json.dumps(HELDOUT))
+    section = heldout_section(load_heldout(path), source=str(path))
+    (table,) = section.tables
+    assert [r[0] for r in table.rows] == ["context_neglect", "context_hallucination", "all"]
+    assert table.rows[0] == ["context_neglect", "2", "0.500", "1.000", "0.020", "0.500"]
+    assert "-0.250 (reference) -> 0.750 (CaPO)" in section.text
+    md = to_markdown(Report("t", [section], {}))
+    assert "| context_neglect | 2 | 0.500 | 1.000 | 0.020 | 0.500 |" in md
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "does not exist"),
+    ("{not json", "is not a JSON file"),
+    ("[1, 2]", "holds a list"),
+    (json.dumps({"before": {}}), "before: is missing or empty"),
+    (json.dumps({"before": {"all": {"pairs": 1, "accuracy": "x", "margin": 0}}, "after": {"all": {}}}),
+     "before.all: must hold numbers"),
+])
+def test_bad_files_name_the_file_and_the_problem(tmp_path, content, expected):
+    path = tmp_path / "h.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(InvalidArgument) as e:
+        load_heldout(path)
+    assert str(path) in str(e.value) and expected in str(e.value)
