@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from parrot.asking.rerank import RerankSettings
 from parrot.conversation import InputLimits
 from parrot.errors import ConfigError
 from parrot.metrics import MODEL_READY
@@ -30,6 +31,7 @@ class ServeConfig(ServerSettings):
     backend_config: Any = field(default=None, metadata={"help": "The backend's config dataclass (None = defaults)."})
     limits: InputLimits = field(default_factory=InputLimits)
     judge_prompts_file: str | None = field(default=None, metadata={"help": "Extra judge prompts (ours or FastChat's format)."})
+    asker_rerank: RerankSettings = field(default_factory=RerankSettings, metadata={"help": "The asker's reranking."})
 
 
 class ModelServiceProcess(ServerProcess):
