@@ -107,6 +107,11 @@ class Scorecard:
         return {"contexts": self.contexts, "sessions": self.sessions, "columns": list(self.columns),
                 "rows": {k: {c: e.as_dict() for c, e in row.items()} for k, row in self.rows.items()}}
 
+    def caption(self, data: str, holdout: float = 0.0) -> str:
+        """The line above the table: what it was measured on."""
+        return (f"{self.contexts} contexts from {self.sessions} sessions of {data}"
+                + (f" (held-out {holdout})" if holdout else "") + "; 95% intervals resample sessions")
+
     def table(self) -> tuple[list[str], list[list[str]]]:
         """(header, rows) of cell texts: what `parrot bench asker` prints and `parrot report` shows."""
         rows = [[ROWS[key], *(row[c].cell() if c in row else "-" for c in self.columns)] for key, row in self.rows.items()]
@@ -143,7 +148,10 @@ class Scorecard:
                                              int(e["n"]))
                 except (TypeError, KeyError, ValueError) as err:
                     raise ValueError(f"row {key!r}, column {col!r}: expected value, low, high, n ({err!r})") from None
-        return cls(int(data["contexts"]), int(data["sessions"]), columns, out)
+        try:
+            return cls(int(data["contexts"]), int(data["sessions"]), columns, out)
+        except (TypeError, ValueError):
+            raise ValueError("fields 'contexts' and 'sessions' must be counts") from None
 
 
 # ----------------------------------------------------------------------------- per-follow-up measures

@@ -159,8 +159,7 @@ def asker_cmd(
                 scored[s.name] = followup_nll(s.model, [c.example if c.human is not None else None
                                                          for c in contexts], max_length)
     card = score(contexts, followups, scored, n_resamples=resamples, seed=seed)
-    typer.echo(f"{len(contexts)} contexts from {card.sessions} sessions of {data}"
-               + (f" (held-out {holdout})" if holdout else "") + "; 95% intervals resample sessions\n")
+    typer.echo(card.caption(data, holdout) + "\n")
     typer.echo(card.markdown())
     if as_json:
         report = {"data": data, "holdout": holdout, "seed": seed, **card.as_dict(),
