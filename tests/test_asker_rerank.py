@@ -10,6 +10,7 @@ from parrot.backends import create_backend
 from parrot.conversation import Conversation, GenerationParams, Message, Role
 from parrot.errors import ConfigError
 from services.asker.service import ASKER_SAMPLES, AskerConfig, AskerService, best_index, candidate_score
+from tests.conftest import requires_model
 from tests.fakes import ScriptedBackend
 
 U, A = Role.USER, Role.ASSISTANT
@@ -112,3 +113,15 @@ def test_serve_flags_build_the_rerank_settings_and_refuse_bad_ones():
     assert settings_from_flags("asker", RerankSettings, values, ASKER_FLAGS) == RerankSettings(samples=4, repeat_penalty=3.0)
     result = CliRunner().invoke(app, ["serve", "asker", "--backend", "echo", "--rerank-samples", "99"])
     assert result.exit_code != 0 and "--rerank-samples is 99" in result.output
+
+
+@requires_model
+async def test_reranks_with_the_bundled_model():
+    backend = create_backend("transformers", model="smollm2", dtype="float32")
+    await backend.load()
+    try:
+        asker = AskerService(backend, AskerConfig(format="prompted", max_attempts=2, rerank=RerankSettings(samples=3)))
+        (q,) = await asker.ask(Conversation(messages=list(HISTORY)), GenerationParams(max_tokens=24, temperature=0.0, seed=1))
+        assert q.text and q.attempts >= 3
+    finally:
+        await backend.close()
