@@ -91,7 +91,9 @@ class ModelServiceProcess(ServerProcess):
         loading_name = self.backend.model_name
         for name in self.config.services:
             MODEL_READY.labels(loading_name, name).set(0)
-        self.backend.needs_scoring = "judge" in self.config.services
+        # a judge scores its ratings; a reranking asker scores its samples: an engine must give log-probabilities
+        self.backend.needs_scoring = "judge" in self.config.services or (
+            "asker" in self.config.services and self.config.asker_rerank.enabled)
         await self.backend.load()
         for m in self.kserve_models:
             m.ready = True
