@@ -27,8 +27,8 @@ class RerankSettings:
     samples: int = field(default=0, metadata={
         "flag": "rerank-samples",
         "help": "Samples drawn per question, the best kept (own mean token log-likelihood + context-dependence "
-                "bonus - repeat penalty); 0 or 1 = off. Needs a backend that scores (transformers, engine with "
-                "logprobs, echo)."})
+                "bonus - repeat penalty); 0 or 1 = off. Needs a backend that scores (transformers, echo, "
+                "engine with --engine-tokenizer)."})
     context_bonus: float = field(default=0.5, metadata={
         "flag": "rerank-context-bonus",
         "help": "Added to a reranked candidate's score when the detector marks it context-dependent."})

@@ -114,7 +114,8 @@ class Scorecard:
 
     def table(self) -> tuple[list[str], list[list[str]]]:
         """(header, rows) of cell texts: what `parrot bench asker` prints and `parrot report` shows."""
-        rows = [[ROWS[key], *(row[c].cell() if c in row else "-" for c in self.columns)] for key, row in self.rows.items()]
+        rows = [[ROWS[key], *(row[c].cell() if c in row else "-" for c in self.columns)]
+                for key, row in self.rows.items()]
         return ["row", *self.columns], rows
 
     def markdown(self) -> str:

@@ -27,7 +27,8 @@ MAX_RUNS = 16
 IMAGE = "per_turn.png"
 _render_lock = threading.Lock()  # one figure at a time: matplotlib is not documented as thread-safe
 
-__all__ = ["MAX_RUNS", "AskerCard", "RunData", "create_report", "load_asker_card", "create_report_rpc", "load_run", "load_run_folder", "render_report",
+__all__ = ["MAX_RUNS", "AskerCard", "RunData", "create_report", "create_report_rpc", "load_asker_card", "load_run",
+           "load_run_folder", "render_report",
            "report_id_for", "run_from_files"]
 
 

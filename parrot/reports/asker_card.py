@@ -22,8 +22,8 @@ class AskerCard:
 
     def section(self) -> Section:
         header, rows = self.card.table()
-        return Section(f"Asker scorecard: {self.name}", self.card.caption(self.data, self.holdout) + " (`parrot bench asker`).",
-                       [Table(header, rows)])
+        caption = self.card.caption(self.data, self.holdout) + " (`parrot bench asker`)."
+        return Section(f"Asker scorecard: {self.name}", caption, [Table(header, rows)])
 
     def as_dict(self) -> dict[str, Any]:
         return {"file": self.name, "data": self.data, "holdout": self.holdout, **self.card.as_dict()}

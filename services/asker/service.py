@@ -156,7 +156,7 @@ class AskerService(asker_pb2_grpc.AskerServicer):
         self.format: AskerFormat = resolve_format(self.config.format, self.config.model_dir)
         if self.config.rerank.enabled and not backend.supports_scoring:
             raise ConfigError(f"asker --rerank-samples {self.config.rerank.samples} needs a backend that scores "
-                              f"continuations (transformers, engine with logprobs, echo); {backend.name} cannot")
+                              f"continuations (transformers, echo, engine with --engine-tokenizer); {backend.name} cannot")
         logger.info("asker uses the %s prompt format with model %s", self.format, backend.model_name)
 
     # ------------------------------------------------------------------ plain API
