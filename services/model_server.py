@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from parrot.asking.rerank import RerankSettings
 from parrot.conversation import InputLimits
 from parrot.errors import ConfigError
 from parrot.metrics import MODEL_READY
@@ -30,6 +31,7 @@ class ServeConfig(ServerSettings):
     backend_config: Any = field(default=None, metadata={"help": "The backend's config dataclass (None = defaults)."})
     limits: InputLimits = field(default_factory=InputLimits)
     judge_prompts_file: str | None = field(default=None, metadata={"help": "Extra judge prompts (ours or FastChat's format)."})
+    asker_rerank: RerankSettings = field(default_factory=RerankSettings, metadata={"help": "The asker's reranking."})
 
 
 class ModelServiceProcess(ServerProcess):
@@ -89,7 +91,9 @@ class ModelServiceProcess(ServerProcess):
         loading_name = self.backend.model_name
         for name in self.config.services:
             MODEL_READY.labels(loading_name, name).set(0)
-        self.backend.needs_scoring = "judge" in self.config.services
+        # a judge scores its ratings; a reranking asker scores its samples: an engine must give log-probabilities
+        self.backend.needs_scoring = "judge" in self.config.services or (
+            "asker" in self.config.services and self.config.asker_rerank.enabled)
         await self.backend.load()
         for m in self.kserve_models:
             m.ready = True

@@ -28,7 +28,7 @@ def _asker(backend: Backend, config: Any) -> Any:
     model_dir = None if model in (None, "", BUNDLED_NAME) else model
     if model_dir and is_model_url(model_dir):
         model_dir = str(resolve_model(model_dir))
-    return AskerService(backend, AskerConfig(limits=config.limits, model_dir=model_dir))
+    return AskerService(backend, AskerConfig(limits=config.limits, model_dir=model_dir, rerank=config.asker_rerank))
 
 
 def _responder(backend: Backend, config: Any) -> Any:

@@ -16,6 +16,7 @@ from parrot.analysis.filters import (
     FollowUpFilter,
     near_duplicate,
     normalize,
+    repeats_any,
 )
 from parrot.analysis.stats import (
     STATS_ROWS,
@@ -51,6 +52,7 @@ __all__ = [
     "near_duplicate",
     "normalize",
     "pairwise_agreement",
+    "repeats_any",
     "score_summary",
     "spearman",
     "user_turns",

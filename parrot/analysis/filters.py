@@ -57,6 +57,12 @@ def near_duplicate(a: str, b: str, threshold: float = 0.8) -> bool:
     return _similar(shingles(a), shingles(b), threshold)
 
 
+def repeats_any(text: str, earlier: Sequence[str]) -> bool:
+    """Whether ``text`` equals (normalized) or nearly equals (``near_duplicate``) one of ``earlier``."""
+    norm = normalize(text)
+    return any(norm == normalize(u) or near_duplicate(text, u) for u in earlier)
+
+
 def _similar(sa: frozenset[str], sb: frozenset[str], threshold: float) -> bool:
     small, large = sorted((len(sa), len(sb)))
     if large and small / large < threshold:  # Jaccard <= |small| / |large|

@@ -35,7 +35,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from parrot.analysis import ANAPHORA, ELLIPSIS, distinct_n, is_context_dependent, near_duplicate, normalize
+from parrot.analysis import ANAPHORA, ELLIPSIS, distinct_n, is_context_dependent, normalize, repeats_any
 from parrot.conversation import Message, Role
 
 PEOPLE = "people"
@@ -107,12 +107,52 @@ class Scorecard:
         return {"contexts": self.contexts, "sessions": self.sessions, "columns": list(self.columns),
                 "rows": {k: {c: e.as_dict() for c, e in row.items()} for k, row in self.rows.items()}}
 
+    def caption(self, data: str, holdout: float = 0.0) -> str:
+        """The line above the table: what it was measured on."""
+        return (f"{self.contexts} contexts from {self.sessions} sessions of {data}"
+                + (f" (held-out {holdout})" if holdout else "") + "; 95% intervals resample sessions")
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """(header, rows) of cell texts: what `parrot bench asker` prints and `parrot report` shows."""
+        rows = [[ROWS[key], *(row[c].cell() if c in row else "-" for c in self.columns)]
+                for key, row in self.rows.items()]
+        return ["row", *self.columns], rows
+
     def markdown(self) -> str:
-        lines = ["| row | " + " | ".join(self.columns) + " |", "|---|" + "---:|" * len(self.columns)]
-        for key, row in self.rows.items():
-            cells = [row[c].cell() if c in row else "-" for c in self.columns]
-            lines.append(f"| {ROWS[key]} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        header, rows = self.table()
+        lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(self.columns)]
+        return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+    @classmethod
+    def from_dict(cls, data: object) -> "Scorecard":
+        """Reads ``as_dict`` back (the JSON `parrot bench asker --json` writes); ValueError says what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        for key in ("contexts", "sessions", "columns", "rows"):
+            if key not in data:
+                raise ValueError(f"has no {key!r} field (not a `parrot bench asker --json` scorecard)")
+        columns, rows = data["columns"], data["rows"]
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise ValueError("field 'columns' must be a list of names")
+        if not isinstance(rows, dict):
+            raise ValueError("field 'rows' must be an object")
+        out: dict[str, dict[str, Estimate]] = {}
+        for key, row in rows.items():
+            if key not in ROWS:
+                raise ValueError(f"field 'rows' has an unknown row {key!r}; known: {', '.join(ROWS)}")
+            if not isinstance(row, dict):
+                raise ValueError(f"row {key!r} must be an object of columns")
+            out[key] = {}
+            for col, e in row.items():
+                try:
+                    out[key][col] = Estimate(*(None if e[k] is None else float(e[k]) for k in ("value", "low", "high")),
+                                             int(e["n"]))
+                except (TypeError, KeyError, ValueError) as err:
+                    raise ValueError(f"row {key!r}, column {col!r}: expected value, low, high, n ({err!r})") from None
+        try:
+            return cls(int(data["contexts"]), int(data["sessions"]), columns, out)
+        except (TypeError, ValueError):
+            raise ValueError("fields 'contexts' and 'sessions' must be counts") from None
 
 
 # ----------------------------------------------------------------------------- per-follow-up measures
@@ -120,8 +160,7 @@ class Scorecard:
 
 def repeats_earlier_user_turn(text: str, context: Context) -> bool:
     """Whether the follow-up equals (normalized) or nearly equals an earlier user turn of the context."""
-    norm = normalize(text)
-    return any(norm == normalize(u) or near_duplicate(text, u) for u in context.user_turns)
+    return repeats_any(text, context.user_turns)
 
 
 def first_word(text: str) -> str:

@@ -5,7 +5,8 @@ Each field of a backend's config (and of a nested settings dataclass such as lla
 metadata gives (``metadata={"flag": "engine-parallel"}``: kept names users already type). Backends
 that share a flag share one option (``--model``, ``--base-url``, ``--timeout-s``); an unset flag leaves
 each backend its own default. So a setting is written once, in its dataclass, and `parrot serve`
-offers every one of them.
+offers every one of them. A service's own settings that are flags (the asker's ``RerankSettings``)
+go through the same machinery (``settings_flags``, ``settings_from_flags``), named by the service.
 """
 
 from __future__ import annotations
@@ -76,6 +77,17 @@ def backend_flags() -> list[BackendFlag]:
                 raise TypeError(f"--{name}: {backend} says {tp.__name__}, another backend {flag.type.__name__}")
             flag.helps[backend], flag.paths[backend], flag.defaults[backend] = help_text, path, default
     return list(flags.values())
+
+
+def settings_flags(owner: str, cls: type) -> list[BackendFlag]:
+    """A service's settings dataclass as flags, built like the backends' (``owner`` names it in the help)."""
+    return [BackendFlag(name, tp, {owner: text}, {owner: path}, {owner: default})
+            for name, path, tp, default, text in _walk(cls)]
+
+
+def settings_from_flags(owner: str, cls: type, values: dict[str, Any], flags: list[BackendFlag]) -> Any:
+    """``cls`` from the values of ``settings_flags(owner, cls)`` (by ``BackendFlag.dest``; None = not set)."""
+    return _build(cls, {f.paths[owner]: values[f.dest] for f in flags if values.get(f.dest) is not None})
 
 
 def backend_config(backend: str, values: dict[str, Any],

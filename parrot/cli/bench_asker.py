@@ -18,6 +18,7 @@ import typer
 from parrot.cli._common import fail
 
 ADDRESS = re.compile(r"^(?:\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
+RERANK = re.compile(r"^(?P<value>.+)@rerank=(?P<samples>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -25,27 +26,39 @@ class AskerSpec:
     name: str
     address: str = ""  # host:port of a running asker
     model: str = ""  # or a model to serve on loopback for the run (smollm2, checkpoint folder, URL)
+    rerank: int = 0  # the served model's `parrot serve asker --rerank-samples` (0 = off)
 
 
 def parse_asker(spec: str) -> AskerSpec:
-    """NAME=ADDRESS (host:port, not an existing path) or NAME=MODEL."""
+    """NAME=ADDRESS (host:port, not an existing path), NAME=MODEL or NAME=MODEL@rerank=N."""
     name, eq, value = spec.partition("=")
     if not eq or not name.strip() or not value.strip():
-        fail(f"--asker {spec!r}: expected NAME=ADDRESS (host:port of a running asker) or NAME=MODEL "
-             "(smollm2, a checkpoint folder or URL)")
+        fail(f"--asker {spec!r}: expected NAME=ADDRESS (host:port of a running asker), NAME=MODEL "
+             "(smollm2, a checkpoint folder or URL) or NAME=MODEL@rerank=N")
+    rerank = RERANK.match(value)
+    samples = int(rerank["samples"]) if rerank else 0
+    value = rerank["value"] if rerank else value
     if ADDRESS.match(value) and not Path(value).exists():
+        if rerank:
+            fail(f"--asker {spec!r}: @rerank=N applies to a MODEL the command serves; start the asker at "
+                 f"{value} with `parrot serve asker --rerank-samples N` instead")
         return AskerSpec(name, address=value)
-    return AskerSpec(name, model=value)
+    if rerank and not 2 <= samples <= 16:
+        fail(f"--asker {spec!r}: @rerank={samples}; allowed 2..16 samples per question")
+    return AskerSpec(name, model=value, rerank=samples)
 
 
-def start_asker(model: str, backend: str, timeout_s: float) -> tuple[subprocess.Popen, str, Path]:
-    """`parrot serve asker --model MODEL` as a child on free loopback ports; (process, target, log) once SERVING."""
+def start_asker(model: str, backend: str, timeout_s: float, rerank: int = 0) -> tuple[subprocess.Popen, str, Path]:
+    """`parrot serve asker --model MODEL` (``rerank``: ``--rerank-samples``) as a child on free loopback ports;
+    (process, target, log) once SERVING."""
     from parrot.client import free_port, wait_until_serving
 
     port, http = free_port(), free_port()
     log = Path(tempfile.mkstemp(prefix="parrot-bench-asker-", suffix=".log")[1])
     cmd = [sys.executable, "-c", "from parrot.cli import main; main()", "serve", "asker", "--backend", backend,
            "--model", model, "--host", "127.0.0.1", "--grpc-port", str(port), "--http-port", str(http)]
+    if rerank:
+        cmd += ["--rerank-samples", str(rerank)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=dict(os.environ, PARROT_LOG_LEVEL=os.environ.get("PARROT_LOG_LEVEL", "WARNING")))
@@ -72,9 +85,10 @@ def stop_asker(proc: subprocess.Popen) -> None:
 
 def asker_cmd(
     data: str = typer.Argument(..., help="ShareGPT file (JSON or JSONL) or asker-examples JSONL (`parrot data asker`)."),
-    askers: list[str] = typer.Option(..., "--asker", metavar="NAME=ADDRESS|MODEL",
+    askers: list[str] = typer.Option(..., "--asker", metavar="NAME=ADDRESS|MODEL[@rerank=N]",
                                      help="An asker to score (repeat): NAME=host:port of a running asker, or "
-                                          "NAME=MODEL (smollm2, checkpoint folder or URL), served on loopback for the run."),
+                                          "NAME=MODEL (smollm2, checkpoint folder or URL), served on loopback for the run; "
+                                          "MODEL@rerank=N serves it with `--rerank-samples N` (best of N samples)."),
     holdout: float = typer.Option(0.0, help="Use only the held-out sessions of this fraction (the split of "
                                            "`parrot data asker --holdout`); 0 = every context of the file."),
     limit: int = typer.Option(40, help="Contexts to use, spread over as many sessions as possible (0 = all)."),
@@ -122,8 +136,9 @@ def asker_cmd(
         proc = None
         target = s.address
         if s.model:
-            typer.echo(f"[bench asker] {s.name}: serving {s.model} ({backend}) on loopback", err=True)
-            proc, target, log = start_asker(s.model, backend, start_timeout_s)
+            rerank = f", reranking {s.rerank} samples" if s.rerank else ""
+            typer.echo(f"[bench asker] {s.name}: serving {s.model} ({backend}{rerank}) on loopback", err=True)
+            proc, target, log = start_asker(s.model, backend, start_timeout_s, s.rerank)
         try:
             followups[s.name] = asyncio.run(ask_followups(
                 target, contexts, max_tokens=max_tokens, temperature=temperature, seed=seed,
@@ -144,12 +159,11 @@ def asker_cmd(
                 scored[s.name] = followup_nll(s.model, [c.example if c.human is not None else None
                                                          for c in contexts], max_length)
     card = score(contexts, followups, scored, n_resamples=resamples, seed=seed)
-    typer.echo(f"{len(contexts)} contexts from {card.sessions} sessions of {data}"
-               + (f" (held-out {holdout})" if holdout else "") + "; 95% intervals resample sessions\n")
+    typer.echo(card.caption(data, holdout) + "\n")
     typer.echo(card.markdown())
     if as_json:
         report = {"data": data, "holdout": holdout, "seed": seed, **card.as_dict(),
-                  "askers": {s.name: {"address": s.address, "model": s.model} for s in specs},
+                  "askers": {s.name: {"address": s.address, "model": s.model, "rerank": s.rerank} for s in specs},
                   "followups": [{"id": c.id, "session": c.session, "people": c.human,
                                  **{n: {"text": fs[i].text, "ended": fs[i].ended, "error": fs[i].error}
                                     for n, fs in followups.items()}} for i, c in enumerate(contexts)]}

@@ -39,11 +39,19 @@ def register(app: typer.Typer) -> None:
         title: str = typer.Option("", help="Report title."),
         store: Optional[str] = typer.Option(None, help="Read the runs from this object store directly (file:///dir or "
                                                        "s3://bucket/prefix) instead of asking the coordinator."),
+        asker_cards: list[str] = typer.Option([], "--asker-card", help="Also show this asker scorecard (the JSON of "
+                                                                       "`parrot bench asker --json`; repeat for more): "
+                                                                       "with local folders or --store."),
         coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV,
     ) -> None:
         """Compare evaluation runs: Markdown + self-contained HTML + per-turn PNG, stored with each run."""
         from parrot.errors import ParrotError
-        from parrot.reports import create_report, load_run_folder, render_report, report_id_for
+        from parrot.reports import create_report, load_asker_card, load_run_folder, render_report, report_id_for
+
+        try:
+            cards = [load_asker_card(c) for c in asker_cards]
+        except ParrotError as e:
+            fail(str(e))
 
         local = [Path(r).is_dir() for r in runs]
         if any(local) and not all(local):
@@ -51,7 +59,7 @@ def register(app: typer.Typer) -> None:
         if all(local):
             try:
                 loaded = [load_run_folder(r) for r in runs]
-                files = render_report(loaded, title)
+                files = render_report(loaded, title, cards)
             except ParrotError as e:
                 fail(str(e))
             rid = report_id_for([r.run_id for r in loaded])
@@ -66,7 +74,7 @@ def register(app: typer.Typer) -> None:
             async def direct() -> tuple[str, dict[str, bytes], list[str], Any]:
                 s = open_store(store)
                 try:
-                    rid, files, folders = await create_report(s, runs, title)
+                    rid, files, folders = await create_report(s, runs, title, cards)
                     return rid, files, folders, [s.url(f) for f in folders]
                 finally:
                     await s.close()
@@ -77,6 +85,8 @@ def register(app: typer.Typer) -> None:
             except ParrotError as e:
                 fail(str(e))
         else:
+            if cards:
+                fail("--asker-card needs local run folders or --store (the coordinator renders its reports itself)")
             from parrot.v1 import report_pb2
 
             async def fn(stub: Any, md: Any) -> Any:

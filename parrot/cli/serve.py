@@ -143,6 +143,16 @@ def serve_cmd(
             require_server()  # fail before binding ports: the binary is missing or misnamed
         except ConfigError as e:
             fail(str(e))
+    from parrot.asking.rerank import RerankSettings
+    from parrot.backends.flags import settings_from_flags
+
+    asker_settings = {f.dest: backend_settings.pop(f.dest, None) for f in ASKER_FLAGS}
+    try:
+        rerank = settings_from_flags("asker", RerankSettings, asker_settings, ASKER_FLAGS)
+    except ConfigError as e:
+        fail(str(e))
+    if service not in (ServiceName.asker, ServiceName.all) and any(v is not None for v in asker_settings.values()):
+        typer.secho(f"[serve] {service.value} ignores the asker's --rerank-* settings", err=True)
     try:
         backend_config, ignored = build_backend_config(backend, backend_settings, SERVE_FLAGS)
     except ConfigError as e:
@@ -157,6 +167,7 @@ def serve_cmd(
             limits=InputLimits(max_new_tokens=max_new_tokens, max_input_chars=max_input_chars, max_messages=max_messages),
             judge_prompts_file=judge_prompts, tls_cert_file=tls_cert, tls_key_file=tls_key,
             tls_client_ca_file=tls_client_ca, max_message_bytes=max_message_bytes or 16 * 1024 * 1024,
+            asker_rerank=rerank,
         )
         rc = serve(config)
     except ConfigError as e:
@@ -165,24 +176,25 @@ def serve_cmd(
 
 
 
-def _with_backend_flags(command: Any) -> list[Any]:
-    """Every backend setting as a flag of `parrot serve`, generated from the backends' config
-    dataclasses (parrot.backends.flags): written once, in the dataclass."""
+def _with_backend_flags(command: Any) -> tuple[list[Any], list[Any]]:
+    """Every backend setting, and the asker's rerank settings, as flags of `parrot serve`, generated
+    from their config dataclasses (parrot.backends.flags): written once, in the dataclass."""
     import inspect
 
-    from parrot.backends.flags import backend_flags
+    from parrot.asking.rerank import RerankSettings
+    from parrot.backends.flags import backend_flags, settings_flags
 
-    flags = backend_flags()
+    flags, asker = backend_flags(), settings_flags("asker", RerankSettings)
     params = [p for p in inspect.signature(command).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    for flag in flags:
+    for flag in flags + asker:
         params.append(inspect.Parameter(flag.dest, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[flag.type],
                                         default=typer.Option(None, f"--{flag.name}", envvar=flag.env, help=flag.help(),
                                                              show_default=False)))
     command.__signature__ = inspect.Signature(params)
-    return flags
+    return flags, asker
 
 
-SERVE_FLAGS = _with_backend_flags(serve_cmd)
+SERVE_FLAGS, ASKER_FLAGS = _with_backend_flags(serve_cmd)
 
 
 def default_store_url() -> str:

@@ -3,7 +3,8 @@
 ``create_report(store, run_ids)`` reads the runs from the object store, renders the report and
 stores it with every run (``runs/<id>/reports/<report_id>/``); the coordinator's CreateReport
 RPC and ``parrot report`` call it. ``render_report(runs)`` does the rendering alone (for runs
-read from local folders).
+read from local folders). Asker scorecards (``load_asker_card``: `parrot bench asker --json`
+files, `parrot report --asker-card`) add a section each, the bench's own table.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 from typing import Any, Sequence
 
 from parrot.errors import InvalidArgument
+from parrot.reports.asker_card import AskerCard, load_asker_card
 from parrot.reports.build import build_report
 from parrot.reports.data import RunData, load_run, load_run_folder, run_from_files
 from parrot.reports.render import to_html, to_markdown
@@ -25,15 +27,20 @@ MAX_RUNS = 16
 IMAGE = "per_turn.png"
 _render_lock = threading.Lock()  # one figure at a time: matplotlib is not documented as thread-safe
 
-__all__ = ["MAX_RUNS", "RunData", "create_report", "create_report_rpc", "load_run", "load_run_folder", "render_report",
+__all__ = ["MAX_RUNS", "AskerCard", "RunData", "create_report", "create_report_rpc", "load_asker_card", "load_run",
+           "load_run_folder", "render_report",
            "report_id_for", "run_from_files"]
 
 
-def render_report(runs: Sequence[RunData], title: str = "") -> dict[str, bytes]:
-    """report.md, report.html, per_turn.png and report.json for the runs (the first is the reference)."""
+def render_report(runs: Sequence[RunData], title: str = "", cards: Sequence[AskerCard] = ()) -> dict[str, bytes]:
+    """report.md, report.html, per_turn.png and report.json for the runs (the first is the reference),
+    with a section per asker scorecard in ``cards``."""
     from parrot.reports.plot import figure_png, per_turn_figure  # lazy: matplotlib
 
     report = build_report(runs, title, IMAGE)
+    report.sections += [c.section() for c in cards]
+    if cards:
+        report.data["asker_cards"] = [c.as_dict() for c in cards]
     turns = len(report.data["turns"])
     with _render_lock:
         png = figure_png(per_turn_figure(runs, report.title), turns, report.title)
@@ -46,8 +53,9 @@ def report_id_for(run_ids: Sequence[str]) -> str:
     return "report-" + hashlib.sha256("\n".join(run_ids).encode()).hexdigest()[:12]
 
 
-async def create_report(store: Any, run_ids: Sequence[str], title: str = "") -> tuple[str, dict[str, bytes], list[str]]:
-    """(report id, files, store folders written) for finished evaluation runs in ``store``."""
+async def create_report(store: Any, run_ids: Sequence[str], title: str = "",
+                        cards: Sequence[AskerCard] = ()) -> tuple[str, dict[str, bytes], list[str]]:
+    """(report id, files, store folders written) for finished evaluation runs in ``store`` (and ``cards``)."""
 
     if not run_ids:
         raise InvalidArgument("run_ids", "give at least one run id")
@@ -56,7 +64,7 @@ async def create_report(store: Any, run_ids: Sequence[str], title: str = "") -> 
     if len(set(run_ids)) != len(run_ids):
         raise InvalidArgument("run_ids", "a run is listed twice")
     runs = [await load_run(store, r) for r in run_ids]
-    files = await asyncio.to_thread(render_report, runs, title)  # keeps the coordinator's event loop free
+    files = await asyncio.to_thread(render_report, runs, title, cards)  # keeps the coordinator's event loop free
     rid = report_id_for(run_ids)
     folders = []
     types = {"report.md": "text/markdown", "report.html": "text/html", IMAGE: "image/png", "report.json": "application/json"}

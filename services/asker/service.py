@@ -15,6 +15,16 @@ ends the conversation when the caller allows it (``allow_end``; ``ask_or_end``):
 candidate's accepted sample is the marker, the result is ``ended`` with no questions (other
 candidates that ended are dropped). Without ``allow_end`` such a sample is rejected
 (``end_of_conversation``) and re-drawn.
+
+Reranking (``rerank.samples`` > 1, `parrot serve asker --rerank-samples N`): each round draws N
+samples per pending candidate (all in the round's one ``generate`` call); the first of them is the
+sample the service draws without reranking (the first candidate's first one keeps the request's
+parameters, so a greedy request keeps its greedy sample among the N), the others sample at
+``max(temperature, retry_temperature)`` with their own seeds. Only the first sample of a candidate
+may end the conversation, so reranking never changes whether the asker ends. Of the acceptable
+samples, the one with the best ``candidate_score`` (own mean token
+log-likelihood, context-dependence bonus, repeat penalty) is the candidate; the others are counted
+as ``outranked`` in ``parrot_asker_samples_total``. A backend that cannot score fails at start.
 """
 
 from __future__ import annotations
@@ -23,11 +33,13 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from prometheus_client import Counter
 
-from parrot.backends.base import Backend, GenerationRequest, GenerationResult
+from parrot.analysis import is_context_dependent, repeats_any
+from parrot.asking.rerank import RerankSettings
+from parrot.backends.base import Backend, GenerationRequest, GenerationResult, gather_all_or_cancel
 from parrot.conversation import MAX_SEED, Conversation, GenerationParams, InputLimits, Role, validate_messages
 from parrot.errors import ConfigError, InvalidArgument, Unavailable
 from parrot.metrics import STAGE_LATENCY, child
@@ -50,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 ASKER_SAMPLES = Counter(
     "parrot_asker_samples_total",
-    "Asker samples drawn, by model and outcome (accepted, or the rejection reason).",
+    "Asker samples drawn, by model and outcome (accepted, outranked by a reranked sample, or the rejection reason).",
     ["model", "outcome"],
 )
 
@@ -82,6 +94,7 @@ class AskerConfig:
     max_attempts: int = field(default=4, metadata={"help": "Samples drawn per candidate before giving up."})
     max_candidates: int = field(default=8, metadata={"help": "Largest num_candidates a request may ask for."})
     limits: InputLimits = field(default_factory=InputLimits, metadata={"help": "Request size limits."})
+    rerank: RerankSettings = field(default_factory=RerankSettings, metadata={"help": "Reranking of samples."})
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -141,6 +154,9 @@ class AskerService(asker_pb2_grpc.AskerServicer):
         self.backend = backend
         self.config = config or AskerConfig()
         self.format: AskerFormat = resolve_format(self.config.format, self.config.model_dir)
+        if self.config.rerank.enabled and not backend.supports_scoring:
+            raise ConfigError(f"asker --rerank-samples {self.config.rerank.samples} needs a backend that scores "
+                              f"continuations (transformers, echo, engine with --engine-tokenizer); {backend.name} cannot")
         logger.info("asker uses the %s prompt format with model %s", self.format, backend.model_name)
 
     # ------------------------------------------------------------------ plain API
@@ -184,17 +200,30 @@ class AskerService(asker_pb2_grpc.AskerServicer):
         slots = [_Slot(i) for i in range(n)]
         accepted_norms: set[str] = set()
         started = time.perf_counter()
+        k = self.config.rerank.samples if self.config.rerank.enabled else 1
         for attempt in range(self.config.max_attempts):
             pending = [s for s in slots if s.accepted is None and not s.ended]
             if not pending:
                 break
             requests = [
-                GenerationRequest(prompt.messages, self._sample_params(params, s.index, attempt), prompt.prefill)
-                for s in pending
+                GenerationRequest(prompt.messages, self._sample_params(params, s.index, attempt, j), prompt.prefill)
+                for s in pending for j in range(k)
             ]
             results = await self.backend.generate(requests)
-            for slot, result in zip(pending, results):
-                self._take(slot, result, conversation, accepted_norms, allow_end)
+            if k == 1:
+                for slot, result in zip(pending, results):
+                    self._take(slot, result, conversation, accepted_norms, allow_end)
+                continue
+            picks = await gather_all_or_cancel([
+                self._rerank(slot, results[i * k:(i + 1) * k], prompt, conversation, accepted_norms, allow_end)
+                for i, slot in enumerate(pending)
+            ])
+            for slot, pick in zip(pending, picks):  # in candidate order, so duplicates across candidates are caught
+                if pick is not None and normalize(pick[0]) not in accepted_norms:
+                    self._accept(slot, *pick, accepted_norms)
+                elif pick is not None:
+                    slot.last_reason = "duplicate"
+                    child(ASKER_SAMPLES, self.backend.model_name, "duplicate").inc()
         child(STAGE_LATENCY, self.backend.model_name, "ask").observe(time.perf_counter() - started)
         if slots[0].ended:
             return AskOutcome([], ended=True)
@@ -216,40 +245,83 @@ class AskerService(asker_pb2_grpc.AskerServicer):
             )
         return n
 
-    def _sample_params(self, params: GenerationParams, index: int, attempt: int) -> GenerationParams:
-        """Parameters for sample ``attempt`` of candidate ``index``.
+    def _sample_params(self, params: GenerationParams, index: int, attempt: int, j: int = 0) -> GenerationParams:
+        """Parameters for sample ``j`` (of the reranked ones, else 0) of round ``attempt`` of candidate ``index``.
 
         The very first sample of the first candidate uses ``params`` as given (greedy stays
-        greedy). Every other sample (a retry, or another candidate) needs to differ, so it
-        samples at ``max(temperature, retry_temperature)`` and, when a seed was given, uses
-        ``seed + index * max_attempts + attempt`` (wrapped into the allowed seed range).
+        greedy). Every other sample (a retry, another candidate, or another reranked sample) needs
+        to differ, so it samples at ``max(temperature, retry_temperature)`` and, when a seed was
+        given, uses ``seed + (index * max_attempts + attempt) * k + j`` with ``k`` reranked
+        samples (1 without reranking), wrapped into the allowed seed range.
         """
-        if index == 0 and attempt == 0:
+        if index == 0 and attempt == 0 and j == 0:
             return params
         temperature = max(params.temperature, self.config.retry_temperature)
         seed = params.seed
         if seed is not None:
-            seed = (seed + index * self.config.max_attempts + attempt) % (MAX_SEED + 1)
+            k = max(1, self.config.rerank.samples)
+            seed = (seed + (index * self.config.max_attempts + attempt) * k + j) % (MAX_SEED + 1)
         return dataclasses.replace(params, temperature=temperature, seed=seed)
 
     def _take(self, slot: _Slot, result: GenerationResult, conversation: Conversation, accepted: set[str],
               allow_end: bool = False) -> None:
+        self._count(slot, result)
+        text = self._check(slot, result, conversation, accepted, allow_end)
+        if text is not None:
+            self._accept(slot, text, result, accepted)
+
+    async def _rerank(self, slot: _Slot, results: list[GenerationResult], prompt: AskerPrompt,
+                      conversation: Conversation, accepted: set[str],
+                      allow_end: bool) -> tuple[str, GenerationResult] | None:
+        """The best-scored acceptable sample of one candidate's round (module docstring), or None."""
+        found: list[tuple[str, GenerationResult]] = []
+        for result in results:
+            self._count(slot, result)
+        for j, result in enumerate(results):
+            seen = accepted | {normalize(t) for t, _ in found}
+            text = self._check(slot, result, conversation, seen, allow_end and j == 0)
+            if slot.ended:
+                return None
+            if text is not None:
+                found.append((text, result))
+        if len(found) < 2:
+            return found[0] if found else None
+        logprobs = await self.backend.score(prompt.messages, prompt.prefill, [r.text for _, r in found])
+        user_turns = [m.content for m in conversation.messages if m.role is Role.USER]
+        scores = [candidate_score(t, lp, r.completion_tokens, user_turns, self.config.rerank)
+                  for (t, r), lp in zip(found, logprobs)]
+        best = best_index(scores)
+        child(ASKER_SAMPLES, self.backend.model_name, "outranked").inc(len(found) - 1)
+        logger.debug("asker reranked %d samples for candidate %d: scores %s, kept %r", len(found), slot.index,
+                     [round(x, 3) for x in scores], found[best][0][:200])
+        return found[best]
+
+    @staticmethod
+    def _count(slot: _Slot, result: GenerationResult) -> None:
         slot.attempts += 1
         slot.prompt_tokens += result.prompt_tokens
         slot.completion_tokens += result.completion_tokens
+
+    def _check(self, slot: _Slot, result: GenerationResult, conversation: Conversation, accepted: set[str],
+               allow_end: bool) -> str | None:
+        """The cleaned sample when it is an acceptable question; None when rejected or it ends the conversation."""
         if ends_conversation(result.text) and allow_end:
             slot.ended = True
             child(ASKER_SAMPLES, self.backend.model_name, "end_of_conversation").inc()
-            return
+            return None
         text = clean_question(result.text)
         reason = "end_of_conversation" if ends_conversation(result.text) else rejection_reason(text, conversation.messages)
         if reason is None and normalize(text) in accepted:
             reason = "duplicate"
-        child(ASKER_SAMPLES, self.backend.model_name, reason or "accepted").inc()
         if reason is not None:
+            child(ASKER_SAMPLES, self.backend.model_name, reason).inc()
             slot.last_reason = reason
             logger.debug("asker sample rejected (%s) for candidate %d: %r", reason, slot.index, result.text[:200])
-            return
+            return None
+        return text
+
+    def _accept(self, slot: _Slot, text: str, result: GenerationResult, accepted: set[str]) -> None:
+        child(ASKER_SAMPLES, self.backend.model_name, "accepted").inc()
         accepted.add(normalize(text))
         # A sample cut at a second speaker marker ended its question before the length limit.
         finish = "stop" if has_next_turn(result.text) else result.finish_reason
@@ -289,6 +361,22 @@ class AskerService(asker_pb2_grpc.AskerServicer):
             conversation_id=conversation.id,
             end_of_conversation=outcome.ended,
         )
+
+
+def candidate_score(text: str, logprob: float, tokens: int, user_turns: Sequence[str],
+                    settings: RerankSettings) -> float:
+    """The rerank score of one candidate (module docstring); ``user_turns``: the earlier user turns."""
+    score = logprob / max(1, tokens)
+    if is_context_dependent(text, len(user_turns)).dependent:
+        score += settings.context_bonus
+    if repeats_any(text, user_turns):
+        score -= settings.repeat_penalty
+    return score
+
+
+def best_index(scores: Sequence[float]) -> int:
+    """The highest score's index; ties go to the earliest candidate."""
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
 def _candidate_to_pb(q: AskedQuestion) -> asker_pb2.AskCandidate:

@@ -35,12 +35,14 @@ def test_scorecard_of_an_addressed_and_a_served_asker(tmp_path):
     asker = start_service(tmp_path, ["asker", "--backend", "echo", "--model", "smollm2"], wait_for="parrot.v1.Asker")
     try:
         out = tmp_path / "card.json"
-        r = run(str(data), "--asker", f"running={asker.grpc_target}", "--asker", "served=smollm2", "--backend", "echo",
+        r = run(str(data), "--asker", f"running={asker.grpc_target}", "--asker", "served=smollm2",
+                "--asker", "reranked=smollm2@rerank=3", "--backend", "echo",
                 "--no-nll", "--limit", "0", "--resamples", "100", "--json", str(out))
     finally:
         asker.stop()
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "| row | people | running | served |" in r.stdout
+    assert "| row | people | running | served | reranked |" in r.stdout
+    assert "reranking 3 samples" in r.stderr
     assert "| context-dependent rate | 0.5 [" in r.stdout  # people: "And in a pan?" yes, the oil question no
     card = json.loads(out.read_text())
     # two follow-ups and one end (where the person stopped) per session
@@ -49,6 +51,8 @@ def test_scorecard_of_an_addressed_and_a_served_asker(tmp_path):
     assert card["askers"]["running"]["address"] == asker.grpc_target and card["askers"]["served"]["model"] == "smollm2"
     assert all(f["running"]["text"] and f["served"]["text"] for f in card["followups"])
     assert card["rows"]["no_followup"]["served"]["value"] == 0.0
+    assert card["askers"]["reranked"] == {"address": "", "model": "smollm2", "rerank": 3}
+    assert all(f["reranked"]["text"] for f in card["followups"] if f["people"] is not None)
     assert "perplexity" not in card["rows"]
 
 
@@ -67,6 +71,21 @@ def test_clear_errors(tmp_path):
     assert r.returncode == 2 and "NAME=ADDRESS" in r.stderr, r.stderr
     r = run(str(data), "--asker", "a=smollm2", "--holdout", "1.5")
     assert r.returncode == 2 and "--holdout" in r.stderr, r.stderr
+
+
+def test_rerank_suffix_of_a_served_asker(capsys):
+    import pytest
+    import typer
+
+    from parrot.cli.bench_asker import AskerSpec, parse_asker
+
+    assert parse_asker("r=smollm2@rerank=4") == AskerSpec("r", model="smollm2", rerank=4)
+    assert parse_asker("p=runs/ckpt") == AskerSpec("p", model="runs/ckpt")
+    for spec, problem in [("r=127.0.0.1:5000@rerank=4", "parrot serve asker --rerank-samples N"),
+                          ("r=smollm2@rerank=1", "allowed 2..16")]:
+        with pytest.raises(typer.Exit):
+            parse_asker(spec)
+        assert problem in capsys.readouterr().err
 
 
 @requires_model

@@ -129,3 +129,57 @@ async def test_report_is_stored_with_each_run(tmp_path):
         (d / name).write_bytes(data)
     run = load_run_folder(d)
     assert run.run_id == "run-local" and run.max_turn == TURNS
+
+
+def asker_card_file(path) -> tuple[str, list[str]]:
+    """A `parrot bench asker --json`-shaped scorecard file; (its path, the bench's Markdown table lines)."""
+    from parrot.asking.scorecard import Context, FollowUp, score
+    from parrot.conversation import Message, Role
+
+    contexts = [Context(f"s{i}:1", f"s{i}", (Message(Role.USER, f"How do I cook recipe {i}?"),
+                                            Message(Role.ASSISTANT, "Boil it for ten minutes.")), "And in a pan?")
+                for i in range(6)]
+    card = score(contexts, {"asker": [FollowUp("What about frying it?") for _ in contexts]}, n_resamples=50)
+    path.write_text(json.dumps({"data": "sessions.jsonl", "holdout": 0.2, **card.as_dict()}))
+    return str(path), card.markdown().splitlines()
+
+
+def test_report_shows_the_asker_scorecard_as_the_bench_prints_it(two_runs, tmp_path):
+    from parrot.reports import load_asker_card
+
+    path, table = asker_card_file(tmp_path / "card.json")
+    files = render_report(two_runs, "with card", [load_asker_card(path)])
+    md = files["report.md"].decode()
+    assert "## Asker scorecard: card.json" in md
+    assert "6 contexts from 6 sessions of sessions.jsonl (held-out 0.2)" in md
+    for line in [table[0], *table[2:]]:  # the header and every row, cell for cell (not the alignment line)
+        assert line in md, line
+    assert "| anaphora cue rate | 0 [0, 0] | 1 [1, 1] |" in md
+    card = load_asker_card(path).card
+    assert type(card).from_dict(card.as_dict()).markdown() == "\n".join(table)  # JSON round trip
+    assert "<th>people</th><th>asker</th>" in files["report.html"].decode()
+    assert json.loads(files["report.json"])["asker_cards"][0]["file"] == "card.json"
+
+
+def test_report_cli_with_an_asker_card_and_a_bad_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from parrot.cli import app
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, data in make_run_files("run-local", "m3", 0.2).items():
+        (run / name).write_bytes(data)
+    path, table = asker_card_file(tmp_path / "card.json")
+    r = CliRunner().invoke(app, ["report", str(run), "--asker-card", path, "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    assert table[3] in (tmp_path / "rep" / "report.md").read_text()
+    bad = tmp_path / "bad.json"
+    for content, problem in [("{not json", "is not JSON"), (json.dumps({"rows": {}}), "has no 'contexts' field"),
+                             (json.dumps({"contexts": 1, "sessions": 1, "columns": ["people"],
+                                          "rows": {"vibes": {}}}), "unknown row 'vibes'")]:
+        bad.write_text(content)
+        r = CliRunner().invoke(app, ["report", str(run), "--asker-card", str(bad)])
+        assert r.exit_code == 2 and f"--asker-card {bad}" in r.output and problem in r.output, r.output
+    r = CliRunner().invoke(app, ["report", str(run), "--asker-card", str(tmp_path / "missing.json")])
+    assert r.exit_code == 2 and "missing.json: cannot be read" in r.output, r.output

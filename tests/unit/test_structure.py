@@ -185,11 +185,12 @@ def test_serve_flags_are_generated_from_the_backend_settings():
 
 
 def test_readme_configuration_names_every_serve_flag():
-    from parrot.backends.flags import backend_flags
+    from parrot.cli.serve import ASKER_FLAGS, SERVE_FLAGS
 
     text = (REPO / "README.md").read_text()
     section = text[text.index("## Configuration"):]
-    missing = [f"--{f.name}" for f in backend_flags() if f"`--{f.name}`" not in section]
+    assert {f.name for f in ASKER_FLAGS} == {"rerank-samples", "rerank-context-bonus", "rerank-repeat-penalty"}
+    missing = [f"--{f.name}" for f in SERVE_FLAGS + ASKER_FLAGS if f"`--{f.name}`" not in section]
     assert not missing, f"README's Configuration table lacks {missing}"
 
 

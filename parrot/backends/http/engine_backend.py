@@ -124,9 +124,9 @@ class EngineBackend(Backend):
             self._tokenizer = await asyncio.to_thread(_load_tokenizer, self.config.tokenizer)
         if self.needs_scoring and self.supports_scoring:
             if self._tokenizer is None:
-                raise ConfigError("a judge on the engine backend scores rating labels after its own prompt text: give "
-                                  "--engine-tokenizer (the served model's Hugging Face folder or id), or --engine-scoring "
-                                  "parsed")
+                raise ConfigError("a judge (or a reranking asker) on the engine backend scores continuations after its "
+                                  "own prompt text: give --engine-tokenizer (the served model's Hugging Face folder or "
+                                  "id), or --engine-scoring parsed (a judge only)")
             await self._check_logprobs()
         self.ready = True
         log.info("engine backend ready", extra={"engine": self.engine_label, "url": loggable_url(self._base_url),
