@@ -11,7 +11,7 @@ from parrot.conversation import Conversation, GenerationParams, Message, Role
 from parrot.errors import ConfigError
 from services.asker.service import ASKER_SAMPLES, AskerConfig, AskerService, best_index, candidate_score
 from tests.conftest import requires_model
-from tests.fakes import ScriptedBackend
+from tests.helpers.fakes import ScriptedBackend
 
 U, A = Role.USER, Role.ASSISTANT
 FIRST = "How do I reverse a list in JavaScript quickly?"
