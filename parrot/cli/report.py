@@ -42,14 +42,19 @@ def register(app: typer.Typer) -> None:
         asker_cards: list[str] = typer.Option([], "--asker-card", help="Also show this asker scorecard (the JSON of "
                                                                        "`parrot bench asker --json`; repeat for more): "
                                                                        "with local folders or --store."),
+        capo_heldout: list[str] = typer.Option([], "--capo-heldout", help="Also show this CaPO held-out report (the "
+                                                                          "heldout_preferences.json of a `parrot train capo "
+                                                                          "--eval-fraction` run folder; repeat for more): "
+                                                                          "with local folders or --store."),
         coordinator: str = COORDINATOR, token_env: str = TOKEN_ENV,
     ) -> None:
         """Compare evaluation runs: Markdown + self-contained HTML + per-turn PNG, stored with each run."""
         from parrot.errors import ParrotError
-        from parrot.reports import create_report, load_asker_card, load_run_folder, render_report, report_id_for
+        from parrot.reports import (create_report, load_asker_card, load_heldout, load_run_folder, render_report,
+                                    report_id_for)
 
         try:
-            cards = [load_asker_card(c) for c in asker_cards]
+            extras = [*(load_asker_card(c) for c in asker_cards), *(load_heldout(h) for h in capo_heldout)]
         except ParrotError as e:
             fail(str(e))
 
@@ -59,7 +64,7 @@ def register(app: typer.Typer) -> None:
         if all(local):
             try:
                 loaded = [load_run_folder(r) for r in runs]
-                files = render_report(loaded, title, cards)
+                files = render_report(loaded, title, extras)
             except ParrotError as e:
                 fail(str(e))
             rid = report_id_for([r.run_id for r in loaded])
@@ -74,7 +79,7 @@ def register(app: typer.Typer) -> None:
             async def direct() -> tuple[str, dict[str, bytes], list[str], Any]:
                 s = open_store(store)
                 try:
-                    rid, files, folders = await create_report(s, runs, title, cards)
+                    rid, files, folders = await create_report(s, runs, title, extras)
                     return rid, files, folders, [s.url(f) for f in folders]
                 finally:
                     await s.close()
@@ -85,8 +90,9 @@ def register(app: typer.Typer) -> None:
             except ParrotError as e:
                 fail(str(e))
         else:
-            if cards:
-                fail("--asker-card needs local run folders or --store (the coordinator renders its reports itself)")
+            if extras:
+                fail("--asker-card and --capo-heldout need local run folders or --store (the coordinator renders its "
+                     "reports itself)")
             from parrot.v1 import report_pb2
 
             async def fn(stub: Any, md: Any) -> Any:

@@ -19,6 +19,7 @@ class AskerCard:
     card: Scorecard
     data: str  # the DATA file the bench measured on
     holdout: float
+    key = "asker_cards"  # its list in report.json
 
     def section(self) -> Section:
         header, rows = self.card.table()

@@ -3,13 +3,14 @@
 ``parrot train capo --eval-fraction F`` (or ``--eval-dataset``) writes ``heldout_preferences.json``
 in its run folder: per strategy and overall ('all'), the pairs, the preference accuracy and the
 mean beta-scaled margin of the reference model (``before``) and of the trained model (``after``),
-and the judge-free context probe. ``heldout_section`` turns that file into a table for
-``parrot report --capo-heldout FILE``.
+and the judge-free context probe. ``load_heldout`` reads it as a ``CapoHeldout``, which ``parrot report --capo-heldout FILE`` adds to a
+report as a section (beside the asker scorecards of ``--asker-card``).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,23 @@ STRATEGY_ORDER = ("context_neglect", "context_hallucination", "context_misunders
 _ROW_KEYS = ("pairs", "accuracy", "margin")
 
 
-def load_heldout(path: str | Path) -> dict[str, Any]:
-    """The parsed file, checked: ``before`` and ``after`` map strategies to pairs/accuracy/margin."""
+@dataclass(frozen=True)
+class CapoHeldout:
+    """A ``heldout_preferences.json``: a report section and its figures in report.json."""
+
+    name: str  # the file's path as given
+    data: dict[str, Any]
+    key = "capo_heldout"  # its list in report.json
+
+    def section(self) -> Section:
+        return heldout_section(self.data, self.name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.name, **self.data}
+
+
+def load_heldout(path: str | Path) -> CapoHeldout:
+    """The file, checked: ``before`` and ``after`` map strategies to pairs/accuracy/margin."""
     where = f"--capo-heldout {path}"
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -39,7 +55,7 @@ def load_heldout(path: str | Path) -> dict[str, Any]:
         for strategy, row in block.items():
             if not isinstance(row, dict) or any(not isinstance(row.get(k), (int, float)) for k in _ROW_KEYS):
                 raise InvalidArgument(f"{where}: {when}.{strategy}", f"must hold numbers {', '.join(_ROW_KEYS)}")
-    return data
+    return CapoHeldout(str(path), data)
 
 
 def _strategies(data: dict[str, Any]) -> list[str]:

@@ -26,7 +26,7 @@ HELDOUT = {
 def test_section_rows_in_strategy_order_with_before_and_after(tmp_path):
     path = tmp_path / "heldout_preferences.json"
     path.write_text(json.dumps(HELDOUT))
-    section = heldout_section(load_heldout(path), source=str(path))
+    section = load_heldout(path).section()
     (table,) = section.tables
     assert [r[0] for r in table.rows] == ["context_neglect", "context_hallucination", "all"]
     assert table.rows[0] == ["context_neglect", "2", "0.500", "1.000", "0.020", "0.500"]
@@ -50,3 +50,28 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, content, expected):
     with pytest.raises(InvalidArgument) as e:
         load_heldout(path)
     assert str(path) in str(e.value) and expected in str(e.value)
+
+
+def test_report_cli_shows_the_heldout_report_beside_a_scorecard(tmp_path):
+    from typer.testing import CliRunner
+
+    from parrot.cli import app
+    from tests.unit.test_reports import asker_card_file, make_run_files
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, data in make_run_files("run-local", "m3", 0.2).items():
+        (run / name).write_bytes(data)
+    card, table = asker_card_file(tmp_path / "card.json")
+    heldout = tmp_path / "heldout_preferences.json"
+    heldout.write_text(json.dumps(HELDOUT))
+    r = CliRunner().invoke(app, ["report", str(run), "--asker-card", card, "--capo-heldout", str(heldout),
+                                 "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert table[3] in md and "## CaPO on held-out pairs" in md and "| all | 4 | 0.500 | 1.000 |" in md
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["capo_heldout"][0]["after"]["all"]["accuracy"] == 1.0
+    r = CliRunner().invoke(app, ["report", str(run), "--capo-heldout", str(tmp_path / "nope.json")])
+    assert r.exit_code == 2 and "nope.json: does not exist" in r.output, r.output
+    r = CliRunner().invoke(app, ["report", "some-run-id", "--capo-heldout", str(heldout)])
+    assert r.exit_code == 2 and "--capo-heldout need local run folders or --store" in r.output, r.output
