@@ -14,7 +14,8 @@ from parrot.datasets import ShareGPTRecord
 from parrot.protoconv import messages_to_pb
 from parrot.v1 import asker_pb2, conversation_pb2, coordinator_pb2 as cpb, responder_pb2
 from services.asker.service import AskerConfig, AskerService
-from services.coordinator.kinds import KINDS, Unit, UnitContext, resolve
+from services.coordinator.kinds import KINDS, UnitContext, resolve
+from services.coordinator.kinds.collection import SeedUnit
 from tests.fakes import ScriptedBackend
 
 U, A = Role.USER, Role.ASSISTANT
@@ -99,7 +100,7 @@ async def test_collection_ends_a_session_where_the_asker_ends_it_after_min_turns
     spec = cpb.RunSpec(collection=cpb.CollectionSpec(min_turns=2, max_turns=6), seed=1)
     clients = FakeClients()
     ctx = UnitContext(resolve(spec), clients, 0, lambda tokens: None)  # type: ignore[arg-type]
-    out = await KINDS["collection"].run_unit(ctx, Unit("s1", {"query": "How do I center a div?"}))
+    out = await KINDS["collection"].run_unit(ctx, SeedUnit("s1", "How do I center a div?"))
     assert clients.allowed == [False, True]  # not before min_turns user turns
     assert out["turns"] == 2 and out["metadata"]["ended"] == "asker_ended"
     assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user", "assistant"]

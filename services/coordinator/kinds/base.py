@@ -10,6 +10,7 @@ does (:meth:`RunKind.run_unit`) and how the finished records become output files
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,30 +30,35 @@ class UnitFailed(Exception):
 
 @dataclass(frozen=True)
 class Unit(Mapping[str, Any]):
-    """One conversation of a plan: its id and the kind's JSON-able fields, as the kind planned them.
-
-    Read like the dict it was (``unit["turns"]``, ``unit.get("arm")``, ``dict(unit)``): run
-    browsers and the outputs read the same keys as before.
-    """
+    """One conversation of a plan. Each kind subclasses it with its typed fields; an optional
+    field (default None) left None is absent. Also read like the dict it is planned from
+    (``unit["turns"]``, ``unit.get("arm")``, ``"instructions" in unit``), as the run browser and
+    protocols do."""
 
     id: str
-    fields: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, fields: Mapping[str, Any]) -> "Unit":
-        """A unit from its dict form (``{"id": ..., ...}``)."""
-        rest = {k: v for k, v in fields.items() if k != "id"}
-        return cls(str(fields["id"]), rest)
+        """A unit from its dict form (``{"id": ..., ...}``); a key that is not a field is a TypeError."""
+        return cls(**{**fields, "id": str(fields["id"])})
+
+    def _names(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if not self._absent(f)]
+
+    def _absent(self, f: dataclasses.Field) -> bool:
+        return f.default is None and getattr(self, f.name) is None
 
     def __getitem__(self, key: str) -> Any:
-        return self.id if key == "id" else self.fields[key]
+        f = self.__dataclass_fields__.get(key)
+        if f is None or self._absent(f):
+            raise KeyError(key)
+        return getattr(self, key)
 
     def __iter__(self) -> Iterator[str]:
-        yield "id"
-        yield from self.fields
+        return iter(self._names())
 
     def __len__(self) -> int:
-        return 1 + len(self.fields)
+        return len(self._names())
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,13 @@ SEED_FORMATS = ("auto", "sharegpt", "queries")
 
 
 @dataclass(frozen=True)
+class SeedUnit(Unit):
+    """One conversation to grow: its first-turn query."""
+
+    query: str = ""
+
+
+@dataclass(frozen=True)
 class CollectionSettings:
     """``spec.collection`` with its defaults settled."""
 
@@ -77,12 +84,12 @@ class Collection(RunKind):
         seeds = seedset.seeds[: settings.limit] if settings.limit else seedset.seeds
         if not seeds:
             raise InvalidArgument("spec.collection.seeds", f"{name} has no usable first-turn queries")
-        return [Unit(str(s.id), {"query": s.query}) for s in seeds], {"seeds_skipped": dict(seedset.skipped)}
+        return [SeedUnit(str(s.id), s.query) for s in seeds], {"seeds_skipped": dict(seedset.skipped)}
 
     def roles(self, section: CollectionSettings) -> list[str]:
         return ["responder", "asker"]
 
-    async def run_unit(self, ctx: UnitContext, unit: Unit) -> dict[str, Any]:
+    async def run_unit(self, ctx: UnitContext, unit: SeedUnit) -> dict[str, Any]:
         from parrot.analysis import FollowUpFilter
 
         c: CollectionSettings = ctx.settings.section
@@ -90,7 +97,7 @@ class Collection(RunKind):
         n_turns = rng.randint(c.min_turns, c.max_turns)
         flt = FollowUpFilter(min_chars=c.min_query_chars, near_dup_threshold=c.near_duplicate_threshold)
         max_asks = c.max_asks_per_turn
-        messages = [Message(Role.USER, unit["query"])]
+        messages = [Message(Role.USER, unit.query)]
         drops: dict[str, int] = {}
         tokens, t0, ended = 0, time.monotonic(), "target_turns"
         base_seed = ctx.seed
@@ -137,7 +144,7 @@ class Collection(RunKind):
             "turns": user_turns,
             "tokens": tokens,
             "drops": drops,
-            "metadata": {"seed_id": unit["id"], "target_turns": n_turns, "turns": user_turns, "ended": ended,
+            "metadata": {"seed_id": unit.id, "target_turns": n_turns, "turns": user_turns, "ended": ended,
                          "models": dict(ctx.models), "elapsed_s": round(time.monotonic() - t0, 3)},
         }
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from parrot.conversation import Message, Role
@@ -38,6 +38,30 @@ from services.coordinator.spec import (InputReader, Plan, RunLimits, RunSettings
 
 DEFAULT_MODEL_ID = "model"  # what the outputs call the model under test when spec.evaluation.model_id is empty
 DEFAULT_BASELINE_MODEL_ID = "baseline"
+
+
+@dataclass(frozen=True)
+class QuestionUnit(Unit):
+    """One session to answer and grade (one per question, arm and repeat: ``protocols.question_units``)."""
+
+    question_id: Any = None  # as the file gives it (int or str)
+    category: str = ""
+    turns: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)  # per turn, "" where none; a rubric on the judged turn
+    instructions: list[list[dict[str, Any]]] | None = None  # per turn, where the session carries instructions
+    provenance: list[dict[str, Any]] | None = None  # drafted turns (`bench extend`)
+    history: str = "self"  # or "golden"
+    golden: list[str] | None = None  # the reference assistant turns (golden history)
+    benchmark: str | None = None
+    task: str | None = None
+    language: str | None = None
+    judge_prompt: str | None = None
+    instructions_in_force: bool | None = None
+    scored_turns: list[int] | None = None  # None: every turn
+    expected_verdict: str | None = None
+    arm: str | None = None  # Lost in Conversation
+    full_from: str | None = None
+    repeat: int | None = None  # 1-based, with spec.evaluation.repeats > 1
 
 
 @dataclass(frozen=True)
@@ -103,7 +127,7 @@ class Evaluation(RunKind):
                 raise limit_exceeded("spec.evaluation.questions", f"{name}: question {q.question_id} has {len(q.turns)} "
                                      f"turns; at most {limits.max_turns} user turns per conversation", "max_turns")
             references = list(q.references or refs.get(q.question_id) or refs.get(str(q.question_id)) or [])
-            units += [Unit.of(u) for u in question_units(q, references, s.history, list(s.arms), s.repeats, name)]
+            units += [QuestionUnit.of(u) for u in question_units(q, references, s.history, list(s.arms), s.repeats, name)]
         if s.skip_judge and not any("instructions" in u for u in units):
             raise InvalidArgument("spec.evaluation.skip_judge", f"{name} carries no per-turn instructions, so there "
                                                                 "would be nothing to grade; drop skip_judge or add instructions")
@@ -124,16 +148,15 @@ class Evaluation(RunKind):
         return "spec.evaluation.second_judge" if role == "second_judge" else super().target_field(role)
 
 
-    async def run_unit(self, ctx: UnitContext, unit: Unit) -> dict[str, Any]:
+    async def run_unit(self, ctx: UnitContext, unit: QuestionUnit) -> dict[str, Any]:
         e: EvaluationSettings = ctx.settings.section
-        turns: list[str] = unit["turns"]
-        refs: list[str] = unit.get("references") or []
+        turns, refs = unit.turns, unit.references
         seed = ctx.seed
         t0 = time.monotonic()
         judge_params = conversation_pb2.GenerationParams(max_tokens=e.judge_max_tokens, temperature=0.0)
 
-        scored = set(unit.get("scored_turns") or range(1, len(turns) + 1))
-        prompt_name = e.judge_prompt or unit.get("judge_prompt", "")
+        scored = set(unit.scored_turns or range(1, len(turns) + 1))
+        prompt_name = e.judge_prompt or unit.judge_prompt or ""
 
         async def grade(t: int, conversation: list[Message], role: str = "judge") -> dict[str, Any]:
             ref = refs[t - 1] if t - 1 < len(refs) else ""
@@ -159,8 +182,8 @@ class Evaluation(RunKind):
                     grading.append(asyncio.ensure_future(grade(t, conversation)))
 
         try:
-            if unit.get("history") == "golden":
-                answers, tokens = await _answer_golden(ctx, turns, unit["golden"], "responder", seed, on_answer)
+            if unit.history == "golden":
+                answers, tokens = await _answer_golden(ctx, turns, unit.golden or [], "responder", seed, on_answer)
             else:
                 answers, _, tokens = await _answer_all(ctx, turns, "responder", seed, on_answer)
             judgments = list(await asyncio.gather(*grading))
@@ -174,9 +197,8 @@ class Evaluation(RunKind):
             second = list(await asyncio.gather(*(grade(t, graded[t], "second_judge") for t in sorted(graded))))
             record["second_judgments"] = second
             record["judge_failures"] += sum(1 for j in second if j["score"] is None)
-        if unit.get("instructions"):
-            record["instruction_checks"] = check_instructions(unit["instructions"], answers,
-                                                              bool(unit.get("instructions_in_force")))
+        if unit.instructions:
+            record["instruction_checks"] = check_instructions(unit.instructions, answers, bool(unit.instructions_in_force))
         if e.pairwise:
             base_answers, base_messages, base_tokens = await _answer_all(ctx, turns, "baseline_responder", seed)
             record["baseline_answers"] = base_answers
@@ -195,8 +217,8 @@ class Evaluation(RunKind):
 
             record["pairwise"] = list(await asyncio.gather(*(compare(t) for t in sorted(graded))))
             record["judge_failures"] += sum(1 for p in record["pairwise"] if p["winner"] is None)
-        record["metadata"] = {"question_id": unit["question_id"], "category": unit["category"], "models": dict(ctx.models),
-                              "history": unit.get("history", "self"), "elapsed_s": round(time.monotonic() - t0, 3),
+        record["metadata"] = {"question_id": unit.question_id, "category": unit.category, "models": dict(ctx.models),
+                              "history": unit.history, "elapsed_s": round(time.monotonic() - t0, 3),
                               **{k: unit[k] for k in ("benchmark", "task", "language", "arm", "repeat") if unit.get(k)}}
         return record
 

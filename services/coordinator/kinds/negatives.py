@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from parrot.conversation import Message, Role
@@ -25,6 +25,17 @@ from services.coordinator.kinds.base import RunKind, Unit, UnitContext, jsonl
 from services.coordinator.spec import MAX_TURNS, InputReader, Plan, RunLimits, RunSettings, distinct_choices, parse_input
 
 CHOSEN_SOURCES = ("responder", "dataset")
+
+
+@dataclass(frozen=True)
+class ConversationUnit(Unit):
+    """One cleaned conversation: its messages (as dicts), the selected follow-up queries (1-based
+    user-turn index and the detector's cues) and a distractor exchange from another conversation
+    (``{"source_id", "messages"}``; None when there is none)."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    selected: list[dict[str, Any]] = field(default_factory=list)
+    distractor: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,20 +121,19 @@ class Negatives(RunKind):
                 first = exchanges(other.messages)[:1]
                 if first:
                     distractor = {"source_id": other.id, "messages": [m.as_dict() for m in first[0]]}
-            units.append(Unit(str(record.id), {"messages": [m.as_dict() for m in record.messages], "selected": selected,
-                                               "distractor": distractor}))
+            units.append(ConversationUnit(str(record.id), [m.as_dict() for m in record.messages], selected, distractor))
         if not units:
             raise InvalidArgument("spec.negatives.conversations",
                                   f"{name} has no context-dependent follow-up query ({report.conversations_kept} of "
                                   f"{report.conversations_in} conversations left after cleaning)")
         notes = {"cleaning": report.as_dict(), "conversations_without_selected_query": without,
-                 "queries_selected": sum(len(u["selected"]) for u in units)}
+                 "queries_selected": sum(len(u.selected) for u in units)}
         return units, notes
 
     def roles(self, section: NegativesSettings) -> list[str]:
         return ["responder", "judge"] if section.judge_confirm else ["responder"]
 
-    async def run_unit(self, ctx: UnitContext, unit: Unit) -> dict[str, Any]:
+    async def run_unit(self, ctx: UnitContext, unit: ConversationUnit) -> dict[str, Any]:
         """CaPO pairs for the selected queries of one conversation (strategies in parrot.datasets.capo).
 
         Per query, in order: the chosen answer (responder with the full history, or the dataset's own
@@ -138,11 +148,11 @@ class Negatives(RunKind):
         n: NegativesSettings = ctx.settings.section
         strategies = list(n.strategies)
         similar = n.near_identical_threshold
-        messages = [Message(Role(m["role"]), m["content"]) for m in unit["messages"]]
+        messages = [Message(Role(m["role"]), m["content"]) for m in unit.messages]
         system = messages[:1] if messages and messages[0].role is Role.SYSTEM else []
         body = messages[len(system):]
         users = [i for i, m in enumerate(body) if m.role is Role.USER]
-        distractor = [Message(Role(m["role"]), m["content"]) for m in (unit.get("distractor") or {}).get("messages", [])]
+        distractor = [Message(Role(m["role"]), m["content"]) for m in (unit.distractor or {}).get("messages", [])]
         base_seed = ctx.seed
         pairs: list[dict[str, Any]] = []
         selected: list[dict[str, Any]] = []
@@ -160,7 +170,7 @@ class Negatives(RunKind):
             ctx.on_turn(resp.usage.completion_tokens)
             return resp.text, resp.model
 
-        for q, sel in enumerate(unit["selected"]):
+        for q, sel in enumerate(unit.selected):
             k = int(sel["turn"])
             pos = users[k - 1]
             history_body = body[:pos]
@@ -209,13 +219,13 @@ class Negatives(RunKind):
                 elif near_duplicate(chosen, text, similar):
                     drop(f"{strategy}:near_identical")
                 else:
-                    pairs.append(preference_row(history, query, chosen, text, strategy=strategy, source_id=unit["id"], turn=k,
+                    pairs.append(preference_row(history, query, chosen, text, strategy=strategy, source_id=unit.id, turn=k,
                                                 models={"chosen": chosen_model, "rejected": model_or_reason}))
                     info["pairs"] += 1
             turns += 1
         return {"pairs": pairs, "selected": selected, "drops": drops, "turns": turns, "tokens": tokens,
-                "metadata": {"source_id": unit["id"], "models": dict(ctx.models),
-                             "distractor_source": (unit.get("distractor") or {}).get("source_id"),
+                "metadata": {"source_id": unit.id, "models": dict(ctx.models),
+                             "distractor_source": (unit.distractor or {}).get("source_id"),
                              "elapsed_s": round(time.monotonic() - t0, 3)}}
 
     def outputs(self, run_id: str, plan: Plan, done: list[dict[str, Any]]) -> dict[str, bytes]:
