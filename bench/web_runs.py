@@ -34,6 +34,8 @@ async def write_eval_run(store_url: str, n: int = 20, turns: int = 4, seed: int 
     from parrot.storage import open_store
     from parrot.v1 import coordinator_pb2 as cpb
     from parrot.storage.layout import input_key, run_prefix, run_record, unit_key
+    from services.coordinator.kinds import resolve
+    from services.coordinator.kinds.evaluation import QuestionUnit
     from services.coordinator.outputs import write_outputs
     from services.coordinator.spec import Plan
 
@@ -73,6 +75,6 @@ async def write_eval_run(store_url: str, n: int = 20, turns: int = 4, seed: int 
             await store.put_json(unit_key(run_id, i), records[i])
 
     await asyncio.gather(*(put(i) for i in records))
-    await write_outputs(run, Plan("evaluation", units, {}), records, store)
+    await write_outputs(run, Plan(resolve(spec), [QuestionUnit.of(u) for u in units], {}), records, store)
     await store.put_json(run_record(run_id), json_format.MessageToDict(run, preserving_proto_field_name=True))
     return run_id

@@ -17,6 +17,12 @@ def run_prefix(run_id: str) -> str:
     return f"{RUNS}{run_id}"
 
 
+def run_of(key: str) -> str | None:
+    """The id of the run a key belongs to (None for a key outside ``runs/<id>/``)."""
+    parts = key.split("/")
+    return parts[1] if len(parts) > 2 and f"{parts[0]}/" == RUNS else None
+
+
 def run_record(run_id: str) -> str:
     return f"{run_prefix(run_id)}/run.json"
 

@@ -28,14 +28,12 @@ from parrot.storage import StorageError
 from parrot.storage.layout import run_record, unit_key, units_prefix
 from parrot.v1 import coordinator_pb2 as cpb
 from services.coordinator import metrics as m
-from services.coordinator.kinds import UnitContext, UnitFailed, collect_conversation, evaluate_question, negatives_conversation
-from services.coordinator.spec import DEFAULT_CONCURRENCY, Plan
+from services.coordinator.kinds import FAILED, FINISHED, Record, RunKind, UnitContext, UnitFailed
+from services.coordinator.spec import Plan
 
 log = logging.getLogger(__name__)
 
 TERMINAL = {cpb.RUN_STATE_SUCCEEDED, cpb.RUN_STATE_FAILED, cpb.RUN_STATE_CANCELLED}
-KIND_FN = {"collection": collect_conversation, "evaluation": evaluate_question}
-KIND_FN["negatives"] = negatives_conversation
 
 
 STORE = "object store"  # the pause key of a store fault (the others are role names)
@@ -263,7 +261,7 @@ class RunExecutor:
 
     def _count(self, rec: dict[str, Any]) -> None:
         p = self.run.progress
-        if rec["status"] == "finished":
+        if rec["status"] == FINISHED:
             p.finished += 1
         else:
             p.failed += 1
@@ -298,7 +296,7 @@ class RunExecutor:
             queue: asyncio.Queue[int] = asyncio.Queue()
             for i in pending:
                 queue.put_nowait(i)
-            workers = min(self.run.spec.concurrency or DEFAULT_CONCURRENCY, max(1, len(pending)))
+            workers = min(self.plan.settings.concurrency, max(1, len(pending)))
             self._tasks = [asyncio.create_task(self._worker(queue, kind)) for _ in range(workers)]
             results = await asyncio.gather(*self._tasks, return_exceptions=True)
             if self._failure is not None:
@@ -315,7 +313,7 @@ class RunExecutor:
             p = self.run.progress
             state = cpb.RUN_STATE_FAILED if p.failed and not p.finished else cpb.RUN_STATE_SUCCEEDED
             await self._finish(state, f"{p.finished} finished, {p.failed} failed")
-            if kind == "evaluation":
+            if kind.scored:
                 from services.coordinator.scores import SCOREBOARD
 
                 SCOREBOARD.record(self.run, summary)
@@ -351,7 +349,7 @@ class RunExecutor:
         self.run.finished_at = time.time()
         self.run.progress.in_flight = 0
         self.run.progress.eta_s = 0
-        m.RUNS_FINISHED.labels(self.plan.kind, cpb.RunState.Name(state).removeprefix("RUN_STATE_").lower()).inc()
+        m.RUNS_FINISHED.labels(self.plan.kind.name, cpb.RunState.Name(state).removeprefix("RUN_STATE_").lower()).inc()
         self.publish(cpb.RUN_EVENT_TYPE_STATE_CHANGED, message=message)
         log.info("run ended", extra={"run_id": self.run.id, "state": cpb.RunState.Name(state), "detail": message})
         await self._record_final_state(message)
@@ -375,7 +373,7 @@ class RunExecutor:
                 await asyncio.sleep(delay)
                 delay = min(30.0, delay * 2)
 
-    async def _worker(self, queue: asyncio.Queue, kind: str) -> None:
+    async def _worker(self, queue: asyncio.Queue, kind: RunKind) -> None:
         try:
             while not self._cancel.is_set():
                 await self._wait_to_go()
@@ -392,41 +390,40 @@ class RunExecutor:
                         t.cancel()
             raise
 
-    async def _run_unit(self, index: int, kind: str) -> None:
+    async def _run_unit(self, index: int, kind: RunKind) -> None:
         unit = self.plan.units[index]
         p = self.run.progress
         p.in_flight += 1
         m.IN_FLIGHT.inc()
-        self.publish(cpb.RUN_EVENT_TYPE_CONVERSATION_STARTED, unit["id"])
+        self.publish(cpb.RUN_EVENT_TYPE_CONVERSATION_STARTED, unit.id)
         t0 = time.monotonic()
-        turns, generated = child(m.TURNS, kind), child(m.TOKENS, kind)
+        turns, generated = child(m.TURNS, kind.name), child(m.TOKENS, kind.name)
 
         def on_turn(tokens: int) -> None:
             turns.inc()
             generated.inc(tokens)
 
-        ctx = UnitContext(spec=self.run.spec, clients=self.clients, index=index, on_turn=on_turn)
+        ctx = UnitContext(settings=self.plan.settings, clients=self.clients, index=index, on_turn=on_turn)
+        status, reason, data = FINISHED, "", {}
         try:
-            data = await KIND_FN[kind](ctx, unit)
-            rec = {"index": index, "id": unit["id"], "status": "finished", "data": data}
+            data = await kind.run_unit(ctx, unit)
         except (CallFailed, UnitFailed) as e:
-            reason = e.status.name if isinstance(e, CallFailed) else "unit_failed"
-            m.FAILURES.labels(kind, reason).inc()
-            rec = {"index": index, "id": unit["id"], "status": "failed", "reason": str(e), "data": {}}
+            m.FAILURES.labels(kind.name, e.status.name if isinstance(e, CallFailed) else "unit_failed").inc()
+            status, reason = FAILED, str(e)
         finally:
             p.in_flight -= 1
             m.IN_FLIGHT.dec()
-        rec["elapsed_s"] = round(time.monotonic() - t0, 3)
+        elapsed = round(time.monotonic() - t0, 3)
         self._update_timing()
-        rec["run_elapsed_s"] = round(self.run.progress.elapsed_s, 3)
+        rec = Record(index, unit.id, status, data, reason, elapsed, round(self.run.progress.elapsed_s, 3)).as_json()
         # Persist first; only then count. A crash between the two loses nothing: resume recounts.
         await self.store.put_json(unit_key(self.run.id, index), rec)
         self._storage_back()
         self.units[index] = rec
         self._count(rec)
         self._session_done += 1
-        child(m.CONVERSATIONS, kind, rec["status"]).inc()
+        child(m.CONVERSATIONS, kind.name, status).inc()
         child(m.STAGE, "conversation").observe(rec["elapsed_s"])
-        self.publish(cpb.RUN_EVENT_TYPE_CONVERSATION_FINISHED if rec["status"] == "finished"
-                     else cpb.RUN_EVENT_TYPE_CONVERSATION_FAILED, unit["id"], rec.get("reason", ""))
+        self.publish(cpb.RUN_EVENT_TYPE_CONVERSATION_FINISHED if status == FINISHED
+                     else cpb.RUN_EVENT_TYPE_CONVERSATION_FAILED, unit.id, reason)
         await self.save(force=False)

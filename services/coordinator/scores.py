@@ -18,6 +18,8 @@ from prometheus_client import Gauge
 
 from parrot.storage.layout import output_key
 from parrot.v1 import coordinator_pb2 as cpb
+from services.coordinator.kinds import KINDS
+from services.coordinator.kinds.evaluation import DEFAULT_MODEL_ID
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,14 @@ def per_turn_means(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def series_of(run: cpb.Run, summary: dict[str, Any] | None = None) -> tuple[str, str]:
-    model_id = (summary or {}).get("model_id") or run.spec.evaluation.model_id or "model"
+    model_id = (summary or {}).get("model_id") or run.spec.evaluation.model_id or DEFAULT_MODEL_ID
     return run.spec.name or "", model_id
+
+
+def scored(run: cpb.Run) -> bool:
+    """A succeeded run of a kind whose summaries are scored (evaluation)."""
+    kind = KINDS.get(run.spec.WhichOneof("kind") or "")
+    return run.state == cpb.RUN_STATE_SUCCEEDED and kind is not None and kind.scored
 
 
 class ScoreBoard:
@@ -62,7 +70,7 @@ class ScoreBoard:
 
     def record(self, run: cpb.Run, summary: dict[str, Any]) -> None:
         """Adds a finished evaluation run (its ``summary.json``); older runs than the latest two are dropped."""
-        if run.state != cpb.RUN_STATE_SUCCEEDED or run.spec.WhichOneof("kind") != "evaluation":
+        if not scored(run):
             return
         key = series_of(run, summary)
         runs = self._runs.setdefault(key, [])
@@ -94,7 +102,7 @@ class ScoreBoard:
         evaluation runs of each series. Returns how many runs were recorded."""
         candidates: dict[tuple[str, str], list[cpb.Run]] = {}
         for run in runs:
-            if run.state == cpb.RUN_STATE_SUCCEEDED and run.spec.WhichOneof("kind") == "evaluation":
+            if scored(run):
                 candidates.setdefault(series_of(run), []).append(run)
         loaded = 0
         for series in candidates.values():

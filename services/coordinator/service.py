@@ -12,12 +12,13 @@ from typing import Any, AsyncIterator
 from google.protobuf import json_format
 
 from parrot.errors import FailedPrecondition, InvalidArgument, NotFound, ParrotError, ResourceExhausted
-from parrot.storage.layout import RUNS, input_key, outputs_prefix, run_prefix, run_record, units_prefix
+from parrot.storage.layout import RUNS, input_key, outputs_prefix, run_of, run_prefix, run_record, units_prefix
 from parrot.v1 import coordinator_pb2 as cpb, coordinator_pb2_grpc
 from services.coordinator import metrics as m
 from parrot.model_clients import ModelClients, Retry, check_reachable
 from services.coordinator.executor import TERMINAL, RunExecutor
-from services.coordinator.spec import Plan, RunLimits, check_common, kind_of, plan_run
+from services.coordinator.kinds import RunKind, kind_of, plan_run, resolve
+from services.coordinator.spec import NO_LIMITS, Plan, RunLimits, RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +61,6 @@ class CoordinatorConfig:
             raise ConfigError(f"--outage-budget-s / PARROT_OUTAGE_BUDGET_S is {self.outage_budget_s}; allowed (0, 86400]")
 
 
-def _target_field(role: str) -> str:
-    return "spec.evaluation.second_judge" if role == "second_judge" else f"spec.targets.{role}"
-
-
-def _roles(kind: str, spec: cpb.RunSpec) -> list[str]:
-    if kind == "negatives":
-        return ["responder", "judge"] if spec.negatives.judge_confirm else ["responder"]
-    if kind == "collection":
-        return ["responder", "asker"]
-    roles = ["responder"] if spec.evaluation.skip_judge else ["responder", "judge"]
-    if spec.evaluation.pairwise:
-        roles.append("baseline_responder")
-    if spec.evaluation.second_judge:
-        roles.append("second_judge")
-    return roles
-
-
 class RunManager:
     def __init__(self, store: Any, config: CoordinatorConfig) -> None:
         from services.coordinator.policy import InputPolicy, TargetPolicy, parse_allowed_targets, parse_target_tls
@@ -91,21 +75,23 @@ class RunManager:
         self.tasks: dict[str, asyncio.Task] = {}
         self._start_lock = asyncio.Lock()
 
-    def _targets(self, spec: cpb.RunSpec) -> dict[str, str]:
-        t = spec.targets
-        return {"responder": t.responder or self.config.responder, "asker": t.asker or self.config.asker,
-                "judge": t.judge or self.config.judge, "baseline_responder": t.baseline_responder,
-                "second_judge": spec.evaluation.second_judge if spec.WhichOneof("kind") == "evaluation" else ""}
+    def _settings(self, spec: cpb.RunSpec, limits: RunLimits = NO_LIMITS) -> RunSettings:
+        """The spec checked and resolved, with this coordinator's defaults (``limits`` only at StartRun)."""
+        return resolve(spec, limits, Retry(outage_budget_s=self.config.outage_budget_s))
 
-    def _tokens(self, targets: dict[str, str]) -> dict[str, str | None]:
+    def _targets(self, settings: RunSettings) -> dict[str, str]:
+        """Each role's target: the spec's, else the coordinator's own (responder, asker, judge)."""
+        own = {"responder": self.config.responder, "asker": self.config.asker, "judge": self.config.judge}
+        return {role: target or own.get(role, "") for role, target in settings.targets.items()}
+
+    def _tokens(self, kind: RunKind, targets: dict[str, str]) -> dict[str, str | None]:
         """The bearer token for each role's target; PERMISSION_DENIED for a target the policy does not allow."""
-        return {role: self.targets.token_for(_target_field(role), target) for role, target in targets.items() if target}
+        return {role: self.targets.token_for(kind.target_field(role), target) for role, target in targets.items() if target}
 
-    def _clients(self, spec: cpb.RunSpec) -> ModelClients:
-        retry = Retry.from_policy(spec.retry, Retry(outage_budget_s=self.config.outage_budget_s))
-        targets = self._targets(spec)
+    def _clients(self, settings: RunSettings) -> ModelClients:
+        targets = self._targets(settings)
         tls = {role: self.targets.credentials_for(t) for role, t in targets.items() if t}
-        return ModelClients(targets, retry, self._tokens(targets), tls=tls,
+        return ModelClients(targets, settings.retry, self._tokens(settings.kind, targets), tls=tls,
                             on_retry=lambda stage, code: m.MODEL_RETRIES.labels(stage, code).inc(),
                             routing=self.config.routing)
 
@@ -118,13 +104,14 @@ class RunManager:
     async def start_run(self, spec: cpb.RunSpec) -> cpb.Run:
         async with self._start_lock:
             self._check_active()
-            check_common(spec, self.config.limits)  # malformed addresses are INVALID_ARGUMENT before any policy
-            targets = self._targets(spec)
-            kind = kind_of(spec)
-            self._tokens(targets)  # every named target allowed, before the coordinator contacts or reads anything
-            plan, inputs = await plan_run(spec, self.store, self.config.limits, self.inputs)
+            # The spec checked once (malformed addresses are INVALID_ARGUMENT before any policy).
+            settings = self._settings(spec, self.config.limits)
+            kind = settings.kind
+            targets = self._targets(settings)
+            self._tokens(kind, targets)  # every named target allowed, before the coordinator contacts or reads anything
+            plan, inputs = await plan_run(settings, self.store, self.config.limits, self.inputs)
             if self.config.check_targets:
-                for role in _roles(kind, spec):
+                for role in settings.roles():
                     if not targets.get(role):
                         raise InvalidArgument(f"spec.targets.{role}", "is required for this run")
                     problem = await check_reachable(targets[role], ROLE_SERVICE[role],
@@ -134,7 +121,7 @@ class RunManager:
             run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
             stored = cpb.RunSpec()
             stored.CopyFrom(spec)
-            section = getattr(stored, kind)
+            section = kind.section(stored)
             for fld, (name, data) in inputs.items():
                 key = input_key(run_id, fld)
                 await self.store.put(key, data)
@@ -144,10 +131,10 @@ class RunManager:
             run = cpb.Run(id=run_id, spec=stored, state=cpb.RUN_STATE_PENDING, created_at=time.time(),
                           output_url=self.store.url(run_prefix(run_id)))
             run.progress.total = len(plan.units)
-            self._launch(run, plan)
+            self._launch(run, plan.stored_as(stored))
             await self.executors[run_id].save()
-            m.RUNS_STARTED.labels(kind, "new").inc()
-            log.info("run started", extra={"run_id": run_id, "kind": kind, "conversations": len(plan.units)})
+            m.RUNS_STARTED.labels(kind.name, "new").inc()
+            log.info("run started", extra={"run_id": run_id, "kind": kind.name, "conversations": len(plan.units)})
             return run
 
     def _check_active(self) -> None:
@@ -159,8 +146,7 @@ class RunManager:
         """The object store is retrying: pause the run the key belongs to (every running run when
         the key is no run's), and say so in its events, message and metrics."""
         m.STORAGE_RETRIES.labels(op).inc()
-        parts = key.split("/")
-        owner = parts[1] if len(parts) > 2 and parts[0] == "runs" else None
+        owner = run_of(key)
         for run_id, ex in list(self.executors.items()):
             if (owner is None or run_id == owner) and not self.tasks[run_id].done():
                 ex.storage_retry(op, key, attempt, cause)
@@ -181,7 +167,7 @@ class RunManager:
                                          "; only failed or cancelled runs can be resumed (and, with --retry-failed, "
                                          "succeeded runs with failed conversations)")
             self._check_active()
-            plan, _ = await plan_run(run.spec, self.store)
+            plan, _ = await plan_run(self._settings(run.spec), self.store)
             if retry_failed:
                 failed = [key for key in await self.store.list(units_prefix(run_id))
                           if (await self.store.get_json(key)).get("status") == "failed"]
@@ -197,7 +183,7 @@ class RunManager:
             resumed.state, resumed.message, resumed.finished_at = cpb.RUN_STATE_PENDING, "resumed by request", 0.0
             self._launch(resumed, plan)
             await self.executors[run_id].save()
-            m.RUNS_STARTED.labels(plan.kind, "resumed").inc()
+            m.RUNS_STARTED.labels(plan.kind.name, "resumed").inc()
             log.info("run resumed by request", extra={"run_id": run_id, "retry_failed": retry_failed})
             return resumed
 
@@ -211,7 +197,7 @@ class RunManager:
             await asyncio.gather(task, return_exceptions=True)
 
     def _launch(self, run: cpb.Run, plan: Plan) -> None:
-        ex = RunExecutor(run, plan, self.store, self._clients(run.spec))
+        ex = RunExecutor(run, plan, self.store, self._clients(plan.settings))
         self.executors[run.id] = ex
         task = asyncio.create_task(ex.execute(), name=f"run-{run.id}")
         self.tasks[run.id] = task
@@ -246,12 +232,12 @@ class RunManager:
             if leftovers:
                 log.info("removed temporary files of interrupted writes", extra={"run_id": run.id, "files": leftovers})
             try:
-                plan, _ = await plan_run(run.spec, self.store)
+                plan, _ = await plan_run(self._settings(run.spec), self.store)
                 self._launch(run, plan)  # PERMISSION_DENIED if the target policy changed meanwhile
             except ParrotError as e:
                 log.error("cannot resume run", extra={"run_id": run.id, "error": str(e)})
                 continue
-            m.RUNS_STARTED.labels(plan.kind, "resumed").inc()
+            m.RUNS_STARTED.labels(plan.kind.name, "resumed").inc()
             resumed.append(run.id)
             log.info("run resumed", extra={"run_id": run.id})
         # Serve GetRun only once each resumed run has counted its records (progress, elapsed time).

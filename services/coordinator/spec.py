@@ -1,22 +1,31 @@
-"""Run specs: defaults, validation, and reading input files into a plan of units.
+"""Run specs: a RunSpec resolved once into RunSettings, validated, and read into a plan.
 
 Everything is checked at StartRun, before anything is stored: a bad spec is rejected with
 INVALID_ARGUMENT naming the field (or the file, line and field of a malformed input record).
+Every "0 = default" of the spec is settled once, when the spec becomes :class:`RunSettings` (the
+common fields here, a kind's own section in its module under ``kinds/``); the rest of the
+coordinator reads the settings, not the proto.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parrot.errors import InvalidArgument, LimitExceeded
-from parrot.v1 import coordinator_pb2 as cpb
+from parrot.model_clients import Retry
+from parrot.v1 import conversation_pb2, coordinator_pb2 as cpb
+
+if TYPE_CHECKING:
+    from services.coordinator.kinds.base import RunKind
 
 MAX_TURNS = 64
 MAX_CONCURRENCY = 1024
 DEFAULT_CONCURRENCY = 16
 MAX_INPUT_BYTES = 1 << 30  # an input file read by URL
+MAX_RETRY_ATTEMPTS = 20
+TARGET_ROLES = ("responder", "asker", "judge", "baseline_responder")
 
 
 @dataclass(frozen=True)
@@ -40,24 +49,90 @@ class RunLimits:
                 raise ConfigError(f"--{name.replace('_', '-')} / PARROT_{name.upper()} is {getattr(self, name)}; it must be >= 1")
 
 
-def _limit(field_name: str, problem: str, setting: str) -> LimitExceeded:
+#: The limits of a resumed run (accepted once already): none of the coordinator's apply.
+NO_LIMITS = RunLimits(max_turns=10**6, max_concurrency=10**6, max_conversations=10**9, max_new_tokens=10**9)
+
+
+def limit_exceeded(field_name: str, problem: str, setting: str) -> LimitExceeded:
     return LimitExceeded(field_name, problem, f"coordinator --{setting.replace('_', '-')} / PARROT_{setting.upper()}")
 
 
-@dataclass
-class Plan:
-    """What a run does: its kind and one JSON-able unit per conversation, in input order."""
+@dataclass(frozen=True)
+class RunSettings:
+    """A RunSpec resolved once: its kind, and every "0 = default" settled. ``spec`` is the proto as
+    given (stored in run.json; its input files are read from it); ``section`` is the kind's own
+    settings (``kind.settings``)."""
 
-    kind: str  # "collection" | "evaluation" | "negatives"
-    units: list[dict[str, Any]]
+    spec: cpb.RunSpec
+    kind: "RunKind"
+    section: Any
+    concurrency: int
+    retry: Retry
+    params: conversation_pb2.GenerationParams
+    seed: int
+    limit: int
+
+    @classmethod
+    def resolve(cls, spec: cpb.RunSpec, kind: "RunKind", limits: RunLimits = NO_LIMITS,
+                retry: Retry | None = None) -> "RunSettings":
+        """Checks the spec (INVALID_ARGUMENT / RESOURCE_EXHAUSTED naming the field) and settles its
+        defaults; ``retry`` holds the coordinator's defaults for the unset retry fields."""
+        check_common(spec, kind, limits)
+        params = conversation_pb2.GenerationParams()
+        params.CopyFrom(spec.params)
+        return cls(spec=spec, kind=kind, section=kind.settings(spec, limits),
+                   concurrency=spec.concurrency or DEFAULT_CONCURRENCY,
+                   retry=Retry.from_policy(spec.retry, retry), params=params, seed=spec.seed, limit=spec.limit)
+
+    def stored_as(self, spec: cpb.RunSpec) -> "RunSettings":
+        """The same settings over the spec as stored (input contents replaced by their keys), so a
+        running run does not hold its inputs in memory."""
+        return replace(self, spec=spec)
+
+    @property
+    def targets(self) -> dict[str, str]:
+        """The targets the spec names, by role (empty: the coordinator's own)."""
+        t = self.spec.targets
+        return {**{role: getattr(t, role) for role in TARGET_ROLES}, **self.kind.targets(self.spec)}
+
+    def roles(self) -> list[str]:
+        """The roles the run calls."""
+        return self.kind.roles(self.section)
+
+    def unit_seed(self, index: int) -> int:
+        """The base seed of the unit at ``index`` (each call offsets it)."""
+        return (self.seed * 1_000_003 + index * 1009) % (2**62)
+
+    def generation(self, seed: int, max_tokens: int = 0) -> conversation_pb2.GenerationParams:
+        """The run's generation settings with a per-call seed (offset by the spec's own seed, if any)."""
+        p = conversation_pb2.GenerationParams()
+        p.CopyFrom(self.params)
+        if max_tokens:
+            p.max_tokens = max_tokens
+        p.seed = (self.params.seed + seed) % (2**63)
+        return p
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run does: its settings (and so its kind), one unit per conversation in input order,
+    and the notes of the planning (counts its summary reports)."""
+
+    settings: RunSettings
+    units: list[Any]  # kinds.base.Unit
     notes: dict[str, Any]
 
+    @property
+    def kind(self) -> "RunKind":
+        return self.settings.kind
 
-def kind_of(spec: cpb.RunSpec) -> str:
-    which = spec.WhichOneof("kind")
-    if which is None:
-        raise InvalidArgument("spec.kind", "set exactly one of 'collection', 'evaluation' or 'negatives'")
-    return which
+    def stored_as(self, spec: cpb.RunSpec) -> "Plan":
+        """The plan over the spec as stored (``RunSettings.stored_as``)."""
+        return replace(self, settings=self.settings.stored_as(spec))
+
+    def by_id(self) -> dict[str, Any]:
+        """The units by id."""
+        return {u.id: u for u in self.units}
 
 
 class InputReader:
@@ -124,55 +199,37 @@ def target_field(field_name: str, target: str) -> None:
         raise InvalidArgument(field_name, problem)
 
 
-def check_common(spec: cpb.RunSpec, limits: RunLimits) -> None:
+def check_common(spec: cpb.RunSpec, kind: "RunKind", limits: RunLimits) -> None:
+    """The checks every kind shares (its own are in ``kind.settings``)."""
     if spec.concurrency > limits.max_concurrency:
-        raise _limit("spec.concurrency", f"is {spec.concurrency}; at most {limits.max_concurrency} conversations may be "
-                     f"in flight in one run (0 = {min(DEFAULT_CONCURRENCY, limits.max_concurrency)})", "max_concurrency")
-    for name, value in (("spec.params.max_tokens", spec.params.max_tokens),
-                        ("spec.evaluation.judge_max_tokens", spec.evaluation.judge_max_tokens)):
-        if value > limits.max_new_tokens:
-            raise _limit(name, f"is {value}; at most {limits.max_new_tokens} new tokens per call", "max_new_tokens")
+        raise limit_exceeded("spec.concurrency", f"is {spec.concurrency}; at most {limits.max_concurrency} conversations "
+                             f"may be in flight in one run (0 = {min(DEFAULT_CONCURRENCY, limits.max_concurrency)})",
+                             "max_concurrency")
+    check_new_tokens("spec.params.max_tokens", spec.params.max_tokens, limits)
     r = spec.retry
-    if r.max_attempts > 20:
-        raise InvalidArgument("spec.retry.max_attempts", f"is {r.max_attempts}; allowed 1..20 (0 = 4)")
+    if r.max_attempts > MAX_RETRY_ATTEMPTS:
+        raise InvalidArgument("spec.retry.max_attempts",
+                              f"is {r.max_attempts}; allowed 1..{MAX_RETRY_ATTEMPTS} (0 = {Retry().max_attempts})")
     for name, top in (("initial_backoff_s", 3600), ("max_backoff_s", 3600), ("call_deadline_s", 3600),
                       ("outage_budget_s", 86400)):
         v = getattr(r, name)
         if v < 0 or v > top or v != v:
             raise InvalidArgument(f"spec.retry.{name}", f"is {v}; allowed 0..{top} (0 = default)")
-    for role in ("responder", "asker", "judge", "baseline_responder"):
+    for role in TARGET_ROLES:
         target_field(f"spec.targets.{role}", getattr(spec.targets, role))
-    if spec.WhichOneof("kind") == "evaluation":
-        target_field("spec.evaluation.second_judge", spec.evaluation.second_judge)
+    for role, target in kind.targets(spec).items():
+        target_field(kind.target_field(role), target)
     if len(spec.name) > 200:
         raise InvalidArgument("spec.name", "is longer than 200 characters")
 
 
-async def plan_run(spec: cpb.RunSpec, store: Any, limits: RunLimits | None = None,
-                   input_policy: Any = None) -> tuple[Plan, dict[str, tuple[str, bytes]]]:
-    """Validates the spec and parses its inputs. Returns the plan and the input files read.
-
-    ``limits`` None (a resumed run, already accepted once) checks no coordinator limits;
-    ``input_policy`` (services.coordinator.policy.InputPolicy) confines input URLs.
-    """
-    reader = InputReader(store, input_policy)
-    lim = limits or RunLimits(max_turns=10**6, max_concurrency=10**6, max_conversations=10**9, max_new_tokens=10**9)
-    check_common(spec, lim)
-    kind = kind_of(spec)
-    inputs: dict[str, tuple[str, bytes]] = {}
-    if kind == "collection":
-        plan = await _plan_collection(spec, reader, inputs, lim)
-    elif kind == "negatives":
-        plan = await _plan_negatives(spec, reader, inputs)
-    else:
-        plan = await _plan_evaluation(spec, reader, inputs, lim)
-    if len(plan.units) > lim.max_conversations:
-        raise _limit(f"spec.{kind}", f"has {len(plan.units)} conversations; at most {lim.max_conversations} per run "
-                     "(use spec.limit or split the input)", "max_conversations")
-    return plan, inputs
+def check_new_tokens(field_name: str, value: int, limits: RunLimits) -> None:
+    """RESOURCE_EXHAUSTED when a call may generate more than the coordinator allows."""
+    if value > limits.max_new_tokens:
+        raise limit_exceeded(field_name, f"is {value}; at most {limits.max_new_tokens} new tokens per call", "max_new_tokens")
 
 
-def _parse(field: str, fn: Any, *args: Any) -> Any:
+def parse_input(field: str, fn: Any, *args: Any) -> Any:
     """Runs a loader; a malformed record becomes INVALID_ARGUMENT naming the spec field, file, line and field."""
     from parrot.datasets import DatasetError
 
@@ -180,71 +237,6 @@ def _parse(field: str, fn: Any, *args: Any) -> Any:
         return fn(*args)
     except DatasetError as e:
         raise InvalidArgument(field, str(e)) from e
-
-
-async def _plan_collection(spec: cpb.RunSpec, reader: InputReader, inputs: dict, lim: RunLimits) -> Plan:
-    from parrot.datasets import load_seeds
-
-    c = spec.collection
-    if c.min_turns < 1:
-        raise InvalidArgument("spec.collection.min_turns", f"is {c.min_turns}; a conversation needs at least 1 user turn")
-    if c.max_turns and c.max_turns < c.min_turns:
-        raise InvalidArgument("spec.collection.max_turns", f"is {c.max_turns}; it must be 0 or >= min_turns ({c.min_turns})")
-    if max(c.min_turns, c.max_turns) > lim.max_turns:
-        raise _limit("spec.collection.max_turns", f"is {max(c.min_turns, c.max_turns)}; at most {lim.max_turns} user turns "
-                     "per conversation", "max_turns")
-    if c.seed_format not in ("", "auto", "sharegpt", "queries"):
-        raise InvalidArgument("spec.collection.seed_format", f"is {c.seed_format!r}; allowed: auto, sharegpt, queries")
-    if not 0 <= c.near_duplicate_threshold <= 1:
-        raise InvalidArgument("spec.collection.near_duplicate_threshold", "allowed range is 0..1 (0 = default 0.8)")
-    name, data = await reader.read(c.seeds, "spec.collection.seeds")
-    inputs["seeds"] = (name, data)
-    seedset = _parse("spec.collection.seeds", load_seeds, name, data, c.seed_format or "auto")
-    seeds = seedset.seeds[: spec.limit] if spec.limit else seedset.seeds
-    if not seeds:
-        raise InvalidArgument("spec.collection.seeds", f"{name} has no usable first-turn queries")
-    units = [{"id": str(s.id), "query": s.query} for s in seeds]
-    return Plan("collection", units, {"seeds_skipped": dict(seedset.skipped)})
-
-
-async def _plan_evaluation(spec: cpb.RunSpec, reader: InputReader, inputs: dict, lim: RunLimits) -> Plan:
-    from parrot.datasets import SESSION_FORMATS, load_eval_sessions, load_references
-    from services.coordinator.protocols import check_fields, question_units
-
-    e = spec.evaluation
-    if e.pairwise and not spec.targets.baseline_responder:
-        raise InvalidArgument("spec.targets.baseline_responder", "is required when evaluation.pairwise is set")
-    if e.questions_format not in ("",) + SESSION_FORMATS:
-        raise InvalidArgument("spec.evaluation.questions_format",
-                              f"is {e.questions_format!r}; allowed: {', '.join(SESSION_FORMATS)}")
-    if e.skip_judge and (e.pairwise or e.second_judge):
-        raise InvalidArgument("spec.evaluation.skip_judge", "cannot be combined with pairwise or second_judge")
-    name, data = await reader.read(e.questions, "spec.evaluation.questions")
-    inputs["questions"] = (name, data)
-    questions = _parse("spec.evaluation.questions", load_eval_sessions, name, data, e.questions_format or "auto")
-    questions = questions[: spec.limit] if spec.limit else questions
-    if not questions:
-        raise InvalidArgument("spec.evaluation.questions", f"{name} has no questions")
-    refs: dict[Any, list[str]] = {}
-    if e.reference_answers.content or e.reference_answers.url:
-        rname, rdata = await reader.read(e.reference_answers, "spec.evaluation.reference_answers")
-        inputs["reference_answers"] = (rname, rdata)
-        refs = _parse("spec.evaluation.reference_answers", load_references, rname, rdata)
-    history, arms, repeats = check_fields(e)
-    units = []
-    for q in questions:
-        if len(q.turns) > lim.max_turns:
-            raise _limit("spec.evaluation.questions", f"{name}: question {q.question_id} has {len(q.turns)} turns; at most "
-                         f"{lim.max_turns} user turns per conversation", "max_turns")
-        references = list(q.references or refs.get(q.question_id) or refs.get(str(q.question_id)) or [])
-        units += question_units(q, references, history, arms, repeats, name)
-    if e.skip_judge and not any("instructions" in u for u in units):
-        raise InvalidArgument("spec.evaluation.skip_judge", f"{name} carries no per-turn instructions, so there would be "
-                                                            "nothing to grade; drop skip_judge or add instructions")
-    return Plan("evaluation", units, {"max_turns": max(len(u["turns"]) for u in units), "repeats": repeats})
-
-
-NEGATIVES_CHOSEN_SOURCES = ("responder", "dataset")
 
 
 def distinct_choices(field_name: str, values: Any, allowed: tuple[str, ...]) -> list[str]:
@@ -257,73 +249,3 @@ def distinct_choices(field_name: str, values: Any, allowed: tuple[str, ...]) -> 
             raise InvalidArgument(f"{field_name}[{i}]", f"{v!r} is listed twice")
         out.append(v)
     return out
-
-
-def check_negatives(spec: cpb.RunSpec) -> list[str]:
-    """Validates the negatives section; returns the strategies to use."""
-    from parrot.datasets.capo import STRATEGIES
-
-    n = spec.negatives
-    strategies = distinct_choices("spec.negatives.strategies", n.strategies, STRATEGIES)
-    if n.chosen_source not in ("", *NEGATIVES_CHOSEN_SOURCES):
-        raise InvalidArgument("spec.negatives.chosen_source",
-                              f"is {n.chosen_source!r}; allowed: {', '.join(NEGATIVES_CHOSEN_SOURCES)} (empty = responder)")
-    if not 0 <= n.judge_threshold <= 10 or n.judge_threshold != n.judge_threshold:
-        raise InvalidArgument("spec.negatives.judge_threshold", f"is {n.judge_threshold}; allowed 0..10 (0 = 6)")
-    if not 0 <= n.near_identical_threshold <= 1 or n.near_identical_threshold != n.near_identical_threshold:
-        raise InvalidArgument("spec.negatives.near_identical_threshold",
-                              f"is {n.near_identical_threshold}; allowed 0..1 (0 = 0.9)")
-    if n.max_history_turns > MAX_TURNS:
-        raise InvalidArgument("spec.negatives.max_history_turns", f"is {n.max_history_turns}; allowed 0..{MAX_TURNS}")
-    return strategies or list(STRATEGIES)
-
-
-async def _plan_negatives(spec: cpb.RunSpec, reader: InputReader, inputs: dict) -> Plan:
-    """One unit per cleaned conversation with at least one selected follow-up query.
-
-    A unit holds the conversation, the selected queries (1-based user-turn index and the
-    detector's cues) and a distractor exchange from the next cleaned conversation (used by
-    context_misunderstanding when the history has a single exchange).
-    """
-    from parrot.analysis import is_context_dependent
-    from parrot.conversation import Role
-    from parrot.datasets import load_sharegpt
-    from parrot.datasets.capo import exchanges
-    from parrot.datasets.cleaning import CleaningConfig, clean_conversations
-
-    n = spec.negatives
-    check_negatives(spec)
-    name, data = await reader.read(n.conversations, "spec.negatives.conversations")
-    inputs["conversations"] = (name, data)
-    records = _parse("spec.negatives.conversations", load_sharegpt, name, data)
-    records = records[: spec.limit] if spec.limit else records
-    cleaned, report = clean_conversations(records, CleaningConfig(min_user_turns=2))
-    units: list[dict[str, Any]] = []
-    without = 0
-    for pos, record in enumerate(cleaned):
-        users = [m for m in record.messages if m.role is Role.USER]
-        selected = []
-        for k, message in enumerate(users[1:], start=2):
-            verdict = is_context_dependent(message.content, k - 1)
-            if verdict.dependent or n.all_follow_ups:
-                selected.append({"turn": k, "cues": verdict.cues})
-        if n.max_queries_per_conversation:
-            selected = selected[: n.max_queries_per_conversation]
-        if not selected:
-            without += 1
-            continue
-        distractor = None
-        if len(cleaned) > 1:
-            other = cleaned[(pos + 1) % len(cleaned)]
-            first = exchanges(other.messages)[:1]
-            if first:
-                distractor = {"source_id": other.id, "messages": [m.as_dict() for m in first[0]]}
-        units.append({"id": record.id, "messages": [m.as_dict() for m in record.messages], "selected": selected,
-                      "distractor": distractor})
-    if not units:
-        raise InvalidArgument("spec.negatives.conversations",
-                              f"{name} has no context-dependent follow-up query ({report.conversations_kept} of "
-                              f"{report.conversations_in} conversations left after cleaning)")
-    notes = {"cleaning": report.as_dict(), "conversations_without_selected_query": without,
-             "queries_selected": sum(len(u["selected"]) for u in units)}
-    return Plan("negatives", units, notes)

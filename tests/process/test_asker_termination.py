@@ -14,7 +14,8 @@ from parrot.datasets import ShareGPTRecord
 from parrot.protoconv import messages_to_pb
 from parrot.v1 import asker_pb2, conversation_pb2, coordinator_pb2 as cpb, responder_pb2
 from services.asker.service import AskerConfig, AskerService
-from services.coordinator.kinds import UnitContext, collect_conversation
+from services.coordinator.kinds import KINDS, UnitContext, resolve
+from services.coordinator.kinds.collection import SeedUnit
 from tests.helpers.fakes import ScriptedBackend
 
 U, A = Role.USER, Role.ASSISTANT
@@ -98,8 +99,8 @@ class FakeClients:
 async def test_collection_ends_a_session_where_the_asker_ends_it_after_min_turns():
     spec = cpb.RunSpec(collection=cpb.CollectionSpec(min_turns=2, max_turns=6), seed=1)
     clients = FakeClients()
-    ctx = UnitContext(spec, clients, 0, lambda tokens: None)  # type: ignore[arg-type]
-    out = await collect_conversation(ctx, {"id": "s1", "query": "How do I center a div?"})
+    ctx = UnitContext(resolve(spec), clients, 0, lambda tokens: None)  # type: ignore[arg-type]
+    out = await KINDS["collection"].run_unit(ctx, SeedUnit("s1", "How do I center a div?"))
     assert clients.allowed == [False, True]  # not before min_turns user turns
     assert out["turns"] == 2 and out["metadata"]["ended"] == "asker_ended"
     assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user", "assistant"]

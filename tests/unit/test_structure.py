@@ -238,3 +238,44 @@ def test_tests_are_grouped_by_level():
             assert not started, f"{path.relative_to(REPO)} imports {started}: it belongs in tests/process"
     # the check sees what a process test imports
     assert imported_names(tests / "process" / "test_up.py") & STARTS_A_PROCESS
+
+
+def test_run_kinds_are_listed_once_each_in_its_own_module():
+    """A run kind is one module under services/coordinator/kinds/ and one line of its registry (``KINDS``):
+    every RunSpec kind is registered and implements RunKind, and no other coordinator module lists
+    the kinds or compares a kind's name (the web UI, whose pages and templates are per kind, aside)."""
+    import inspect
+
+    from parrot.v1 import coordinator_pb2 as cpb
+    from services.coordinator.kinds import KINDS
+    from services.coordinator.kinds.base import RunKind
+
+    oneof = {f.name for f in cpb.RunSpec.DESCRIPTOR.oneofs_by_name["kind"].fields}
+    assert set(KINDS) == oneof, (set(KINDS), oneof)
+    for name, kind in KINDS.items():
+        cls = type(kind)
+        assert isinstance(kind, RunKind) and kind.name == name and not inspect.isabstract(cls)
+        assert cls.__module__ == f"services.coordinator.kinds.{name}", cls.__module__
+        assert kind.inputs and all(hasattr(kind.section(cpb.RunSpec()), f) for f in kind.inputs), name
+        module = __import__(cls.__module__, fromlist=["_"])
+        kinds_there = [c for c in vars(module).values() if inspect.isclass(c) and issubclass(c, RunKind) and c is not RunKind]
+        assert kinds_there == [cls], (name, kinds_there)
+
+    def literals(node: ast.AST) -> list[str]:
+        parts = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+        return [p.value for p in parts if isinstance(p, ast.Constant) and p.value in KINDS]
+
+    bad = []
+    for p in files("services/coordinator"):
+        rel = p.relative_to(REPO)
+        if rel.parts[2] in ("kinds", "web"):
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Compare):
+                found = [v for side in (node.left, *node.comparators) for v in literals(side)]
+            elif isinstance(node, ast.Dict):
+                found = [v for k in node.keys if k is not None for v in literals(k)]
+            else:
+                continue
+            bad += [f"{rel}:{node.lineno}: {v!r}" for v in found]
+    assert not bad, "kind names compared or listed outside services/coordinator/kinds/:\n" + "\n".join(bad)

@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 from google.protobuf import json_format
 
 from parrot.errors import InvalidArgument, NotFound
-from parrot.storage.layout import RUNS, outputs_prefix, run_record, unit_key, units_prefix
+from parrot.storage.layout import RUNS, output_key, run_record, unit_key, units_prefix
 from parrot.v1 import coordinator_pb2 as cpb
 from services.coordinator.executor import TERMINAL
 
@@ -221,32 +221,31 @@ class IndexCache(Lru):
 
 
 async def build_index(manager: Any, run: cpb.Run) -> RunIndex:
-    from services.coordinator.spec import plan_run
+    from services.coordinator.kinds import plan_run, resolve
 
     t0 = time.monotonic()
     store = manager.store
     ex = manager.executors.get(run.id)
-    plan = ex.plan if ex is not None else (await plan_run(run.spec, store))[0]  # an executing run has its plan
+    plan = ex.plan if ex is not None else (await plan_run(resolve(run.spec), store))[0]  # an executing run has its plan
     rows = [_unit_row(i, u) for i, u in enumerate(plan.units)]
     by_question = {str(u.get("question_id", u.get("id"))): i for i, u in enumerate(plan.units)}
-    outputs = outputs_prefix(run.id)
     if ex is not None:
         for i, rec in list(ex.units.items()):
             _apply_record(rows[i], rec)
-    elif await store.exists(f"{outputs}/summary.json"):
-        for f in await read_jsonl(store, f"{outputs}/failures.jsonl"):
+    elif await store.exists(output_key(run.id, "summary.json")):
+        for f in await read_jsonl(store, output_key(run.id, "failures.jsonl")):
             rows[f["index"]].status, rows[f["index"]].reason = "failed", f.get("reason", "")
         for r in rows:
             if r.status == "pending":
                 r.status = "finished"
         scores: dict[int, dict[int, float | None]] = {}
-        for s in await read_jsonl(store, f"{outputs}/scores.jsonl"):
+        for s in await read_jsonl(store, output_key(run.id, "scores.jsonl")):
             i = by_question.get(str(s["question_id"]))
             if i is not None:
                 scores.setdefault(i, {})[int(s["turn"])] = s["score"]
         for i, per_turn in scores.items():
             rows[i].scores = [per_turn[t] for t in sorted(per_turn)]
-        for c in await read_jsonl(store, f"{outputs}/instructions.jsonl"):
+        for c in await read_jsonl(store, output_key(run.id, "instructions.jsonl")):
             i = by_question.get(str(c["question_id"]))
             if i is not None and c.get("prompt_strict") is False:
                 rows[i].failed_checks.append(int(c["turn"]))
@@ -256,7 +255,7 @@ async def build_index(manager: Any, run: cpb.Run) -> RunIndex:
         for rec in recs:
             if 0 <= rec.get("index", -1) < len(rows):
                 _apply_record(rows[rec["index"]], rec)
-    return RunIndex(run.id, plan.kind, rows, plan.units, by_question, time.monotonic() - t0)
+    return RunIndex(run.id, plan.kind.name, rows, plan.units, by_question, time.monotonic() - t0)
 
 
 async def unit_record(manager: Any, run_id: str, index: int) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from parrot.errors import FailedPrecondition
-from parrot.storage.layout import outputs_prefix
+from parrot.storage.layout import output_key
 from parrot.v1 import coordinator_pb2 as cpb
 from services.coordinator.web.runs import ConvRow, RunIndex, read_json, read_jsonl
 
@@ -30,9 +30,8 @@ async def evaluation_view(store: Any, run: cpb.Run) -> dict[str, Any]:
     from parrot.reports import load_run
     from parrot.reports.build import build_report, instruction_series, per_turn_series
 
-    outputs = outputs_prefix(run.id)
-    failures = await read_jsonl(store, f"{outputs}/failures.jsonl")
-    if not await store.exists(f"{outputs}/summary.json"):
+    failures = await read_jsonl(store, output_key(run.id, "failures.jsonl"))
+    if not await store.exists(output_key(run.id, "summary.json")):
         return {"ready": False, "failures": failures}
     data = await load_run(store, run.id)
     judged = bool([s for s in data.scores if s.get("score") is not None])
@@ -48,9 +47,8 @@ async def evaluation_view(store: Any, run: cpb.Run) -> dict[str, Any]:
 
 async def dataset_view(store: Any, run: cpb.Run) -> dict[str, Any]:
     """A collection or negatives run: its dataset statistics (the paper's table) and drop counts."""
-    outputs = outputs_prefix(run.id)
-    summary = await read_json(store, f"{outputs}/summary.json")
-    failures = await read_jsonl(store, f"{outputs}/failures.jsonl")
+    summary = await read_json(store, output_key(run.id, "summary.json"))
+    failures = await read_jsonl(store, output_key(run.id, "failures.jsonl"))
     if summary is None:
         return {"ready": False, "failures": failures}
     stats = summary.get("stats") or {}
