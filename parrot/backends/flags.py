@@ -41,7 +41,7 @@ class BackendFlag:
         parts = []
         for backend, text in self.helps.items():
             default = self.defaults[backend]
-            shown = f" [default: {default}]" if default not in ("", None, ()) else ""
+            shown = f" (default: {default})" if default not in ("", None, ()) else ""
             parts.append(f"{backend}: {text.rstrip('.')}{shown}.")
         return " ".join(parts)
 

@@ -375,7 +375,7 @@ def register(app: typer.Typer) -> None:
         seeds: Optional[str] = typer.Option(None, "--seeds", "-s", help="ShareGPT JSON/JSONL or JSONL of queries; path or URL."),
         seed_format: str = typer.Option("auto", help="auto, sharegpt or queries."),
         turns: Optional[int] = typer.Option(None, help="User turns per conversation (fixed; default 4)."),
-        min_turns: Optional[int] = typer.Option(None, help="Sample the number of user turns from [min, max]."),
+        min_turns: Optional[int] = typer.Option(None, help="Sample the number of user turns between --min-turns and --max-turns."),
         max_turns: Optional[int] = typer.Option(None, help="Upper end of the sampled range."),
         persona: str = typer.Option("", help="Asker persona hint."),
         min_query_chars: int = typer.Option(0, help="Drop shorter follow-ups (0 = the coordinator's default)."),

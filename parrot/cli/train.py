@@ -64,7 +64,7 @@ def _field_params(cls: type, prefix: str = "") -> list[tuple[inspect.Parameter, 
         tp = hints[f.name]
         help_text = f.metadata.get("help", "")
         if default not in (None, "", {}, []):
-            help_text += f" [default: {default}]"
+            help_text += f" (default: {default})"
         decls = [f"{flag}/--no-{flag[2:]}"] if tp is bool else [flag]
         opt = typer.Option(None, *decls, help=help_text, show_default=False)
         param = inspect.Parameter(f"{prefix}{f.name}".replace(".", "_"), inspect.Parameter.KEYWORD_ONLY,

@@ -16,6 +16,7 @@ conftest.py and helpers/; a unit or service test imports nothing that starts a p
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -119,12 +120,26 @@ def test_every_command_renders_its_help():
                 out += paths(sub, prefix + [name])
         return out
 
+    def command(path: list[str]) -> object:
+        cmd = get_command(app)
+        for name in path:
+            cmd = cmd.commands[name]  # type: ignore[attr-defined]
+        return cmd
+
+    def words(text: str) -> str:
+        return " ".join(text.replace("│", " ").split())
+
     every = paths(get_command(app), [])
     assert len(every) > 20
     runner = CliRunner()
     for path in every:
         result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0 and "Usage" in result.output, (path, result.output[-2000:], result.exception)
+        # a bracketed phrase in a help text ("[min, max]") is Rich markup and vanishes unless escaped
+        shown = words(result.output).replace(" ", "")
+        for param in getattr(command(path), "params", []):
+            for phrase in re.findall(r"(?<!\\)\[([^\]]+)\]", getattr(param, "help", None) or ""):
+                assert words(phrase).replace(" ", "") in shown, (path, param.name, phrase)
 
 
 def test_the_library_imports_its_own_modules_lazily_only_for_heavy_dependencies():
