@@ -27,10 +27,12 @@ LOGS=${LOGS:-../shared/data/sharegpt/sample300.jsonl}           # ShareGPT conve
 QUESTIONS=${QUESTIONS:-docs/examples/eight_turn_sessions.jsonl}  # 8-turn sessions, MT-Bench format
 HOLDOUT=${HOLDOUT:-0.2}              # share of the log sessions held out of asker training (scorecard)
 ASKER_STEPS=${ASKER_STEPS:-100}      # asker optimizer steps
-ASKER_LR=${ASKER_LR:-2e-4}           # asker learning rate
+ASKER_LR=${ASKER_LR:-5e-5}           # asker learning rate
 ASKER_LOSS_ON=${ASKER_LOSS_ON:-all}  # last or all (every user turn of the context is a target)
-RERANK=${RERANK:-0}                  # >1: the trained asker draws this many samples and keeps the best (--rerank-samples)
-CARD_CONTEXTS=${CARD_CONTEXTS:-40}   # held-out contexts the scorecard asks about
+RERANK=${RERANK:-4}                  # >1: the trained asker draws this many samples and keeps the best (--rerank-samples)
+ASKER_BACKEND=${ASKER_BACKEND:-transformers}  # of the trained asker in collection: reranking scores every sample,
+                                     # one forward pass on transformers (llama.cpp's completions API: a call per token)
+CARD_CONTEXTS=${CARD_CONTEXTS:-60}   # held-out contexts the scorecard asks about
 COLLECT=${COLLECT:-48}               # conversations collected with the trained asker
 COLLECT_TURNS=${COLLECT_TURNS:-3}    # user turns per collected conversation
 MIN_TURNS=${MIN_TURNS:-2}            # the asker may end a conversation after this many user turns
@@ -99,14 +101,16 @@ run_step 3-asker-scorecard parrot bench asker "$LOGS" --holdout "$HOLDOUT" --lim
   --asker base=smollm2 --asker trained="$OUT/asker/model$( [ "$RERANK" -gt 1 ] && echo "@rerank=$RERANK")" \
   --json "$OUT/asker-card.json"
 
-say "starting the local stack (parrot up): log $OUT/up.log"
-parrot up >"$OUT/up.log" 2>&1 &
-pids+=($!)
-wait_for "$OUT/up.log" "parrot is up" "${pids[0]}"
+if [ ! -f "$OUT/done/4-collection" ] || [ ! -f "$OUT/done/5-negatives" ] || [ ! -f "$OUT/done/7-evaluation" ]; then
+  say "starting the local stack (parrot up): log $OUT/up.log"
+  parrot up >"$OUT/up.log" 2>&1 &
+  pids+=($!)
+  wait_for "$OUT/up.log" "parrot is up" "$!"
+fi
 
 if [ ! -f "$OUT/done/4-collection" ]; then
   say "serving the trained asker on 127.0.0.1:$ASKER_PORT"
-  serve asker "$OUT/asker/model" "$ASKER_PORT" "$OUT/asker-serve.log" --rerank-samples "$RERANK"
+  serve asker "$OUT/asker/model" "$ASKER_PORT" "$OUT/asker-serve.log" --backend "$ASKER_BACKEND" --rerank-samples "$RERANK"
 fi
 run_step 4-collection parrot collect --seeds "$LOGS" --limit "$COLLECT" --asker "127.0.0.1:$ASKER_PORT" \
   --min-turns "$MIN_TURNS" --max-turns "$COLLECT_TURNS" --max-tokens "$MAX_TOKENS" --concurrency 8 --seed 1 \
