@@ -51,6 +51,15 @@ class Unavailable(ParrotError):
     http_status = 503
 
 
+class NoAcceptableOutput(ParrotError):
+    """The model answered, but none of its samples passed the service's checks (the asker's follow-up
+    filters). Not an outage: the service is up, and asking again (another seed, a longer context) may
+    succeed, so clients count it and move on instead of holding their calls."""
+
+    code = grpc.StatusCode.ABORTED
+    http_status = 422
+
+
 class DeadlineExceeded(ParrotError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     http_status = 504

@@ -21,6 +21,10 @@ cd "$(dirname "$0")/.."
 export PARROT_CACHE_DIR=${PARROT_CACHE_DIR:-$PWD/.cache/parrot}
 export PARROT_HOME=${PARROT_HOME:-$PWD/.parrot}
 export PATH="$PWD/.venv/bin:$PATH"
+# Two llama.cpp servers run at once from step 4 on (the stack's model and the trained asker or the CaPO
+# model): one thread each, so they do not spin against each other for the cores (measured on 2 cores:
+# 4.3 tokens/s in all with two 2-thread servers)
+export PARROT_ENGINE_THREADS=${PARROT_ENGINE_THREADS:-1}
 [ -x .venv/bin/parrot ] || bash scripts/setup.sh
 
 LOGS=${LOGS:-../shared/data/sharegpt/sample300.jsonl}           # ShareGPT conversations (read where they lie)
@@ -29,9 +33,11 @@ HOLDOUT=${HOLDOUT:-0.2}              # share of the log sessions held out of ask
 ASKER_STEPS=${ASKER_STEPS:-100}      # asker optimizer steps
 ASKER_LR=${ASKER_LR:-5e-5}           # asker learning rate
 ASKER_LOSS_ON=${ASKER_LOSS_ON:-all}  # last or all (every user turn of the context is a target)
-RERANK=${RERANK:-4}                  # >1: the trained asker draws this many samples and keeps the best (--rerank-samples)
-ASKER_BACKEND=${ASKER_BACKEND:-transformers}  # of the trained asker in collection: reranking scores every sample,
-                                     # one forward pass on transformers (llama.cpp's completions API: a call per token)
+RERANK=${RERANK:-4}                  # >1: the scorecard also measures the trained asker reranking this many samples
+COLLECT_RERANK=${COLLECT_RERANK:-0}  # >1: the collection's asker reranks too (4x the asker's work; set
+                                     # ASKER_BACKEND=transformers: it scores a sample in one forward pass,
+                                     # llama.cpp's completions API a token per call)
+ASKER_BACKEND=${ASKER_BACKEND:-auto} # of the trained asker in collection
 CARD_CONTEXTS=${CARD_CONTEXTS:-60}   # held-out contexts the scorecard asks about
 COLLECT=${COLLECT:-48}               # conversations collected with the trained asker
 COLLECT_TURNS=${COLLECT_TURNS:-3}    # user turns per collected conversation
@@ -98,7 +104,8 @@ run_step 2-asker-training train "$OUT/asker-train.log" parrot train asker --data
   --loss-on "$ASKER_LOSS_ON" --logging-steps 10 --save-steps 50
 
 run_step 3-asker-scorecard parrot bench asker "$LOGS" --holdout "$HOLDOUT" --limit "$CARD_CONTEXTS" --seed 0 \
-  --asker base=smollm2 --asker trained="$OUT/asker/model$( [ "$RERANK" -gt 1 ] && echo "@rerank=$RERANK")" \
+  --asker base=smollm2 --asker trained="$OUT/asker/model" \
+  $( [ "$RERANK" -gt 1 ] && echo "--asker trained-rerank$RERANK=$OUT/asker/model@rerank=$RERANK") \
   --json "$OUT/asker-card.json"
 
 if [ ! -f "$OUT/done/4-collection" ] || [ ! -f "$OUT/done/5-negatives" ] || [ ! -f "$OUT/done/7-evaluation" ]; then
@@ -110,7 +117,7 @@ fi
 
 if [ ! -f "$OUT/done/4-collection" ]; then
   say "serving the trained asker on 127.0.0.1:$ASKER_PORT"
-  serve asker "$OUT/asker/model" "$ASKER_PORT" "$OUT/asker-serve.log" --backend "$ASKER_BACKEND" --rerank-samples "$RERANK"
+  serve asker "$OUT/asker/model" "$ASKER_PORT" "$OUT/asker-serve.log" --backend "$ASKER_BACKEND" --rerank-samples "$COLLECT_RERANK"
 fi
 run_step 4-collection parrot collect --seeds "$LOGS" --limit "$COLLECT" --asker "127.0.0.1:$ASKER_PORT" \
   --min-turns "$MIN_TURNS" --max-turns "$COLLECT_TURNS" --max-tokens "$MAX_TOKENS" --concurrency 8 --seed 1 \

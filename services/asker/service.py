@@ -41,7 +41,7 @@ from parrot.analysis import is_context_dependent, repeats_any
 from parrot.asking.rerank import RerankSettings
 from parrot.backends.base import Backend, GenerationRequest, GenerationResult, gather_all_or_cancel
 from parrot.conversation import MAX_SEED, Conversation, GenerationParams, InputLimits, Role, validate_messages
-from parrot.errors import ConfigError, InvalidArgument, Unavailable
+from parrot.errors import ConfigError, InvalidArgument, NoAcceptableOutput
 from parrot.metrics import STAGE_LATENCY, child
 from parrot.protoconv import conversation_from_pb, finish_reason_to_pb, params_from_pb, usage_to_pb
 from parrot.v1 import asker_pb2, asker_pb2_grpc
@@ -176,7 +176,8 @@ class AskerService(asker_pb2_grpc.AskerServicer):
         ``conversation`` must end with an assistant message. ``params`` None means the
         service defaults (``default_max_tokens``, ``default_temperature``). Fewer than
         ``num_candidates`` come back when the model cannot produce that many distinct
-        acceptable ones within ``max_attempts`` each; none at all raises Unavailable.
+        acceptable ones within ``max_attempts`` each; none at all raises NoAcceptableOutput (ABORTED: the
+        service is up, so callers must not take it for an outage).
         """
         return (await self.ask_or_end(conversation, params, persona, topic, num_candidates)).questions
 
@@ -230,7 +231,7 @@ class AskerService(asker_pb2_grpc.AskerServicer):
         questions = [s.accepted for s in slots if s.accepted is not None]
         if not questions:
             reasons = ", ".join(sorted({s.last_reason for s in slots}))
-            raise Unavailable(
+            raise NoAcceptableOutput(
                 f"asker produced no acceptable question after {self.config.max_attempts} attempts (last rejected: {reasons})"
             )
         if len(questions) < n:

@@ -211,3 +211,49 @@ def test_one_backoff_formula_for_every_retry_loop(jitter, low):
         assert all(step * low - 1e-9 <= d <= step + 1e-9 for d in delays), (attempt, min(delays), max(delays))
         if jitter:
             assert max(delays) - min(delays) > step * jitter * 0.5  # random within its share
+
+
+class Answers(responder_pb2_grpc.ResponderServicer):
+    async def Respond(self, request, context):
+        return responder_pb2.RespondResponse(text="An answer.", model="r",
+                                             usage=conversation_pb2.Usage(completion_tokens=2))
+
+
+async def test_an_asker_that_gives_up_is_a_dropped_follow_up_not_an_outage():
+    """The asker answers ABORTED when none of its samples passes its checks (here: every sample is too
+    short). The service is up, so the coordinator must not hold the run's calls as in an outage: the
+    collection counts the drop, re-asks, then ends the session at once."""
+    import time
+
+    from parrot.errors import NoAcceptableOutput
+    from parrot.v1 import asker_pb2_grpc, coordinator_pb2 as cpb
+    from services.asker.service import AskerConfig, AskerService
+    from services.coordinator.kinds import KINDS, UnitContext, resolve
+    from services.coordinator.kinds.collection import NO_QUESTION, SeedUnit
+    from tests.helpers.fakes import ScriptedBackend
+
+    assert NoAcceptableOutput.code == grpc.StatusCode.ABORTED
+    asker = AskerService(ScriptedBackend(lambda req, i: ""), AskerConfig(format="role-swapped"))
+    server = GrpcServer([GrpcService("parrot.v1.Responder", Answers(), responder_pb2_grpc.add_ResponderServicer_to_server),
+                         GrpcService("parrot.v1.Asker", asker, asker_pb2_grpc.add_AskerServicer_to_server)],
+                        host="127.0.0.1", port=0, auth_token=None, max_message_bytes=1 << 20)
+    await server.start()
+    target = f"127.0.0.1:{server.port}"
+    downs: list[str] = []
+    clients = ModelClients({"responder": target, "asker": target}, FAST, None,
+                           on_down=lambda role, cause: downs.append(role))
+    try:
+        with pytest.raises(CallFailed) as e:
+            await clients.ask(MSGS + [Message(Role.ASSISTANT, "hello")], conversation_pb2.GenerationParams())
+        assert e.value.status == grpc.StatusCode.ABORTED and e.value.attempts == 1
+        assert "no acceptable question" in str(e.value)
+        ctx = UnitContext(resolve(cpb.RunSpec(collection=cpb.CollectionSpec(min_turns=3), seed=1)), clients, 0,
+                          lambda tokens: None)
+        t0 = time.monotonic()
+        out = await KINDS["collection"].run_unit(ctx, SeedUnit("s1", "How do I center a div?"))
+        assert time.monotonic() - t0 < 10
+        assert out["metadata"]["ended"] == "no_acceptable_follow_up" and out["drops"] == {NO_QUESTION: 3}
+        assert downs == [] and clients.outage_s("asker") == 0
+    finally:
+        await clients.close()
+        await server.stop(0)

@@ -1,7 +1,9 @@
 """Collection (Parrot-Ask): multi-turn conversations grown from seed queries.
 
 The seed query, then responder answer / asker follow-up until the sampled number of user turns;
-follow-ups that the filters reject are re-asked (up to max_asks_per_turn), and counted by reason.
+follow-ups that the filters reject are re-asked (up to max_asks_per_turn), and counted by reason; so
+is an ask the asker gave up on (ABORTED: none of its samples passed its checks, ``asker_no_question``),
+which is not an outage (the service answered) and so never holds the run's calls.
 Once the session has ``min_turns`` user turns, the asker may end it (``AskRequest.allow_end``; a
 trained asker ends where people ended): the session is then finished with ``ended: "asker_ended"``.
 A session cut short because the asker could not answer (after retries, or an outage past its
@@ -19,13 +21,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
+
 from parrot.conversation import Message, Role
 from parrot.errors import InvalidArgument
+from parrot.model_clients import CallFailed
 from parrot.v1 import coordinator_pb2 as cpb
 from services.coordinator.kinds.base import RunKind, Unit, UnitContext, UnitFailed, add_counts, jsonl
 from services.coordinator.spec import InputReader, Plan, RunLimits, RunSettings, limit_exceeded, parse_input
 
 SEED_FORMATS = ("auto", "sharegpt", "queries")
+# Drop reason of an ask the asker gave up on (ABORTED: none of its samples passed its own checks).
+NO_QUESTION = "asker_no_question"
 
 
 @dataclass(frozen=True)
@@ -120,8 +127,15 @@ class Collection(RunKind):
             for attempt in range(max_asks):
                 # An asker that cannot answer (after retries, or an outage past its budget) fails the
                 # conversation: a session cut short by a fault is not a finished record.
-                a = await ctx.clients.ask(messages, ctx.settings.generation(base_seed + turn * 100 + attempt, 64), c.persona,
-                                          allow_end=turn >= c.min_turns)
+                try:
+                    a = await ctx.clients.ask(messages, ctx.settings.generation(base_seed + turn * 100 + attempt, 64),
+                                              c.persona, allow_end=turn >= c.min_turns)
+                except CallFailed as err:
+                    if err.status != grpc.StatusCode.ABORTED:
+                        raise
+                    # the asker is up but none of its samples passed its own checks: a dropped follow-up
+                    drops[NO_QUESTION] = drops.get(NO_QUESTION, 0) + 1
+                    continue
                 ctx.models["asker"] = a.model
                 if a.end_of_conversation:
                     ended = "asker_ended"
