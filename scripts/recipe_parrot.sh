@@ -21,10 +21,11 @@ cd "$(dirname "$0")/.."
 export PARROT_CACHE_DIR=${PARROT_CACHE_DIR:-$PWD/.cache/parrot}
 export PARROT_HOME=${PARROT_HOME:-$PWD/.parrot}
 export PATH="$PWD/.venv/bin:$PATH"
-# Two llama.cpp servers run at once from step 4 on (the stack's model and the trained asker or the CaPO
-# model): one thread each, so they do not spin against each other for the cores (measured on 2 cores:
-# 4.3 tokens/s in all with two 2-thread servers)
-export PARROT_ENGINE_THREADS=${PARROT_ENGINE_THREADS:-1}
+# From step 4 on a second llama.cpp server runs beside the stack's (the trained asker, then the CaPO
+# model): it gets one thread, so the two do not spin against each other for the cores (measured on 2
+# cores: 4.3 tokens/s in all with two servers of 2 threads each), while the stack's server, which
+# also judges, keeps every core (with one thread its judge took ~3 min a grade).
+EXTRA_THREADS=${EXTRA_THREADS:-1}
 [ -x .venv/bin/parrot ] || bash scripts/setup.sh
 
 LOGS=${LOGS:-../shared/data/sharegpt/sample300.jsonl}           # ShareGPT conversations (read where they lie)
@@ -77,7 +78,8 @@ wait_for() {  # wait_for LOG PATTERN PID
   done
 }
 serve() {  # serve ROLE MODEL PORT LOG [FLAGS...]: a model service on loopback, waits until it answers
-  parrot serve "$1" --model "$2" --host 127.0.0.1 --grpc-port "$3" --http-port $(($3 + 1000)) "${@:5}" >"$4" 2>&1 &
+  PARROT_ENGINE_THREADS=$EXTRA_THREADS parrot serve "$1" --model "$2" --host 127.0.0.1 --grpc-port "$3" \
+    --http-port $(($3 + 1000)) "${@:5}" >"$4" 2>&1 &
   pids+=($!)
   python - "$1" "$3" "$!" <<'EOF'
 import os, sys
