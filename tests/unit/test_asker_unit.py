@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 from typing import Callable, Sequence
 
+import grpc
 import pytest
 
 from parrot.backends.base import GenerationRequest
 from parrot.conversation import Conversation, GenerationParams, InputLimits, Message, Role
-from parrot.errors import ConfigError, InvalidArgument, LimitExceeded, Unavailable
+from parrot.errors import ConfigError, InvalidArgument, LimitExceeded, NoAcceptableOutput
 from parrot.protoconv import messages_to_pb
 from parrot.v1 import asker_pb2, conversation_pb2
 from parrot.asking.prompting import (
@@ -292,11 +293,13 @@ async def test_resamples_after_degenerate_sample():
     assert second.params.max_tokens == 32
 
 
-async def test_all_attempts_degenerate_raise_unavailable():
+async def test_all_attempts_degenerate_raise_no_acceptable_output():
+    """ABORTED, not UNAVAILABLE: the service is up, so callers must not hold their calls as in an outage."""
     backend = scripted(["How do I reverse a list in JavaScript?"])
     svc = service(backend, max_attempts=3)
-    with pytest.raises(Unavailable, match="3 attempts"):
+    with pytest.raises(NoAcceptableOutput, match="3 attempts") as e:
         await svc.ask(conv())
+    assert e.value.code == grpc.StatusCode.ABORTED
     assert len(backend.requests) == 3
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from parrot.errors import InvalidArgument
-from parrot.reports.capo import heldout_section, load_heldout
+from parrot.reports.capo import load_heldout
 from parrot.reports.render import to_markdown
 from parrot.reports.build import Report
 
