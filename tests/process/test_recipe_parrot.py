@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 from tests.unit.test_report_capo import HELDOUT
-from tests.unit.test_reports import asker_card_file, make_run_files
+from tests.unit.test_reports import asker_card_file, run_folder
 
 STEPS = ("1-asker-data", "2-asker-training", "3-asker-scorecard", "4-collection", "5-negatives", "6-capo",
          "7-evaluation")
@@ -31,9 +31,7 @@ def test_a_rerun_skips_finished_steps_and_builds_the_report(tmp_path):
     for step in STEPS:
         (out / "done" / step).touch()
     for name, drop in (("eval-base", 0.3), ("eval-capo", 0.1)):
-        (out / name).mkdir()
-        for file, data in make_run_files(f"run-{name}", name, drop).items():
-            (out / name / file).write_bytes(data)
+        run_folder(out / name, f"run-{name}", name, drop)
     card, table = asker_card_file(out / "asker-card.json")
     (out / "capo").mkdir()
     (out / "capo" / "heldout_preferences.json").write_text(json.dumps(HELDOUT))

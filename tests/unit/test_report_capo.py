@@ -56,12 +56,9 @@ def test_report_cli_shows_the_heldout_report_beside_a_scorecard(tmp_path):
     from typer.testing import CliRunner
 
     from parrot.cli import app
-    from tests.unit.test_reports import asker_card_file, make_run_files
+    from tests.unit.test_reports import asker_card_file, run_folder
 
-    run = tmp_path / "run"
-    run.mkdir()
-    for name, data in make_run_files("run-local", "m3", 0.2).items():
-        (run / name).write_bytes(data)
+    run = run_folder(tmp_path / "run", "run-local", "m3", 0.2)
     card, table = asker_card_file(tmp_path / "card.json")
     heldout = tmp_path / "heldout_preferences.json"
     heldout.write_text(json.dumps(HELDOUT))

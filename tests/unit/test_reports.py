@@ -131,6 +131,14 @@ async def test_report_is_stored_with_each_run(tmp_path):
     assert run.run_id == "run-local" and run.max_turn == TURNS
 
 
+def run_folder(path, run_id: str, model: str, drop: float):
+    """A local output folder (as `parrot eval --out` writes) of ``make_run_files``' run."""
+    path.mkdir(parents=True)
+    for name, data in make_run_files(run_id, model, drop).items():
+        (path / name).write_bytes(data)
+    return path
+
+
 def asker_card_file(path) -> tuple[str, list[str]]:
     """A `parrot bench asker --json`-shaped scorecard file; (its path, the bench's Markdown table lines)."""
     from parrot.asking.scorecard import Context, FollowUp, score
@@ -166,10 +174,7 @@ def test_report_cli_with_an_asker_card_and_a_bad_one(tmp_path):
 
     from parrot.cli import app
 
-    run = tmp_path / "run"
-    run.mkdir()
-    for name, data in make_run_files("run-local", "m3", 0.2).items():
-        (run / name).write_bytes(data)
+    run = run_folder(tmp_path / "run", "run-local", "m3", 0.2)
     path, table = asker_card_file(tmp_path / "card.json")
     r = CliRunner().invoke(app, ["report", str(run), "--asker-card", path, "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
