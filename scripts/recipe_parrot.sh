@@ -23,7 +23,7 @@ export PARROT_HOME=${PARROT_HOME:-$PWD/.parrot}
 export PATH="$PWD/.venv/bin:$PATH"
 # From step 4 on a second llama.cpp server runs beside the stack's (the trained asker, then the CaPO
 # model): it gets one thread, so the two do not spin against each other for the cores (measured on 2
-# cores: 4.3 tokens/s in all with two servers of 2 threads each), while the stack's server, which
+# cores: 4.3 answer tokens/s in collection with two servers of 2 threads each), while the stack's server, which
 # also judges, keeps every core (with one thread its judge took ~3 min a grade).
 EXTRA_THREADS=${EXTRA_THREADS:-1}
 [ -x .venv/bin/parrot ] || bash scripts/setup.sh
