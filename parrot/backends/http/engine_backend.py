@@ -247,14 +247,20 @@ class EngineBackend(Backend):
 
         Like the in-process engine: the prompt and each continuation are tokenized separately and
         the continuation's own tokens are scored in turn. Every position of every continuation is one
-        one-token request with a token-id prompt, all sent at once (the ten rating labels: 11).
+        one-token request with a token-id prompt (the ten rating labels: 11).
+
+        The requests go one after another, not at once: sent together, each lands on its own idle
+        engine slot and computes the whole prompt again (llama-server: 11 slots x a 1,300-token judge
+        prompt took an 8-turn grade 43 s on 2 cores). One at a time, each lands on the slot that
+        already holds the prompt (llama-server picks the slot by prompt similarity; vLLM's prefix
+        cache), so the prompt is computed once and each request adds one token (the same grade: 5 s).
         """
         prompt_ids = self._encode(prompt)
         conts = [self._continuation_ids(c) for c in continuations]
         if any(not c for c in conts):
             raise InvalidArgument("continuations", "every continuation must have at least one token")
         prefixes = sorted({tuple(c[:i]) for c in conts for i in range(len(c))})
-        tops = dict(zip(prefixes, await asyncio.gather(*(self._top_logprobs(prompt_ids + list(p)) for p in prefixes))))
+        tops = {p: await self._top_logprobs(prompt_ids + list(p)) for p in prefixes}
         if not all(tops.values()):
             raise Unavailable(f"the {self.engine_label} engine returned no log-probabilities to score with")
         # A token outside the engine's top-k: below every log-probability seen at that position.
