@@ -15,7 +15,7 @@
 # also resume from their latest checkpoint). `FRESH=1` starts over. Prints each step's wall time and
 # writes them to $OUT/steps.tsv. Outputs under $OUT (default .parrot/recipe-parrot); the local
 # stack's runs in $PARROT_HOME/store. Every size is an env var:
-#   ASKER_STEPS=100 CAPO_STEPS=60 COLLECT=48 bash scripts/recipe_parrot.sh
+#   ASKER_STEPS=100 CAPO_STEPS=60 COLLECT=120 bash scripts/recipe_parrot.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PARROT_CACHE_DIR=${PARROT_CACHE_DIR:-$PWD/.cache/parrot}
@@ -24,7 +24,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 # From step 4 on a second llama.cpp server runs beside the stack's (the trained asker, then the CaPO
 # model): it gets one thread, so the two do not spin against each other for the cores (measured on 2
 # cores: 4.3 answer tokens/s in collection with two servers of 2 threads each), while the stack's server, which
-# also judges, keeps every core (with one thread its judge took ~3 min a grade).
+# also answers and judges, keeps every core.
 EXTRA_THREADS=${EXTRA_THREADS:-1}
 [ -x .venv/bin/parrot ] || bash scripts/setup.sh
 
@@ -40,7 +40,7 @@ COLLECT_RERANK=${COLLECT_RERANK:-0}  # >1: the collection's asker reranks too (4
                                      # llama.cpp's completions API a token per call)
 ASKER_BACKEND=${ASKER_BACKEND:-auto} # of the trained asker in collection
 CARD_CONTEXTS=${CARD_CONTEXTS:-60}   # held-out contexts the scorecard asks about
-COLLECT=${COLLECT:-48}               # conversations collected with the trained asker
+COLLECT=${COLLECT:-120}              # conversations collected with the trained asker (more: more held-out CaPO pairs)
 COLLECT_TURNS=${COLLECT_TURNS:-3}    # user turns per collected conversation
 MIN_TURNS=${MIN_TURNS:-2}            # the asker may end a conversation after this many user turns
 CAPO_STEPS=${CAPO_STEPS:-60}         # CaPO optimizer steps

@@ -91,9 +91,10 @@ class ModelServiceProcess(ServerProcess):
         loading_name = self.backend.model_name
         for name in self.config.services:
             MODEL_READY.labels(loading_name, name).set(0)
-        # a judge scores its ratings; a reranking asker scores its samples: an engine must give log-probabilities
+        # a judge scores its ratings; a reranking asker scores its samples (one with an end threshold, the
+        # marker): an engine must give log-probabilities
         self.backend.needs_scoring = "judge" in self.config.services or (
-            "asker" in self.config.services and self.config.asker_rerank.enabled)
+            "asker" in self.config.services and self.config.asker_rerank.needs_scoring)
         await self.backend.load()
         for m in self.kserve_models:
             m.ready = True

@@ -18,7 +18,7 @@ import typer
 from parrot.cli._common import fail
 
 ADDRESS = re.compile(r"^(?:\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
-RERANK = re.compile(r"^(?P<value>.+)@rerank=(?P<samples>\d+)$")
+OPTION = re.compile(r"@(?P<key>rerank|end)=(?P<value>[^@=]*)$")  # MODEL@rerank=N, MODEL@end=P, in any order
 
 
 @dataclass(frozen=True)
@@ -27,30 +27,43 @@ class AskerSpec:
     address: str = ""  # host:port of a running asker
     model: str = ""  # or a model to serve on loopback for the run (smollm2, checkpoint folder, URL)
     rerank: int = 0  # the served model's `parrot serve asker --rerank-samples` (0 = off)
+    end_threshold: float = 0.0  # its `--end-threshold` (0 = off)
 
 
 def parse_asker(spec: str) -> AskerSpec:
-    """NAME=ADDRESS (host:port, not an existing path), NAME=MODEL or NAME=MODEL@rerank=N."""
+    """NAME=ADDRESS (host:port, not an existing path), NAME=MODEL, NAME=MODEL@rerank=N, NAME=MODEL@end=P
+    (the options in any order)."""
     name, eq, value = spec.partition("=")
     if not eq or not name.strip() or not value.strip():
         fail(f"--asker {spec!r}: expected NAME=ADDRESS (host:port of a running asker), NAME=MODEL "
-             "(smollm2, a checkpoint folder or URL) or NAME=MODEL@rerank=N")
-    rerank = RERANK.match(value)
-    samples = int(rerank["samples"]) if rerank else 0
-    value = rerank["value"] if rerank else value
+             "(smollm2, a checkpoint folder or URL), NAME=MODEL@rerank=N or NAME=MODEL@end=P")
+    options: dict[str, str] = {}
+    while (m := OPTION.search(value)) is not None:
+        if m["key"] in options:
+            fail(f"--asker {spec!r}: @{m['key']} is given twice")
+        options[m["key"]] = m["value"]
+        value = value[:m.start()]
     if ADDRESS.match(value) and not Path(value).exists():
-        if rerank:
-            fail(f"--asker {spec!r}: @rerank=N applies to a MODEL the command serves; start the asker at "
-                 f"{value} with `parrot serve asker --rerank-samples N` instead")
+        if options:
+            fail(f"--asker {spec!r}: @rerank and @end apply to a MODEL the command serves; start the asker at "
+                 f"{value} with `parrot serve asker --rerank-samples N --end-threshold P` instead")
         return AskerSpec(name, address=value)
-    if rerank and not 2 <= samples <= 16:
+    samples = options.get("rerank", "0")
+    if not samples.isdigit() or ("rerank" in options and not 2 <= int(samples) <= 16):
         fail(f"--asker {spec!r}: @rerank={samples}; allowed 2..16 samples per question")
-    return AskerSpec(name, model=value, rerank=samples)
+    try:
+        end = float(options.get("end", "0"))
+    except ValueError:
+        end = -1.0
+    if not 0 < end <= 1 and "end" in options:
+        fail(f"--asker {spec!r}: @end={options['end']}; allowed a probability in (0, 1]")
+    return AskerSpec(name, model=value, rerank=int(samples), end_threshold=end)
 
 
-def start_asker(model: str, backend: str, timeout_s: float, rerank: int = 0) -> tuple[subprocess.Popen, str, Path]:
-    """`parrot serve asker --model MODEL` (``rerank``: ``--rerank-samples``) as a child on free loopback ports;
-    (process, target, log) once SERVING."""
+def start_asker(model: str, backend: str, timeout_s: float, rerank: int = 0,
+                end_threshold: float = 0.0) -> tuple[subprocess.Popen, str, Path]:
+    """`parrot serve asker --model MODEL` (``rerank``: ``--rerank-samples``, ``end_threshold``:
+    ``--end-threshold``) as a child on free loopback ports; (process, target, log) once SERVING."""
     from parrot.client import free_port, wait_until_serving
 
     port, http = free_port(), free_port()
@@ -59,6 +72,8 @@ def start_asker(model: str, backend: str, timeout_s: float, rerank: int = 0) -> 
            "--model", model, "--host", "127.0.0.1", "--grpc-port", str(port), "--http-port", str(http)]
     if rerank:
         cmd += ["--rerank-samples", str(rerank)]
+    if end_threshold:
+        cmd += ["--end-threshold", str(end_threshold)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=dict(os.environ, PARROT_LOG_LEVEL=os.environ.get("PARROT_LOG_LEVEL", "WARNING")))
@@ -85,10 +100,11 @@ def stop_asker(proc: subprocess.Popen) -> None:
 
 def asker_cmd(
     data: str = typer.Argument(..., help="ShareGPT file (JSON or JSONL) or asker-examples JSONL (`parrot data asker`)."),
-    askers: list[str] = typer.Option(..., "--asker", metavar="NAME=ADDRESS|MODEL[@rerank=N]",
+    askers: list[str] = typer.Option(..., "--asker", metavar="NAME=ADDRESS|MODEL[@rerank=N][@end=P]",
                                      help="An asker to score (repeat): NAME=host:port of a running asker, or "
                                           "NAME=MODEL (smollm2, checkpoint folder or URL), served on loopback for the run; "
-                                          "MODEL@rerank=N serves it with `--rerank-samples N` (best of N samples)."),
+                                          "MODEL@rerank=N serves it with `--rerank-samples N` (best of N samples), "
+                                          "MODEL@end=P with `--end-threshold P` (ends only when p(end) >= P)."),
     holdout: float = typer.Option(0.0, help="Use only the held-out sessions of this fraction (the split of "
                                            "`parrot data asker --holdout`); 0 = every context of the file."),
     limit: int = typer.Option(40, help="Contexts to use, spread over as many sessions as possible (0 = all)."),
@@ -137,8 +153,9 @@ def asker_cmd(
         target = s.address
         if s.model:
             rerank = f", reranking {s.rerank} samples" if s.rerank else ""
+            rerank += f", end threshold {s.end_threshold}" if s.end_threshold else ""
             typer.echo(f"[bench asker] {s.name}: serving {s.model} ({backend}{rerank}) on loopback", err=True)
-            proc, target, log = start_asker(s.model, backend, start_timeout_s, s.rerank)
+            proc, target, log = start_asker(s.model, backend, start_timeout_s, s.rerank, s.end_threshold)
         try:
             followups[s.name] = asyncio.run(ask_followups(
                 target, contexts, max_tokens=max_tokens, temperature=temperature, seed=seed,
@@ -163,7 +180,8 @@ def asker_cmd(
     typer.echo(card.markdown())
     if as_json:
         report = {"data": data, "holdout": holdout, "seed": seed, **card.as_dict(),
-                  "askers": {s.name: {"address": s.address, "model": s.model, "rerank": s.rerank} for s in specs},
+                  "askers": {s.name: {"address": s.address, "model": s.model, "rerank": s.rerank,
+                                       "end_threshold": s.end_threshold} for s in specs},
                   "followups": [{"id": c.id, "session": c.session, "people": c.human,
                                  **{n: {"text": fs[i].text, "ended": fs[i].ended, "error": fs[i].error}
                                     for n, fs in followups.items()}} for i, c in enumerate(contexts)]}

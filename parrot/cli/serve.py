@@ -152,7 +152,7 @@ def serve_cmd(
     except ConfigError as e:
         fail(str(e))
     if service not in (ServiceName.asker, ServiceName.all) and any(v is not None for v in asker_settings.values()):
-        typer.secho(f"[serve] {service.value} ignores the asker's --rerank-* settings", err=True)
+        typer.secho(f"[serve] {service.value} ignores the asker's --rerank-* and --end-threshold settings", err=True)
     try:
         backend_config, ignored = build_backend_config(backend, backend_settings, SERVE_FLAGS)
     except ConfigError as e:

@@ -14,7 +14,10 @@ Ending: a sample that starts with the end-of-conversation marker (``prompting.en
 ends the conversation when the caller allows it (``allow_end``; ``ask_or_end``): if the first
 candidate's accepted sample is the marker, the result is ``ended`` with no questions (other
 candidates that ended are dropped). Without ``allow_end`` such a sample is rejected
-(``end_of_conversation``) and re-drawn.
+(``end_of_conversation``) and re-drawn. With an end threshold (``rerank.end_threshold`` > 0,
+`--end-threshold P`) the first time a round's sample that may end is the marker, the backend scores
+the marker after the prompt; when its probability is below P, nothing in this request may end any
+more: the sample is rejected (``end_below_threshold``) and re-drawn as a question.
 
 Reranking (``rerank.samples`` > 1, `parrot serve asker --rerank-samples N`): each round draws N
 samples per pending candidate (all in the round's one ``generate`` call); the first of them is the
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -46,6 +50,7 @@ from parrot.metrics import STAGE_LATENCY, child
 from parrot.protoconv import conversation_from_pb, finish_reason_to_pb, params_from_pb, usage_to_pb
 from parrot.v1 import asker_pb2, asker_pb2_grpc
 from parrot.asking.prompting import (
+    END_OF_CONVERSATION,
     FORMATS,
     AskerFormat,
     AskerPrompt,
@@ -154,8 +159,10 @@ class AskerService(asker_pb2_grpc.AskerServicer):
         self.backend = backend
         self.config = config or AskerConfig()
         self.format: AskerFormat = resolve_format(self.config.format, self.config.model_dir)
-        if self.config.rerank.enabled and not backend.supports_scoring:
-            raise ConfigError(f"asker --rerank-samples {self.config.rerank.samples} needs a backend that scores "
+        if self.config.rerank.needs_scoring and not backend.supports_scoring:
+            setting = (f"--rerank-samples {self.config.rerank.samples}" if self.config.rerank.enabled
+                       else f"--end-threshold {self.config.rerank.end_threshold}")
+            raise ConfigError(f"asker {setting} needs a backend that scores "
                               f"continuations (transformers, echo, engine with --engine-tokenizer); {backend.name} cannot")
         logger.info("asker uses the %s prompt format with model %s", self.format, backend.model_name)
 
@@ -211,6 +218,8 @@ class AskerService(asker_pb2_grpc.AskerServicer):
                 for s in pending for j in range(k)
             ]
             results = await self.backend.generate(requests)
+            if allow_end and await self._end_refused(prompt, [results[i * k] for i in range(len(pending))]):
+                allow_end = False
             if k == 1:
                 for slot, result in zip(pending, results):
                     self._take(slot, result, conversation, accepted_norms, allow_end)
@@ -237,6 +246,19 @@ class AskerService(asker_pb2_grpc.AskerServicer):
         if len(questions) < n:
             logger.warning("asker returned %d of %d candidates for conversation %r", len(questions), n, conversation.id)
         return AskOutcome(questions)
+
+    async def _end_refused(self, prompt: AskerPrompt, may_end: Sequence[GenerationResult]) -> bool:
+        """With an end threshold: True when one of the samples that may end is the marker and the model's
+        probability of the marker after the prompt is below the threshold (module docstring)."""
+        threshold = self.config.rerank.end_threshold
+        if threshold <= 0 or not any(ends_conversation(r.text) for r in may_end):
+            return False
+        (logprob,) = await self.backend.score(prompt.messages, prompt.prefill, [END_OF_CONVERSATION])
+        if math.exp(logprob) >= threshold:
+            return False
+        child(ASKER_SAMPLES, self.backend.model_name, "end_below_threshold").inc()
+        logger.debug("asker end refused: p(marker) %.3f < threshold %.3f", math.exp(logprob), threshold)
+        return True
 
     def _check_num_candidates(self, num_candidates: int) -> int:
         n = 1 if num_candidates == 0 else int(num_candidates)

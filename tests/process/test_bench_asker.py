@@ -51,7 +51,7 @@ def test_scorecard_of_an_addressed_and_a_served_asker(tmp_path):
     assert card["askers"]["running"]["address"] == asker.grpc_target and card["askers"]["served"]["model"] == "smollm2"
     assert all(f["running"]["text"] and f["served"]["text"] for f in card["followups"])
     assert card["rows"]["no_followup"]["served"]["value"] == 0.0
-    assert card["askers"]["reranked"] == {"address": "", "model": "smollm2", "rerank": 3}
+    assert card["askers"]["reranked"] == {"address": "", "model": "smollm2", "rerank": 3, "end_threshold": 0.0}
     assert all(f["reranked"]["text"] for f in card["followups"] if f["people"] is not None)
     assert "perplexity" not in card["rows"]
 
@@ -73,7 +73,7 @@ def test_clear_errors(tmp_path):
     assert r.returncode == 2 and "--holdout" in r.stderr, r.stderr
 
 
-def test_rerank_suffix_of_a_served_asker(capsys):
+def test_rerank_and_end_suffixes_of_a_served_asker(capsys):
     import pytest
     import typer
 
@@ -81,8 +81,15 @@ def test_rerank_suffix_of_a_served_asker(capsys):
 
     assert parse_asker("r=smollm2@rerank=4") == AskerSpec("r", model="smollm2", rerank=4)
     assert parse_asker("p=runs/ckpt") == AskerSpec("p", model="runs/ckpt")
+    assert parse_asker("e=runs/ckpt@end=0.5") == AskerSpec("e", model="runs/ckpt", end_threshold=0.5)
+    assert (parse_asker("b=runs/ckpt@end=0.7@rerank=4") == parse_asker("b=runs/ckpt@rerank=4@end=0.7")
+            == AskerSpec("b", model="runs/ckpt", rerank=4, end_threshold=0.7))
     for spec, problem in [("r=127.0.0.1:5000@rerank=4", "parrot serve asker --rerank-samples N"),
-                          ("r=smollm2@rerank=1", "allowed 2..16")]:
+                          ("r=smollm2@rerank=1", "allowed 2..16"),
+                          ("r=smollm2@rerank=x", "allowed 2..16"),
+                          ("e=smollm2@end=0", "allowed a probability in (0, 1]"),
+                          ("e=smollm2@end=half", "allowed a probability in (0, 1]"),
+                          ("e=smollm2@end=0.5@end=0.6", "@end is given twice")]:
         with pytest.raises(typer.Exit):
             parse_asker(spec)
         assert problem in capsys.readouterr().err

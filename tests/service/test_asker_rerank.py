@@ -71,6 +71,50 @@ async def test_only_the_first_sample_may_end_the_conversation():
     assert not outcome.ended and outcome.questions[0].text == PLAIN
 
 
+def ender(p_end: float, samples: list[str], threshold: float, k: int = 0):
+    """An asker drawing ``samples`` in order, whose model gives the end marker probability ``p_end``."""
+    import math
+
+    backend = ScriptedBackend(lambda req, i: samples[min(i, len(samples) - 1)],
+                              scorer=lambda msgs, prefill, conts: [math.log(p_end) if c == END_OF_CONVERSATION else -1.0
+                                                                   for c in conts])
+    return backend, AskerService(backend, AskerConfig(format="prompted",
+                                                      rerank=RerankSettings(samples=k, end_threshold=threshold)))
+
+
+@pytest.mark.parametrize("k", [0, 3])
+async def test_the_end_threshold_refuses_an_unlikely_end_and_asks_instead(k):
+    before = ASKER_SAMPLES.labels("scripted-test-model", "end_below_threshold")._value.get()
+    backend, asker = ender(0.3, [END_OF_CONVERSATION, END_OF_CONVERSATION, PLAIN], threshold=0.5, k=k)
+    outcome = await asker.ask_or_end(Conversation(messages=list(HISTORY)), GenerationParams(max_tokens=32, temperature=0.0),
+                                     allow_end=True)
+    assert not outcome.ended and outcome.questions[0].text == PLAIN
+    assert [c[2] for c in backend.score_calls].count([END_OF_CONVERSATION]) == 1  # scored once per request
+    assert ASKER_SAMPLES.labels("scripted-test-model", "end_below_threshold")._value.get() == before + 1
+
+
+async def test_the_end_threshold_keeps_a_likely_end_and_off_changes_nothing():
+    backend, asker = ender(0.8, [END_OF_CONVERSATION, PLAIN], threshold=0.5)
+    outcome = await asker.ask_or_end(Conversation(messages=list(HISTORY)), allow_end=True)
+    assert outcome.ended and not outcome.questions
+    backend, asker = ender(0.01, [END_OF_CONVERSATION, PLAIN], threshold=0.0)
+    outcome = await asker.ask_or_end(Conversation(messages=list(HISTORY)), allow_end=True)
+    assert outcome.ended and not backend.score_calls  # off: greedy ends, nothing scored
+    backend, asker = ender(0.01, [PLAIN], threshold=0.5)
+    outcome = await asker.ask_or_end(Conversation(messages=list(HISTORY)), allow_end=True)
+    assert outcome.questions[0].text == PLAIN and not backend.score_calls  # no ending sample: nothing scored
+
+
+def test_the_end_threshold_is_checked_and_needs_a_scoring_backend():
+    class NoScores(ScriptedBackend):
+        supports_scoring = False
+
+    with pytest.raises(ConfigError, match="end-threshold is 1.5"):
+        RerankSettings(end_threshold=1.5)
+    with pytest.raises(ConfigError, match="--end-threshold 0.5"):
+        AskerService(NoScores(lambda req, i: PLAIN), AskerConfig(rerank=RerankSettings(end_threshold=0.5)))
+
+
 async def test_candidates_stay_distinct_when_reranked():
     _, asker = reranker([DEPENDENT, PLAIN], {PLAIN: -1.0, DEPENDENT: -1.0})
     questions = await asker.ask(Conversation(messages=list(HISTORY)), num_candidates=2)

@@ -204,7 +204,8 @@ def test_readme_configuration_names_every_serve_flag():
 
     text = (REPO / "README.md").read_text()
     section = text[text.index("## Configuration"):]
-    assert {f.name for f in ASKER_FLAGS} == {"rerank-samples", "rerank-context-bonus", "rerank-repeat-penalty"}
+    assert {f.name for f in ASKER_FLAGS} == {"rerank-samples", "rerank-context-bonus", "rerank-repeat-penalty",
+                                             "end-threshold"}
     missing = [f"--{f.name}" for f in SERVE_FLAGS + ASKER_FLAGS if f"`--{f.name}`" not in section]
     assert not missing, f"README's Configuration table lacks {missing}"
 
