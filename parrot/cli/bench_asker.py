@@ -48,16 +48,22 @@ def parse_asker(spec: str) -> AskerSpec:
             fail(f"--asker {spec!r}: @rerank and @end apply to a MODEL the command serves; start the asker at "
                  f"{value} with `parrot serve asker --rerank-samples N --end-threshold P` instead")
         return AskerSpec(name, address=value)
-    samples = options.get("rerank", "0")
-    if not samples.isdigit() or ("rerank" in options and not 2 <= int(samples) <= 16):
-        fail(f"--asker {spec!r}: @rerank={samples}; allowed 2..16 samples per question")
+    rerank = _option(spec, options, "rerank", int, lambda v: 2 <= v <= 16, "allowed 2..16 samples per question")
+    end = _option(spec, options, "end", float, lambda v: 0 < v <= 1, "allowed a probability in (0, 1]")
+    return AskerSpec(name, model=value, rerank=int(rerank), end_threshold=end)
+
+
+def _option(spec: str, options: dict[str, str], key: str, kind: type, ok: Any, allowed: str) -> float:
+    """The value of ``@key=`` in ``options`` (0 when absent); fails naming it when not a ``kind`` that is ``ok``."""
+    if key not in options:
+        return 0
     try:
-        end = float(options.get("end", "0"))
+        value = kind(options[key])
     except ValueError:
-        end = -1.0
-    if not 0 < end <= 1 and "end" in options:
-        fail(f"--asker {spec!r}: @end={options['end']}; allowed a probability in (0, 1]")
-    return AskerSpec(name, model=value, rerank=int(samples), end_threshold=end)
+        value = None
+    if value is None or not ok(value):
+        fail(f"--asker {spec!r}: @{key}={options[key]}; {allowed}")
+    return value
 
 
 def start_asker(model: str, backend: str, timeout_s: float, rerank: int = 0,

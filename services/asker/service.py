@@ -209,6 +209,7 @@ class AskerService(asker_pb2_grpc.AskerServicer):
         accepted_norms: set[str] = set()
         started = time.perf_counter()
         k = self.config.rerank.samples if self.config.rerank.enabled else 1
+        end_checked = self.config.rerank.end_threshold <= 0  # nothing to check without a threshold
         for attempt in range(self.config.max_attempts):
             pending = [s for s in slots if s.accepted is None and not s.ended]
             if not pending:
@@ -218,8 +219,9 @@ class AskerService(asker_pb2_grpc.AskerServicer):
                 for s in pending for j in range(k)
             ]
             results = await self.backend.generate(requests)
-            if allow_end and await self._end_refused(prompt, [results[i * k] for i in range(len(pending))]):
-                allow_end = False
+            if allow_end and not end_checked and any(ends_conversation(results[i * k].text) for i in range(len(pending))):
+                end_checked = True  # the marker's probability depends on the prompt only: scored once per request
+                allow_end = await self._end_likely(prompt)
             if k == 1:
                 for slot, result in zip(pending, results):
                     self._take(slot, result, conversation, accepted_norms, allow_end)
@@ -247,18 +249,16 @@ class AskerService(asker_pb2_grpc.AskerServicer):
             logger.warning("asker returned %d of %d candidates for conversation %r", len(questions), n, conversation.id)
         return AskOutcome(questions)
 
-    async def _end_refused(self, prompt: AskerPrompt, may_end: Sequence[GenerationResult]) -> bool:
-        """With an end threshold: True when one of the samples that may end is the marker and the model's
-        probability of the marker after the prompt is below the threshold (module docstring)."""
-        threshold = self.config.rerank.end_threshold
-        if threshold <= 0 or not any(ends_conversation(r.text) for r in may_end):
-            return False
+    async def _end_likely(self, prompt: AskerPrompt) -> bool:
+        """Whether the model's probability of the end marker after the prompt reaches the end threshold
+        (module docstring); below it the refusal is counted as ``end_below_threshold``."""
         (logprob,) = await self.backend.score(prompt.messages, prompt.prefill, [END_OF_CONVERSATION])
-        if math.exp(logprob) >= threshold:
-            return False
+        p, threshold = math.exp(logprob), self.config.rerank.end_threshold
+        if p >= threshold:
+            return True
         child(ASKER_SAMPLES, self.backend.model_name, "end_below_threshold").inc()
-        logger.debug("asker end refused: p(marker) %.3f < threshold %.3f", math.exp(logprob), threshold)
-        return True
+        logger.debug("asker end refused: p(marker) %.3f < threshold %.3f", p, threshold)
+        return False
 
     def _check_num_candidates(self, num_candidates: int) -> int:
         n = 1 if num_candidates == 0 else int(num_candidates)

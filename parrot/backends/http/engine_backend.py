@@ -250,10 +250,10 @@ class EngineBackend(Backend):
         one-token request with a token-id prompt (the ten rating labels: 11).
 
         The requests go one after another, not at once: sent together, each lands on its own idle
-        engine slot and computes the whole prompt again (llama-server: 11 slots x a 1,300-token judge
-        prompt took an 8-turn grade 43 s on 2 cores). One at a time, each lands on the slot that
-        already holds the prompt (llama-server picks the slot by prompt similarity; vLLM's prefix
-        cache), so the prompt is computed once and each request adds one token (the same grade: 5 s).
+        engine slot and computes the whole prompt again (an uncached 8-turn grade on llama-server took
+        43 s on 2 cores). One at a time, each lands on the slot that already holds the prompt
+        (llama-server picks the slot by prompt similarity; vLLM has its prefix cache), so the prompt
+        is computed once and each request adds one token (the same grade: 5 s).
         """
         prompt_ids = self._encode(prompt)
         conts = [self._continuation_ids(c) for c in continuations]
